@@ -1,0 +1,1 @@
+"""A streaming voice assistant around Sesame's CSM."""

@@ -1,0 +1,253 @@
+"""Every setting of the assistant as pydantic models, loaded from YAML with `--set a.b=c` overrides.
+
+Secrets never live in the YAML: a section names the environment variable that holds them
+(`api_key_env`, `password_env`) and `secret()` reads it when the component starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+DeviceRef = int | str | None
+PositiveMs = Annotated[int, Field(gt=0, le=60_000)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line a user should see."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AudioConfig(Section):
+    input_device: DeviceRef = Field(None, description="Microphone: index or (part of a) name; null = system default.")
+    output_device: DeviceRef = Field(None, description="Speaker: index or (part of a) name; null = system default.")
+    capture_rate: int | None = Field(None, ge=8000, le=192_000, description="null = the device's default rate.")
+    playback_rate: int | None = Field(None, ge=8000, le=192_000, description="null = the device's default rate.")
+    block_ms: int = Field(20, ge=5, le=200, description="Size of one sounddevice callback block.")
+
+
+class VadConfig(Section):
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 lenient .. 3 strict.")
+    frame_ms: Literal[10, 20, 30] = 30
+    preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before speech onset.")
+    end_silence_ms: int = Field(600, ge=30, le=5000, description="Silence that ends a turn.")
+    min_speech_ms: int = Field(250, ge=0, le=5000, description="Shorter bursts (clicks, coughs) are dropped.")
+    max_utterance_s: float = Field(30.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _end_covers_frames(self) -> VadConfig:
+        if self.end_silence_ms < 3 * self.frame_ms:
+            raise ValueError(
+                f"end_silence_ms ({self.end_silence_ms}) must cover at least three VAD frames (3 x {self.frame_ms} ms)"
+            )
+        return self
+
+
+class AsrConfig(Section):
+    model: str = Field("tiny.en", description="faster-whisper size, hub id or local CT2 directory.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "default"
+    language: str | None = "en"
+    beam_size: int = Field(1, ge=1, le=10)
+    download_root: str | None = None
+
+
+class OpenAIBackendConfig(Section):
+    base_url: str | None = Field(None, description="null = https://api.openai.com/v1")
+    model: str = "gpt-4o-mini"
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(300, ge=1, le=32_768)
+    timeout_s: float = Field(20.0, gt=0, le=600, description="Time allowed before the first token.")
+    max_retries: int = Field(1, ge=0, le=5)
+
+    def api_key(self) -> str | None:
+        return secret(self.api_key_env)
+
+
+class LocalBackendConfig(Section):
+    model: str = Field("Qwen/Qwen2.5-0.5B-Instruct", description="Hub id or local directory.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_new_tokens: int = Field(200, ge=1, le=4096)
+    temperature: float = Field(0.7, ge=0, le=2)
+
+
+class ScriptedBackendConfig(Section):
+    replies: list[str] = Field(default_factory=lambda: ["Hello! This is a scripted reply."], min_length=1)
+    first_token_delay_s: float = Field(0.0, ge=0, le=60)
+    token_delay_s: float = Field(0.0, ge=0, le=10)
+
+
+class LlmConfig(Section):
+    backend: Literal["openai", "local", "scripted"] = "local"
+    system_prompt: str = (
+        "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to three "
+        "short, natural sentences. Never use markdown, lists, code, links or emoji."
+    )
+    apology: str | None = Field(
+        "Sorry, I can't think right now.", description="Spoken when the LLM fails before its first token; null = silent."
+    )
+    openai: OpenAIBackendConfig = Field(default_factory=OpenAIBackendConfig)
+    local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)
+    scripted: ScriptedBackendConfig = Field(default_factory=ScriptedBackendConfig)
+
+
+class CsmConfig(Section):
+    model: str = Field("sesame/csm-1b", description="Hub id or local directory (either checkpoint layout).")
+    mimi: str | None = Field(None, description="Mimi weights path; null = moshi's default repo.")
+    tokenizer: str | None = Field(None, description="tokenizer.json path; null = the model directory's.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    speaker: int = Field(1, ge=0, le=9, description="The assistant's speaker id.")
+    temperature: float = Field(0.9, ge=0, le=5)
+    topk: int = Field(50, ge=1, le=2051)
+    seed: int | None = None
+    max_audio_ms: int | None = Field(None, gt=0, le=120_000, description="null = derived from the text's length.")
+    chunk_frames: int = Field(2, ge=1, le=50, description="80 ms frames per streamed audio chunk.")
+    cuda_graphs: bool = True
+
+
+class ConversationConfig(Section):
+    max_turns: int = Field(20, ge=0, le=1000, description="Turns kept for the LLM's messages.")
+    max_audio_turns: int = Field(6, ge=0, le=100, description="Most recent turns whose audio CSM hears.")
+    max_audio_s: float = Field(60.0, ge=0, le=600, description="Audio seconds kept for CSM's context.")
+
+
+class BargeInConfig(Section):
+    mode: Literal["off", "vad"] = "off"
+    min_speech_ms: int = Field(300, ge=30, le=5000, description="Speech needed before it interrupts.")
+    tail_ms: int = Field(300, ge=0, le=5000, description="Mic stays ignored this long after speech ends (off mode).")
+    key: str | None = Field("space", description="Terminal key that interrupts; null = none.")
+
+
+class MqttConfig(Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password_env: str | None = Field(None, description="Environment variable holding the broker password.")
+    client_id: str | None = None
+    topic_prefix: str = "assistant"
+    site_id: str = "default"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    max_payload_bytes: int = Field(16_384, ge=256, le=1_048_576)
+
+    @field_validator("topic_prefix", "site_id")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0"):
+            raise ValueError("must be non-empty and contain no MQTT wildcards")
+        return value
+
+    def password(self) -> str | None:
+        return secret(self.password_env)
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    turn_lines: bool = Field(True, description="One summary line per turn.")
+
+
+class Config(Section):
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    llm: LlmConfig = Field(default_factory=LlmConfig)
+    csm: CsmConfig = Field(default_factory=CsmConfig)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+    barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def secret(env_name: str | None) -> str | None:
+    """The value of the environment variable a config names for a secret (None when unset)."""
+    return os.environ.get(env_name) if env_name else None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar or list)."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _describe(error: ValidationError, data: dict[str, Any], file: Path, overrides: dict[tuple[str, ...], str]) -> str:
+    first = error.errors()[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    origin = next((text for path, text in overrides.items() if loc[: len(path)] == path), None)
+    source = f"{file} (--set {origin})" if origin else f"{file}"
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    value = _lookup(data, loc)
+    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" = {value!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {key}{shown}: {message}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (default: configs/default.yaml), apply overrides, validate.
+
+    Raises ConfigError with one line naming the file, key and value.
+    """
+    file = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{file}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+    applied: dict[tuple[str, ...], str] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(data, path, value, origin=f"--set {text}")
+        applied[tuple(path)] = text
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data, file, applied)) from None

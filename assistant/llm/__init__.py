@@ -1,0 +1,1 @@
+"""Text LLM backends behind one streaming interface, and text handling for speech."""

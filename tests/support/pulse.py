@@ -1,0 +1,145 @@
+"""A private PulseAudio server with a virtual speaker and microphone, for real sounddevice streams.
+
+- speaker: `module-null-sink` named `vspk`; what is played to it can be recorded from `vspk.monitor`.
+- microphone: `module-pipe-source` named `vmic`, fed with raw s16le bytes through a fifo.
+PortAudio reaches the server through ALSA's `pulse` plugin; `use_source`/`use_sink` choose what
+its `pulse`/`default` devices connect to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.support.processes import wait_until
+
+
+class PulseAudio:
+    SPEAKER = "vspk"
+    MICROPHONE = "vmic"
+
+    def __init__(self, rate: int = 16000) -> None:
+        self.rate = rate
+        self.root = Path(tempfile.mkdtemp(prefix="pulse-"))
+        self.fifo = self.root / "mic.fifo"
+        self.env = {
+            "XDG_RUNTIME_DIR": str(self.root / "run"),
+            "XDG_CONFIG_HOME": str(self.root / "config"),
+            "HOME": str(self.root / "home"),
+            "PULSE_SERVER": f"unix:{self.root / 'run' / 'pulse' / 'native'}",
+        }
+        self._saved_env: dict[str, str | None] = {}
+        self._mic: _FifoWriter | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("pulseaudio") is not None and shutil.which("pactl") is not None
+
+    def pactl(self, *args: str) -> str:
+        result = subprocess.run(
+            ["pactl", *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=10
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pactl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
+
+    def _answers(self) -> bool:
+        try:
+            self.pactl("info")
+            return True
+        except RuntimeError:
+            return False
+
+    def start(self) -> PulseAudio:
+        for key in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "HOME"):
+            Path(self.env[key]).mkdir(mode=0o700, parents=True, exist_ok=True)
+        subprocess.run(
+            ["pulseaudio", "-D", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
+             f"--log-target=file:{self.root / 'pulse.log'}"],
+            env={**os.environ, **self.env}, check=True, capture_output=True, timeout=30,
+        )
+        wait_until(self._answers, 15, "PulseAudio")
+        self.pactl("load-module", "module-null-sink", f"sink_name={self.SPEAKER}", f"rate={self.rate}", "channels=1")
+        self.pactl(
+            "load-module", "module-pipe-source", f"source_name={self.MICROPHONE}", f"file={self.fifo}",
+            "format=s16le", f"rate={self.rate}", "channels=1",
+        )
+        self.use_sink(self.SPEAKER)
+        self.use_source(self.MICROPHONE)
+        for key, value in self.env.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        return self
+
+    def use_sink(self, name: str) -> None:
+        self.pactl("set-default-sink", name)
+
+    def use_source(self, name: str) -> None:
+        self.pactl("set-default-source", name)
+
+    def microphone(self) -> _FifoWriter:
+        """The writer that feeds the virtual microphone (opened on first use, kept open)."""
+        if self._mic is None:
+            self._mic = _FifoWriter(self.fifo, self.rate)
+        return self._mic
+
+    def stop(self) -> None:
+        if self._mic is not None:
+            self._mic.close()
+        subprocess.run(["pulseaudio", "--kill"], env={**os.environ, **self.env}, capture_output=True, timeout=10)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _FifoWriter:
+    """Feeds s16le audio into the pipe source in real time, with silence between what tests send."""
+
+    def __init__(self, fifo: Path, rate: int, block_ms: int = 20) -> None:
+        self.rate = rate
+        self._block = rate * block_ms // 1000
+        self._pending = np.zeros(0, np.float32)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._fd = os.open(fifo, os.O_WRONLY)
+        os.set_blocking(self._fd, False)  # never hang when PulseAudio is not reading
+        self._thread = threading.Thread(target=self._pump, name="virtual-mic", daemon=True)
+        self._thread.start()
+
+    def send(self, audio: np.ndarray) -> float:
+        """Queue mono float32 audio at the mic's rate; returns its duration in seconds."""
+        with self._lock:
+            self._pending = np.concatenate([self._pending, np.asarray(audio, np.float32)])
+        return len(audio) / self.rate
+
+    def _pump(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                block, self._pending = self._pending[: self._block], self._pending[self._block :]
+            data = (np.clip(np.pad(block, (0, self._block - len(block))), -1, 1) * 32767).astype("<i2").tobytes()
+            try:
+                while data and not self._stop.is_set():
+                    try:
+                        data = data[os.write(self._fd, data) :]
+                    except BlockingIOError:
+                        time.sleep(0.005)
+            except BrokenPipeError:  # the server went away
+                return
+            next_at += self._block / self.rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self._fd)

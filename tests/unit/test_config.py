@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+
+from assistant.config import DEFAULT_CONFIG, CONFIG_DIR, ConfigError, load_config, parse_override
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("preset", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_preset_is_valid(preset: Path) -> None:
+    load_config(preset)
+
+
+def test_defaults_follow_sesame_and_the_design() -> None:
+    config = load_config(DEFAULT_CONFIG)
+    assert (config.csm.temperature, config.csm.topk) == (0.9, 50)
+    assert config.vad.end_silence_ms == 600
+    assert config.barge_in.mode == "off"
+
+
+def test_misspelt_key_is_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "vad:\n  agressiveness: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: unknown key 'vad.agressiveness'"
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'speech'"):
+        load_config(write(tmp_path, "speech:\n  rate: 3\n"))
+
+
+def test_out_of_range_value_names_key_value_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "vad:\n  aggressiveness: 7\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: vad.aggressiveness = 7: ")
+    assert "less than or equal to 3" in message
+    assert "\n" not in message
+
+
+def test_wrong_type_in_a_nested_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"llm\.openai\.temperature = 'warm'"):
+        load_config(write(tmp_path, "llm:\n  openai:\n    temperature: warm\n"))
+
+
+def test_choice_outside_the_allowed_set(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"barge_in\.mode = 'always'.*'off' or 'vad'"):
+        load_config(write(tmp_path, "barge_in:\n  mode: always\n"))
+
+
+def test_cross_field_rule(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r": vad: end_silence_ms \(60\) must cover at least three VAD frames"):
+        load_config(write(tmp_path, "vad:\n  frame_ms: 20\n  end_silence_ms: 60\n"), ["vad.frame_ms=30"])
+
+
+def test_secrets_in_yaml_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'llm\.openai\.api_key'"):
+        load_config(write(tmp_path, "llm:\n  openai:\n    api_key: sk-123\n"))
+
+
+def test_secrets_come_from_the_named_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, "llm:\n  openai:\n    api_key_env: MY_KEY\nmqtt:\n  password_env: MQ_PW\n"))
+    monkeypatch.delenv("MY_KEY", raising=False)
+    assert config.llm.openai.api_key() is None
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    monkeypatch.setenv("MQ_PW", "hunter2")
+    assert config.llm.openai.api_key() == "sk-test"
+    assert config.mqtt.password() == "hunter2"
+
+
+def test_overrides_are_parsed_as_yaml_values(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "vad:\n  aggressiveness: 1\n"),
+        ["vad.aggressiveness=3", "llm.backend=scripted", "audio.input_device=2", "asr.language=null",
+         "llm.scripted.replies=[Hi there., Bye.]", "csm.temperature=0"],
+    )
+    assert config.vad.aggressiveness == 3
+    assert config.llm.backend == "scripted"
+    assert config.audio.input_device == 2
+    assert config.asr.language is None
+    assert config.llm.scripted.replies == ["Hi there.", "Bye."]
+    assert config.csm.temperature == 0
+
+
+def test_bad_override_names_the_override(tmp_path: Path) -> None:
+    path = write(tmp_path, "{}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["vad.aggressiveness=9"])
+    assert str(info.value).startswith(f"{path} (--set vad.aggressiveness=9): vad.aggressiveness = 9: ")
+    with pytest.raises(ConfigError, match=r"\(--set vad\.agresiveness=1\): unknown key 'vad\.agresiveness'"):
+        load_config(path, ["vad.agresiveness=1"])
+
+
+def test_malformed_override_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("vad.aggressiveness")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 2\)"):
+        load_config(write(tmp_path, "vad:\n  a: b: c\n"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="'vad' is not a section"):
+        load_config(write(tmp_path, "vad: 3\n"), ["vad.frame_ms=10"])
