@@ -1,0 +1,98 @@
+"""The VAD state machine on synthetic audio, with a fake energy classifier standing in for webrtcvad."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assistant.config import VadConfig
+from assistant.vad import SpeechOnset, Utterance, VadSegmenter
+
+RATE = 16000
+
+
+def fake_energy_classifier(frame: np.ndarray) -> bool:
+    return float(np.abs(frame).max()) > 0.25
+
+
+def signal(*parts: tuple[str, int]) -> np.ndarray:
+    """('speech'|'silence', milliseconds) pieces; speech is a 0.5-amplitude tone."""
+    pieces = []
+    for kind, ms in parts:
+        n = RATE * ms // 1000
+        pieces.append(0.5 * np.sin(np.arange(n) * 0.3) if kind == "speech" else np.zeros(n))
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def segmenter(**overrides) -> VadSegmenter:
+    config = VadConfig(**{"frame_ms": 30, "preroll_ms": 300, "end_silence_ms": 600, "min_speech_ms": 240, **overrides})
+    return VadSegmenter(config, RATE, classifier=fake_energy_classifier)
+
+
+def run(seg: VadSegmenter, audio: np.ndarray, chunk: int = 480) -> list[SpeechOnset | Utterance]:
+    return [e for i in range(0, len(audio), chunk) for e in seg.feed(audio[i : i + chunk])]
+
+
+def test_one_turn_with_preroll_and_a_short_trailing_silence() -> None:
+    events = run(segmenter(), signal(("silence", 900), ("speech", 1200), ("silence", 900)))
+    assert [type(e) for e in events] == [SpeechOnset, Utterance]
+    onset, turn = events
+    assert onset.at_sample == RATE * (900 + 240) // 1000
+    assert turn.voiced_ms == 1200
+    # 300 ms pre-roll + 1200 ms speech + 3 frames of trailing silence
+    assert turn.duration_s == pytest.approx(0.3 + 1.2 + 0.09)
+    assert np.abs(turn.audio[: RATE * 300 // 1000]).max() == 0  # the pre-roll is the silence before
+    assert np.abs(turn.audio[RATE * 300 // 1000 :][:480]).max() > 0.25  # then speech at once
+
+
+def test_a_click_or_cough_is_not_a_turn() -> None:
+    assert run(segmenter(), signal(("silence", 300), ("speech", 120), ("silence", 1200))) == []
+
+
+def test_pauses_shorter_than_the_end_silence_keep_the_turn_open() -> None:
+    audio = signal(("speech", 600), ("silence", 450), ("speech", 600), ("silence", 700))
+    events = run(segmenter(), audio)
+    assert [type(e) for e in events] == [SpeechOnset, Utterance]
+    assert events[1].voiced_ms == 1200
+
+
+def test_the_turn_ends_exactly_after_end_silence() -> None:
+    seg = segmenter(end_silence_ms=600)
+    assert [type(e) for e in run(seg, signal(("speech", 600), ("silence", 570)))] == [SpeechOnset]
+    assert seg.in_speech
+    assert [type(e) for e in run(seg, signal(("silence", 30)))] == [Utterance]
+    assert not seg.in_speech
+
+
+def test_very_long_speech_is_cut_at_the_maximum() -> None:
+    events = run(segmenter(max_utterance_s=2.0), signal(("speech", 3000)))
+    turns = [e for e in events if isinstance(e, Utterance)]
+    assert len(turns) == 1 and turns[0].truncated and turns[0].duration_s == pytest.approx(2.0, abs=0.03)
+
+
+@pytest.mark.parametrize("chunk", [1, 160, 333, 16000])
+def test_results_do_not_depend_on_how_audio_arrives(chunk: int) -> None:
+    audio = signal(("silence", 500), ("speech", 900), ("silence", 700), ("speech", 600), ("silence", 700))
+    events = run(segmenter(), audio, chunk)
+    reference = run(segmenter(), audio)
+    assert [type(e) for e in events] == [SpeechOnset, Utterance, SpeechOnset, Utterance]
+    for a, b in zip(events, reference):
+        if isinstance(a, Utterance):
+            np.testing.assert_array_equal(a.audio, b.audio)
+
+
+def test_reset_drops_a_turn_in_progress() -> None:
+    seg = segmenter()
+    run(seg, signal(("speech", 600)))
+    seg.reset()
+    assert run(seg, signal(("silence", 900))) == []
+
+
+def test_zero_preroll_starts_at_the_first_speech_frame() -> None:
+    (_, turn) = run(segmenter(preroll_ms=0), signal(("silence", 600), ("speech", 600), ("silence", 700)))
+    assert np.abs(turn.audio[:480]).max() > 0.25
+
+
+def test_unsupported_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="webrtcvad needs"):
+        VadSegmenter(VadConfig(), 22050, classifier=fake_energy_classifier)
