@@ -1,0 +1,201 @@
+"""Find, read and convert CSM checkpoints: transformers' layout and Sesame's original one.
+
+A checkpoint is a directory (or hub repository) holding `config.json` and `*.safetensors`. The layout is
+told by the config: transformers' `CsmConfig` (with `depth_decoder_config`) or Sesame's `ModelArgs`
+(with `backbone_flavor`). Both are converted to the names `model.py` uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .config import CSMConfig
+
+HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, downloaded or read; the message says what to do."""
+
+
+def resolve_checkpoint(model: str | Path) -> Path:
+    """A local directory as is; otherwise a hub id, downloaded (with progress bars) into the hub cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    name = str(model)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name!r} is neither a checkpoint directory nor a hub id like 'sesame/csm-1b'")
+    return _download(name)
+
+
+def _download(repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    local = "or pass a local directory holding config.json and model.safetensors"
+    try:
+        return Path(snapshot_download(repo, allow_patterns=HUB_FILES))
+    except GatedRepoError as e:
+        raise CheckpointError(
+            f"{repo} is gated: accept its licence at https://huggingface.co/{repo}, then log in "
+            f"(`huggingface-cli login` or HF_TOKEN), {local}"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(
+            f"{repo} was not found on the hub (or it is private): check the name, log in "
+            f"(`huggingface-cli login` or HF_TOKEN), {local}"
+        ) from e
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"{repo} is not in the local hub cache and the hub cannot be reached (offline, or HF_HUB_OFFLINE=1): "
+            f"connect once to download it, {local}"
+        ) from e
+
+
+def read_checkpoint(directory: Path) -> tuple[CSMConfig, dict[str, torch.Tensor]]:
+    """Read config and weights from a checkpoint directory, converted to this engine's names (float32 or as stored)."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"no config.json in {directory}: not a CSM checkpoint directory")
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e}); re-download the checkpoint") from e
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no *.safetensors weights in {directory} (expected model.safetensors)")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            tensors.update(load_file(file))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file} is not a readable safetensors file ({e}); re-download it") from e
+    if "depth_decoder_config" in raw:
+        config = CSMConfig.from_transformers(raw)
+        if raw.get("tie_codebooks_embeddings") is False:
+            raise CheckpointError("checkpoints with untied decoder codebook embeddings are not supported")
+        weights = _from_layout(tensors, config, TRANSFORMERS_NAMES, interleaved=False)
+    elif "backbone_flavor" in raw:
+        config = CSMConfig.from_sesame(raw)
+        weights = _from_layout(tensors, config, SESAME_NAMES, interleaved=True)
+    else:
+        raise CheckpointError(f"{config_path} is neither a transformers CsmConfig nor Sesame's ModelArgs")
+    _check_shapes(weights, config, directory)
+    return config, weights
+
+
+# Names in each layout: top-level weights, then per-layer weights relative to a stack's layer prefix.
+TRANSFORMERS_NAMES: dict[str, str | tuple[str, ...]] = {
+    "text_embeddings": "embed_text_tokens.weight",
+    # Tied to the depth decoder's embeddings: save_pretrained may keep either name.
+    "audio_embeddings": ("backbone_model.embed_tokens.embed_audio_tokens.weight", "depth_decoder.model.embed_tokens.weight"),
+    "codebook0_head": "lm_head.weight",
+    "projection": "depth_decoder.model.inputs_embeds_projector.weight",
+    "audio_head": "depth_decoder.codebooks_head.weight",
+    "backbone": "backbone_model.",
+    "decoder": "depth_decoder.model.",
+    "norm": "norm.weight",
+    "attn_norm": "input_layernorm.weight",
+    "q": "self_attn.q_proj.weight",
+    "k": "self_attn.k_proj.weight",
+    "v": "self_attn.v_proj.weight",
+    "o": "self_attn.o_proj.weight",
+    "mlp_norm": "post_attention_layernorm.weight",
+    "gate": "mlp.gate_proj.weight",
+    "up": "mlp.up_proj.weight",
+    "down": "mlp.down_proj.weight",
+}
+SESAME_NAMES: dict[str, str | tuple[str, ...]] = {
+    "text_embeddings": "text_embeddings.weight",
+    "audio_embeddings": "audio_embeddings.weight",
+    "codebook0_head": "codebook0_head.weight",
+    "projection": "projection.weight",
+    "audio_head": "audio_head",
+    "backbone": "backbone.",
+    "decoder": "decoder.",
+    "norm": "norm.scale",
+    "attn_norm": "sa_norm.scale",
+    "q": "attn.q_proj.weight",
+    "k": "attn.k_proj.weight",
+    "v": "attn.v_proj.weight",
+    "o": "attn.output_proj.weight",
+    "mlp_norm": "mlp_norm.scale",
+    "gate": "mlp.w1.weight",
+    "up": "mlp.w3.weight",
+    "down": "mlp.w2.weight",
+}
+
+
+def interleaved_to_half(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder q/k projection rows from interleaved RoPE pairs (torchtune) to rotate-half (transformers)."""
+    rows, cols = w.shape
+    return w.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def half_to_interleaved(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of `interleaved_to_half`."""
+    rows, cols = w.shape
+    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _from_layout(
+    tensors: dict[str, torch.Tensor], config: CSMConfig, names: dict[str, str | tuple[str, ...]], interleaved: bool
+) -> dict[str, torch.Tensor]:
+    def take(*options: str) -> torch.Tensor:
+        for name in options:
+            if name in tensors:
+                return tensors[name]
+        raise CheckpointError(f"the checkpoint lacks the weight {options[0]!r}: incomplete or not a CSM checkpoint")
+
+    def top(key: str) -> torch.Tensor:
+        option = names[key]
+        return take(*option) if isinstance(option, tuple) else take(option)
+
+    out = {key: top(key) for key in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection")}
+    head = top("audio_head")
+    out["audio_head"] = head.transpose(1, 2).contiguous()  # [K-1, vocab, decoder_dim] for F.linear
+    for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
+        prefix = names[stack]
+        out[f"{stack}.norm"] = take(prefix + names["norm"])
+        for i in range(cfg.layers):
+            p = f"{prefix}layers.{i}."
+            q, k = take(p + names["q"]), take(p + names["k"])
+            if interleaved:
+                q, k = interleaved_to_half(q, cfg.heads), interleaved_to_half(k, cfg.kv_heads)
+            ours = f"{stack}.layers.{i}."
+            out[ours + "attn_norm"] = take(p + names["attn_norm"])
+            out[ours + "qkv"] = torch.cat([q, k, take(p + names["v"])])
+            out[ours + "o"] = take(p + names["o"])
+            out[ours + "mlp_norm"] = take(p + names["mlp_norm"])
+            out[ours + "gate_up"] = torch.cat([take(p + names["gate"]), take(p + names["up"])])
+            out[ours + "down"] = take(p + names["down"])
+    return out
+
+
+def _check_shapes(weights: dict[str, torch.Tensor], config: CSMConfig, where: Path) -> None:
+    k, v = config.num_codebooks, config.audio_vocab_size
+    b, d = config.backbone, config.decoder
+    expected = {
+        "text_embeddings": (config.text_vocab_size, b.dim),
+        "audio_embeddings": (k * v, b.dim),
+        "codebook0_head": (v, b.dim),
+        "projection": (d.dim, b.dim),
+        "audio_head": (k - 1, v, d.dim),
+    }
+    for stack, cfg in (("backbone", b), ("decoder", d)):
+        qkv = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
+        expected[f"{stack}.norm"] = (cfg.dim,)
+        expected |= {f"{stack}.layers.0.qkv": (qkv, cfg.dim), f"{stack}.layers.0.gate_up": (2 * cfg.intermediate, cfg.dim)}
+        expected[f"{stack}.layers.0.down"] = (cfg.dim, cfg.intermediate)
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CheckpointError(
+                f"weight {name} in {where} has shape {tuple(weights[name].shape)}, the config says {shape}"
+            )
+
