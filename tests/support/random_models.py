@@ -7,7 +7,7 @@ exactly the layout of the `sesame/csm-1b` repository; Mimi is built by moshi's o
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -136,7 +136,3 @@ def build_random_mimi(spec: MimiSpec, seed: int = 0):
     torch.manual_seed(seed)
     mimi = loaders.get_mimi(None, mimi_config=mimi_config(spec), device="cpu", num_codebooks=spec.num_codebooks)
     return mimi.eval()
-
-
-def describe(spec: CsmSpec | MimiSpec) -> dict:
-    return asdict(spec)
