@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 # Everything else is imported inside main(), so that Ctrl-C while it loads still stops cleanly.
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-device", metavar="INDEX|NAME", help="microphone to use (see --list-devices)")
     parser.add_argument("--output-device", metavar="INDEX|NAME", help="speaker to use (see --list-devices)")
     parser.add_argument("--text", action="store_true", help="type to the assistant instead of speaking")
+    parser.add_argument(
+        "--no-speech", action="store_true", help="with --text: print replies without loading the speech model",
+    )
     parser.add_argument("--input", type=Path, metavar="WAV", help="headless: answer the speech in this wav file")
     parser.add_argument("--output", type=Path, metavar="WAV", help="headless: write the spoken reply here")
     parser.add_argument(
@@ -70,6 +74,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--input and --output go together")
     if args.text and args.input:
         parser.error("--text and --input/--output are different modes; choose one")
+    if args.no_speech and not args.text:
+        parser.error("--no-speech goes with --text")
     if args.input is not None and not args.input.is_file():
         parser.error(f"--input {args.input}: no such file")
 
@@ -84,16 +90,23 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    from assistant.audio.devices import AudioDeviceError
+    from assistant.audio.wavfile import WavError
     from assistant.llm.factory import BackendUnavailable
     from assistant.logs import setup_logging
-    from pipelines.runner import Mode, ModeUnavailable, run
+    from pipelines.components import StartupError
+    from pipelines.runner import Mode, run
 
     setup_logging(config.logging.level)
+    mode = Mode(text=args.text, speech=not args.no_speech, input_wav=args.input, output_wav=args.output)
     try:
-        asyncio.run(run(config, Mode(text=args.text, input_wav=args.input, output_wav=args.output)))
-    except (ModeUnavailable, BackendUnavailable) as exc:
+        asyncio.run(run(config, mode))
+    except (BackendUnavailable, WavError) as exc:
         logging.getLogger("assistant").error("%s", exc)
         return EXIT_USAGE
+    except (StartupError, AudioDeviceError) as exc:
+        logging.getLogger("assistant").error("cannot start: %s", exc)
+        return EXIT_FAILURE
     return 0
 
 

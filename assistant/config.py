@@ -17,6 +17,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 DeviceRef = int | str | None
+KEY_NAMES = {"space": " ", "enter": "\n", "tab": "\t", "escape": "\x1b", "esc": "\x1b"}
+"""Names a terminal key can be given by in the config (besides any single character)."""
 PositiveMs = Annotated[int, Field(gt=0, le=60_000)]
 
 
@@ -128,7 +130,14 @@ class BargeInConfig(Section):
     mode: Literal["off", "vad"] = "off"
     min_speech_ms: int = Field(300, ge=30, le=5000, description="Speech needed before it interrupts.")
     tail_ms: int = Field(300, ge=0, le=5000, description="Mic stays ignored this long after speech ends (off mode).")
-    key: str | None = Field("space", description="Terminal key that interrupts; null = none.")
+    key: str | None = Field("space", description="Terminal key that interrupts: one character, space, enter, tab or escape; null = none.")
+
+    @field_validator("key")
+    @classmethod
+    def _one_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1 and value.lower() not in KEY_NAMES:
+            raise ValueError(f"must be one character, or one of {', '.join(KEY_NAMES)}")
+        return value
 
 
 class MqttConfig(Section):

@@ -81,6 +81,11 @@ class VadSegmenter:
     def in_speech(self) -> bool:
         return bool(self._frames)
 
+    @property
+    def voiced_ms(self) -> int:
+        """Voiced time in the turn now in progress (0 outside speech)."""
+        return self._voiced * self.config.frame_ms if self._frames else 0
+
     def feed(self, audio: np.ndarray) -> list[SpeechOnset | Utterance]:
         self._pending = np.concatenate([self._pending, np.asarray(audio, np.float32)])
         events: list[SpeechOnset | Utterance] = []

@@ -1,7 +1,6 @@
-"""Text mode: the user types, the assistant answers.
+"""Text mode: the user types, the assistant answers, speaking the reply when it has a voice.
 
-The reply streams to the terminal as the LLM produces it. Speaking it aloud joins this mode
-once the CSM engine and the voice loop are wired in.
+Each line is one turn, answered in order. A chunk of the reply is printed as it is handed to speech.
 """
 
 from __future__ import annotations
@@ -9,49 +8,51 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
 from typing import TextIO
 
-from assistant.config import Config
-from assistant.events import EventBus, ReplyText, StateChanged, TurnLatency, UserTranscript, next_turn_id
-from assistant.llm.backend import ChatBackend, Message
+from assistant.events import EventBus, ReplyText, Subscription
+from pipelines.voice_loop import VoiceLoop
 
 
 def _read_lines(source: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
-    for line in source:
-        loop.call_soon_threadsafe(queue.put_nowait, line)
-    loop.call_soon_threadsafe(queue.put_nowait, None)
+    try:
+        for line in source:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+    except RuntimeError:  # the loop closed (the program is stopping) while a line was being read
+        return
 
 
-async def run_text_mode(
-    config: Config, backend: ChatBackend, bus: EventBus, source: TextIO = sys.stdin, sink: TextIO = sys.stdout
-) -> None:
+def _show(event: ReplyText, sink: TextIO, started: set[int]) -> None:
+    if not event.final:
+        sink.write(f"{' ' if event.turn in started else 'assistant: '}{event.text}")
+        started.add(event.turn)
+    elif event.turn in started:
+        sink.write(" [interrupted]\n" if event.interrupted else "\n")
+    sink.flush()
+
+
+async def _print_replies(replies: Subscription, sink: TextIO, started: set[int]) -> None:
+    while True:
+        event = await replies.get()
+        assert isinstance(event, ReplyText)
+        _show(event, sink, started)
+
+
+async def run_text_mode(voice: VoiceLoop, bus: EventBus, source: TextIO = sys.stdin, sink: TextIO = sys.stdout) -> None:
     """Answer each typed line until end of input."""
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     # A daemon thread, not the default executor: a blocked readline must not hold up shutdown.
     threading.Thread(target=_read_lines, args=(source, asyncio.get_running_loop(), lines), daemon=True).start()
-    history: list[Message] = [{"role": "system", "content": config.llm.system_prompt}]
-    bus.publish(StateChanged(state="listening"))
-    while (line := await lines.get()) is not None:
-        text = line.strip()
-        if not text:
-            continue
-        turn, start = next_turn_id(), time.monotonic()
-        bus.publish(UserTranscript(text=text, turn=turn))
-        bus.publish(StateChanged(state="thinking"))
-        history.append({"role": "user", "content": text})
-        reply, first_token = "", None
-        async for delta in backend.stream(history):
-            if first_token is None:
-                first_token = time.monotonic() - start
-                sink.write("assistant: ")
-            reply += delta
-            sink.write(delta)
-            sink.flush()
-        sink.write("\n")
-        sink.flush()
-        history.append({"role": "assistant", "content": reply})
-        bus.publish(ReplyText(text=reply, turn=turn, final=True))
-        bus.publish(TurnLatency(turn=turn, transcript_s=0.0, first_token_s=first_token))
-        bus.publish(StateChanged(state="listening"))
-    bus.publish(StateChanged(state="idle"))
+    started: set[int] = set()
+    with bus.subscribe(ReplyText) as replies:
+        while (line := await lines.get()) is not None:
+            if not (text := line.strip()):
+                continue
+            printer = asyncio.create_task(_print_replies(replies, sink, started))
+            try:
+                await voice.ask(text)
+            finally:
+                printer.cancel()
+                while not replies.queue.empty():  # what the turn published last
+                    _show(replies.queue.get_nowait(), sink, started)  # type: ignore[arg-type]

@@ -73,7 +73,7 @@ def test_list_devices_shows_the_virtual_devices(pulse: PulseAudio) -> None:
 
 def test_text_mode_answers_each_line() -> None:
     result = cli(
-        "--text", "--set", "llm.backend=scripted", "--set", "llm.scripted.replies=[Hi there!, Goodbye now.]",
+        "--text", "--no-speech", "--set", "llm.backend=scripted", "--set", "llm.scripted.replies=[Hi there!, Goodbye now.]",
         stdin="hello\n\nbye\n",
     )
     assert result.returncode == 0, result.stderr
@@ -84,7 +84,7 @@ def test_text_mode_answers_each_line() -> None:
 
 def test_ctrl_c_stops_cleanly_without_a_traceback() -> None:
     process = subprocess.Popen(
-        [sys.executable, SCRIPT, "--text", "--set", "llm.backend=scripted"],
+        [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
@@ -111,7 +111,7 @@ def _wait_until_mapped(pid: int, library: str, timeout_s: float = 30) -> None:
 @pytest.mark.parametrize("moment", ["at once", "while loading the config modules"])
 def test_ctrl_c_during_start_up_is_clean(moment: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, SCRIPT, "--text", "--set", "llm.backend=scripted"],
+        [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     if moment != "at once":

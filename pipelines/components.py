@@ -1,0 +1,49 @@
+"""Build the heavy parts (Whisper, CSM) from the config, each failing with one clear line."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from assistant.config import AsrConfig, CsmConfig
+
+if TYPE_CHECKING:
+    from assistant.asr import WhisperTranscriber
+    from assistant.tts.csm import CSMEngine
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """A part the chosen mode needs could not be loaded or opened."""
+
+
+def load_transcriber(config: AsrConfig) -> WhisperTranscriber:
+    from assistant.asr import AsrError, WhisperTranscriber
+
+    try:
+        return WhisperTranscriber(config)
+    except AsrError as error:
+        raise StartupError(str(error)) from None
+
+
+def load_engine(config: CsmConfig) -> CSMEngine:
+    import torch
+
+    from assistant.tts.csm import CheckpointError, CSMEngine
+
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
+    start = time.monotonic()
+    try:
+        engine = CSMEngine.from_pretrained(config.model, config.mimi, config.tokenizer, device=device, dtype=dtype)
+    except CheckpointError as error:
+        raise StartupError(f"cannot load the CSM speech model {config.model!r}: {error}") from None
+    except Exception as error:  # tokenizer, Mimi or torch failures: still one line, not a traceback
+        raise StartupError(
+            f"cannot load the CSM speech model {config.model!r} (mimi={config.mimi!r}, tokenizer={config.tokenizer!r}): "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    log.info("CSM: %s on %s (%s) in %.1f s", config.model, device, engine.model.dtype, time.monotonic() - start)
+    return engine

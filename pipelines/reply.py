@@ -1,0 +1,239 @@
+"""One assistant reply: text deltas -> sentence chunks -> CSM audio -> the sink, cancellable at any moment.
+
+Audio goes to the sink as soon as the engine yields it, so the engine works on the next chunk while
+the sink plays this one. The sink's `played` count says what the user actually heard: an
+interrupted reply keeps only the frames that went out and the text of the chunks they belong to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from assistant.audio.streams import AudioSink
+from assistant.events import ErrorEvent, EventBus, ReplyText, StateChanged
+from assistant.llm.backend import LlmError
+from assistant.llm.chunker import SentenceChunker
+from assistant.segment import Segment
+from pipelines.turn_clock import TurnClock
+
+log = logging.getLogger(__name__)
+
+Deltas = Callable[[asyncio.Event], AsyncIterator[str]]
+"""Starts the reply's text stream; it must stop once the event is set."""
+
+
+class SpokenChunk(Protocol):
+    audio: np.ndarray  # float32, 24 kHz
+    codes: torch.Tensor  # [num_codebooks, frames]
+
+
+class SpeechEngine(Protocol):
+    """What a reply needs of the CSM engine (`assistant.tts.csm.CSMEngine`)."""
+
+    def stream(
+        self,
+        text: str,
+        speaker: int = ...,
+        context: Sequence[Segment] = ...,
+        temperature: float = ...,
+        topk: int = ...,
+        seed: int | None = ...,
+        max_audio_ms: float | None = ...,
+        cancel: Any = ...,
+        chunk_frames: int = ...,
+    ) -> AsyncIterator[SpokenChunk]: ...
+
+
+@dataclass(frozen=True)
+class Voice:
+    """How the engine is asked to speak (the `csm` config section)."""
+
+    speaker: int = 1
+    temperature: float = 0.9
+    topk: int = 50
+    seed: int | None = None
+    max_audio_ms: float | None = None
+    chunk_frames: int = 2
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """What the user heard of a reply."""
+
+    text: str
+    codes: torch.Tensor | None  # [num_codebooks, frames played]; None without speech
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """Audio of chunk `piece` that occupies sink positions [start, end)."""
+
+    piece: int
+    codes: torch.Tensor
+    start: int
+    end: int
+
+    def frames_before(self, position: int) -> int:
+        """Frames of this audio that had started playing when the sink reached `position`."""
+        if position <= self.start:
+            return 0
+        per_frame = (self.end - self.start) / self.codes.shape[1]
+        return min(self.codes.shape[1], math.ceil((position - self.start) / per_frame))
+
+
+class Reply:
+    """Run with `await reply.run()`; `interrupt()` from the same loop stops it and keeps what was heard.
+
+    `context` resolves to CSM's context for the first chunk (it may still be encoding the user's audio
+    when the reply starts). Without an `engine` or `sink` the reply is text only: each chunk counts as
+    heard once it is complete.
+    """
+
+    def __init__(
+        self,
+        turn: int,
+        deltas: Deltas,
+        bus: EventBus,
+        clock: TurnClock,
+        *,
+        engine: SpeechEngine | None = None,
+        sink: AudioSink | None = None,
+        context: Awaitable[list[Segment]] | None = None,
+        voice: Voice = Voice(),
+        apology: str | None = None,
+    ) -> None:
+        self.turn = turn
+        self._deltas = deltas
+        self._bus = bus
+        self._clock = clock
+        self._engine = engine if sink is not None else None
+        self._sink = sink
+        self._context = asyncio.ensure_future(context) if context is not None else None
+        self._voice = voice
+        self._apology = apology
+        self._cancel = asyncio.Event()
+        self._pieces: list[str] = []
+        self._placed: list[_Placed] = []
+        self._heard_until: int | None = None  # the sink position when interrupted
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def interrupted(self) -> bool:
+        return self._cancel.is_set()
+
+    async def run(self) -> Spoken:
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        self._tasks += [asyncio.create_task(self._write(chunks)), asyncio.create_task(self._speak(chunks))]
+        try:
+            while pending := [t for t in self._tasks if not t.done()]:  # the speaker adds a watcher task
+                await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            self.interrupt()
+            await asyncio.wait(self._tasks)
+            raise
+        finally:
+            if self._context is not None:
+                self._context.cancel()
+        for task in self._tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return self._spoken()
+
+    def interrupt(self) -> None:
+        """Silence the sink now, stop the LLM and the engine, and remember how far playback got."""
+        if self._cancel.is_set():
+            return
+        self._cancel.set()
+        if self._sink is not None:
+            self._sink.interrupt()
+            self._heard_until = self._sink.played
+        for task in self._tasks:
+            task.cancel()
+
+    async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
+        """LLM deltas into sentence chunks; a failing LLM ends the reply with what it had said."""
+        chunker, any_text = SentenceChunker(), False
+        try:
+            async for delta in self._deltas(self._cancel):
+                if not any_text:
+                    self._clock.mark("first_token")
+                    any_text = True
+                for piece in chunker.push(delta):
+                    chunks.put_nowait(piece)
+            for piece in chunker.flush():
+                chunks.put_nowait(piece)
+        except Exception as error:  # any backend failure: report it and keep the assistant running
+            before = error.before_first_token if isinstance(error, LlmError) else not any_text
+            self._report("llm", f"the LLM failed {'before replying' if before else 'mid-reply'}: {error}")
+            if before and self._apology:
+                chunks.put_nowait(self._apology)
+        finally:
+            chunks.put_nowait(None)
+
+    async def _speak(self, chunks: asyncio.Queue[str | None]) -> None:
+        spoken: list[Segment] = []
+        end = None
+        while (piece := await chunks.get()) is not None:
+            self._clock.mark("first_chunk")
+            index = len(self._pieces)
+            self._pieces.append(piece)
+            self._bus.publish(ReplyText(text=piece, turn=self.turn))
+            if self._engine is None or self._sink is None:
+                continue
+            try:
+                context = (await self._context if self._context is not None else []) + spoken
+                codes = []
+                async with contextlib.aclosing(self._engine.stream(
+                    piece, self._voice.speaker, context, self._voice.temperature, self._voice.topk,
+                    self._voice.seed, self._voice.max_audio_ms, self._cancel, self._voice.chunk_frames,
+                )) as stream:
+                    async for chunk in stream:
+                        end = self._place(index, chunk)
+                        codes.append(chunk.codes)
+            except Exception as error:  # a failing engine ends this reply, not the assistant
+                self._report("speech", f"speech generation failed: {type(error).__name__}: {error}")
+                del self._pieces[index:]
+                break
+            if codes:
+                spoken.append(Segment(self._voice.speaker, piece, codes=torch.cat(codes, dim=1)))
+        if end is not None and self._sink is not None:
+            await self._sink.wait_played(end)
+
+    def _place(self, piece: int, chunk: SpokenChunk) -> int:
+        assert self._sink is not None
+        self._clock.mark("first_audio")
+        end = self._sink.play(chunk.audio)
+        placed = _Placed(piece, chunk.codes, end - len(chunk.audio), end)
+        if not self._placed:
+            self._tasks.append(asyncio.create_task(self._watch_first_played(placed.start + 1)))
+        self._placed.append(placed)
+        return end
+
+    async def _watch_first_played(self, position: int) -> None:
+        assert self._sink is not None
+        if await self._sink.wait_played(position):
+            self._clock.mark("first_played")
+            self._bus.publish(StateChanged(state="speaking"))
+
+    def _spoken(self) -> Spoken:
+        if self._sink is None or self._engine is None:
+            return Spoken(" ".join(self._pieces), None, self.interrupted)
+        until = self._heard_until if self._heard_until is not None else self._sink.played
+        heard = [(p, n) for p in self._placed if (n := p.frames_before(until)) > 0]
+        pieces = sorted({p.piece for p, _ in heard})
+        codes = torch.cat([p.codes[:, :n] for p, n in heard], dim=1) if heard else None
+        return Spoken(" ".join(self._pieces[i] for i in pieces), codes, self.interrupted)
+
+    def _report(self, source: str, message: str) -> None:
+        log.warning("turn %d: %s", self.turn, message)
+        self._bus.publish(ErrorEvent(source=source, message=message))

@@ -1,0 +1,243 @@
+"""The voice loop: hear a turn, transcribe it, answer it in speech; one turn at a time, interruptible.
+
+Audio blocks come from any `AudioSource` (microphone or wav file) and replies go to any `AudioSink`
+(speaker or wav file). Typed turns (`ask`) share the same reply path. Blocking work (ASR, Mimi
+encoding, CSM) runs in worker threads; everything here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import torch
+
+from assistant.asr import Transcriber
+from assistant.audio.streams import AudioSink, AudioSource
+from assistant.config import Config
+from assistant.conversation import Conversation, Turn
+from assistant.events import (
+    ErrorEvent,
+    EventBus,
+    Interrupted,
+    ReplyText,
+    SpeechStarted,
+    State,
+    StateChanged,
+    UserTranscript,
+    UtteranceEnded,
+    next_turn_id,
+)
+from assistant.llm.backend import ChatBackend
+from assistant.segment import Segment
+from assistant.vad import SpeechOnset, Utterance, VadSegmenter
+from pipelines.reply import Reply, SpeechEngine, Spoken, Voice
+from pipelines.turn_clock import TurnClock
+
+log = logging.getLogger(__name__)
+
+AudioEncoder = Callable[[np.ndarray, int], torch.Tensor]
+"""Mono audio at a sample rate -> Mimi codes `[K, frames]` (blocking; run in a thread)."""
+
+
+class VoiceLoop:
+    def __init__(
+        self,
+        config: Config,
+        bus: EventBus,
+        backend: ChatBackend,
+        *,
+        transcriber: Transcriber | None = None,
+        engine: SpeechEngine | None = None,
+        encode_audio: AudioEncoder | None = None,
+        sink: AudioSink | None = None,
+        segmenter: VadSegmenter | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.backend = backend
+        self.transcriber = transcriber
+        self.engine = engine
+        self.encode_audio = encode_audio
+        self.sink = sink
+        self.segmenter = segmenter
+        csm = config.csm
+        self.voice = Voice(csm.speaker, csm.temperature, csm.topk, csm.seed, csm.max_audio_ms, csm.chunk_frames)
+        user_speaker = 0 if csm.speaker != 0 else 1
+        self.conversation = Conversation(config.conversation, config.llm.system_prompt, user_speaker, csm.speaker)
+        self._turn: asyncio.Task[Spoken | None] | None = None
+        self._reply: Reply | None = None
+        self._turn_id: int | None = None
+        self._quiet_until = 0.0  # off-mode barge-in: the microphone is ignored until then
+
+    @property
+    def busy(self) -> bool:
+        """A turn is being answered (thinking or speaking)."""
+        return self._turn is not None and not self._turn.done()
+
+    async def listen(self, source: AudioSource, *, sequential: bool = False) -> None:
+        """Answer the turns heard in `source` until it ends; `sequential` reads on only between turns (files)."""
+        if self.segmenter is None or self.transcriber is None:
+            raise ValueError("listening needs a VAD segmenter and a transcriber")
+        self._state("listening")
+        async for block in source.blocks():
+            self._hear(block)
+            if sequential and self._turn is not None:
+                await _finished(self._turn)
+        await _finished(self._turn)
+        self._state("idle")
+
+    async def ask(self, text: str) -> Spoken | None:
+        """A typed turn: the reply is spoken (when there is a sink) and returned; None if interrupted before it began."""
+        return await self._start(self._text_turn(text))
+
+    def interrupt(self, source: str = "api") -> bool:
+        """Stop the current reply now: silence, cancel the LLM and the engine. False when nothing was going on."""
+        if not self.busy:
+            return False
+        assert self._turn is not None
+        if self._reply is not None:
+            self._reply.interrupt()
+        else:  # still transcribing: drop the turn
+            self._turn.cancel()
+        log.info("interrupted (%s)", source)
+        self.bus.publish(Interrupted(source=source, turn=self._turn_id))
+        return True
+
+    async def aclose(self) -> None:
+        """Interrupt whatever is going on and wait for it to finish."""
+        self.interrupt("shutdown")
+        await _finished(self._turn)
+
+    def _hear(self, block: np.ndarray) -> None:
+        assert self.segmenter is not None
+        barge_in = self.config.barge_in
+        if barge_in.mode == "off" and (self.busy or time.monotonic() < self._quiet_until):
+            self.segmenter.reset()  # the assistant's own voice (or its echo) is not a turn
+            return
+        for event in self.segmenter.feed(block):
+            if isinstance(event, SpeechOnset):
+                self.bus.publish(SpeechStarted())
+            else:
+                self._on_utterance(event)
+        if barge_in.mode == "vad" and self._reply is not None and self.segmenter.voiced_ms >= barge_in.min_speech_ms:
+            self.interrupt("barge-in")
+
+    def _on_utterance(self, utterance: Utterance) -> None:
+        ended_at = time.monotonic()
+        self.bus.publish(UtteranceEnded(duration_s=utterance.duration_s))
+        if self.busy and not (self._reply is not None and self._reply.interrupted):
+            log.info("ignored %.1f s of speech that came while replying without interrupting", utterance.duration_s)
+            return
+        self._start(self._voice_turn(utterance, ended_at))
+
+    def _start(self, turn: Coroutine[Any, Any, Spoken | None]) -> asyncio.Task[Spoken | None]:
+        """Make `turn` the current turn; it runs once the one before it has finished."""
+        previous = self._turn
+
+        async def after_previous() -> Spoken | None:
+            try:
+                await _finished(previous)
+            except asyncio.CancelledError:
+                turn.close()
+                raise
+            return await turn
+
+        self._turn = asyncio.ensure_future(after_previous())
+        self._turn.add_done_callback(self._report_crash)
+        return self._turn
+
+    def _report_crash(self, task: asyncio.Future[Spoken | None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("a turn failed", exc_info=error)
+            self.bus.publish(ErrorEvent(source="pipeline", message=f"a turn failed: {type(error).__name__}: {error}"))
+
+    async def _voice_turn(self, utterance: Utterance, ended_at: float) -> Spoken | None:
+        transcriber = self.transcriber
+        assert transcriber is not None
+        clock, turn = TurnClock(ended_at), next_turn_id()
+        self._turn_id = turn
+        self._state("thinking")
+        codes = self._encode(utterance.audio, utterance.sample_rate)
+        try:
+            transcript = await asyncio.to_thread(transcriber.transcribe, utterance.audio)
+        except Exception as error:
+            self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
+            return self._done(codes)
+        finally:
+            clock.mark("transcript")
+        if transcript.is_empty:
+            log.info("turn %d: no words in %.1f s of audio; not replying", turn, utterance.duration_s)
+            return self._done(codes)
+        self.bus.publish(UserTranscript(text=transcript.text, turn=turn))
+        user = self.conversation.add_user(transcript.text, utterance.audio, utterance.sample_rate)
+        return await self._respond(turn, clock, self._speech_context(user, codes))
+
+    async def _text_turn(self, text: str) -> Spoken | None:
+        clock, turn = TurnClock(), next_turn_id()
+        self._turn_id = turn
+        self._state("thinking")
+        self.bus.publish(UserTranscript(text=text, turn=turn))
+        self.conversation.add_user(text)
+        return await self._respond(turn, clock, self._speech_context(None, None))
+
+    async def _respond(self, turn: int, clock: TurnClock, context: Coroutine[Any, Any, list[Segment]]) -> Spoken:
+        messages = self.conversation.messages()
+
+        def deltas(cancel: asyncio.Event) -> AsyncIterator[str]:
+            return self.backend.stream(messages, cancel)
+
+        reply = Reply(
+            turn, deltas, self.bus, clock, engine=self.engine, sink=self.sink, context=context,
+            voice=self.voice, apology=self.config.llm.apology,
+        )
+        self._reply = reply
+        try:
+            spoken = await reply.run()
+        finally:
+            self._reply = None
+            self._quiet_until = time.monotonic() + self.config.barge_in.tail_ms / 1000
+            self._state("listening")
+        if spoken.text or spoken.codes is not None:
+            self.conversation.add_assistant(spoken.text, codes=spoken.codes, interrupted=spoken.interrupted)
+        self.bus.publish(ReplyText(text=spoken.text, turn=turn, final=True, interrupted=spoken.interrupted))
+        self.bus.publish(clock.latency(turn))
+        return spoken
+
+    def _encode(self, audio: np.ndarray, sample_rate: int) -> asyncio.Future[torch.Tensor] | None:
+        """Start Mimi-encoding the user's audio for CSM's context, alongside ASR."""
+        if self.encode_audio is None or self.engine is None or self.sink is None:
+            return None
+        return asyncio.ensure_future(asyncio.to_thread(self.encode_audio, audio, sample_rate))
+
+    async def _speech_context(self, user: Turn | None, codes: asyncio.Future[torch.Tensor] | None) -> list[Segment]:
+        if user is not None and codes is not None:
+            try:
+                user.codes = await codes
+            except Exception as error:  # speak anyway, without the user's voice in the context
+                self._report("speech", f"could not encode the user's audio: {type(error).__name__}: {error}")
+                user.audio = None
+        return self.conversation.speech_context()
+
+    def _done(self, codes: asyncio.Future[torch.Tensor] | None) -> None:
+        if codes is not None:
+            codes.cancel()
+        self._state("listening")
+        return None
+
+    def _state(self, state: State) -> None:
+        self.bus.publish(StateChanged(state=state))
+
+    def _report(self, source: str, message: str) -> None:
+        log.warning("%s", message)
+        self.bus.publish(ErrorEvent(source=source, message=message))
+
+
+async def _finished(task: asyncio.Future[Any] | None) -> None:
+    """Wait for a turn to end, whatever way it ends (its errors were reported where they happened)."""
+    if task is not None and not task.done():
+        await asyncio.wait([task])

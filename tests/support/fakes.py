@@ -1,0 +1,184 @@
+"""Fakes for unit tests of the voice loop's logic: stand-ins for CSM, the LLM and the speaker.
+
+They keep the real contracts (AudioSink, SpeechEngine, ChatBackend) and record what happened to
+them; end-to-end tests use the real parts instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from assistant.asr import Transcript
+from assistant.llm.backend import LlmError, Message
+from assistant.segment import Segment
+
+FRAME = 1920
+
+
+@dataclass
+class FakeChunk:
+    audio: np.ndarray
+    codes: torch.Tensor
+
+
+@dataclass
+class FakeSpeechEngine:
+    """Speaks `frames_per_text` frames per text, one per `frame_s`; frame codes count up from 1."""
+
+    frames_per_text: int = 3
+    frame_s: float = 0.0
+    codebooks: int = 4
+    fail_on: str | None = None
+    calls: list[tuple[str, list[Segment]]] = field(default_factory=list)
+    cancelled: int = 0
+    _next_code: int = 1
+
+    async def stream(
+        self, text: str, speaker: int = 1, context: Sequence[Segment] = (), temperature: float = 0.9,
+        topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None, cancel: Any = None,
+        chunk_frames: int = 1,
+    ) -> AsyncIterator[FakeChunk]:
+        self.calls.append((text, list(context)))
+        if text == self.fail_on:
+            raise RuntimeError("the fake engine was told to fail")
+        try:
+            for _ in range(self.frames_per_text):
+                await asyncio.sleep(self.frame_s)
+                if cancel is not None and cancel.is_set():
+                    self.cancelled += 1
+                    return
+                codes = torch.full((self.codebooks, 1), self._next_code, dtype=torch.long)
+                self._next_code += 1
+                yield FakeChunk(np.full(FRAME, 0.1, np.float32), codes)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+
+
+class ManualSink:
+    """A speaker whose playback the test moves forward with `advance`, like a clock it controls."""
+
+    def __init__(self) -> None:
+        self.queued = 0  # end position of everything queued
+        self._played = 0
+        self.interrupts = 0
+        self.chunks: list[np.ndarray] = []
+        self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
+
+    def play(self, audio: np.ndarray) -> int:
+        self.chunks.append(audio)
+        self.queued += len(audio)
+        return self.queued
+
+    @property
+    def played(self) -> int:
+        return self._played
+
+    def advance(self, samples: int) -> None:
+        self._played = min(self.queued, self._played + samples)
+        self._wake()
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        self.queued = self._played
+        self._wake(dropped=True)
+
+    async def wait_played(self, position: int) -> bool:
+        if self._played >= position:
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append((position, future))
+        return await future
+
+    def _wake(self, dropped: bool = False) -> None:
+        for position, future in list(self._waiters):
+            if not future.done() and (self._played >= position or dropped):
+                future.set_result(self._played >= position)
+        self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
+
+    async def aclose(self) -> None:
+        self._wake(dropped=True)
+
+
+class FakeBackend:
+    """An LLM that streams the given deltas, then optionally fails; records cancellation and closing."""
+
+    name = "fake"
+
+    def __init__(self, deltas: Sequence[str], fail_after: int | None = None, delay_s: float = 0.0) -> None:
+        self.deltas = list(deltas)
+        self.fail_after = fail_after
+        self.delay_s = delay_s
+        self.messages: list[list[Message]] = []
+        self.streams_closed = 0
+
+    async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
+        self.messages.append(list(messages))
+        try:
+            for i, delta in enumerate(self.deltas):
+                if i == self.fail_after:
+                    raise LlmError("the fake LLM was told to fail", before_first_token=i == 0)
+                await asyncio.sleep(self.delay_s)
+                if cancel is not None and cancel.is_set():
+                    return
+                yield delta
+            if self.fail_after is not None and self.fail_after >= len(self.deltas):
+                raise LlmError("the fake LLM was told to fail", before_first_token=not self.deltas)
+        finally:
+            self.streams_closed += 1
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FakeTranscriber:
+    """Returns the given texts in turn, whatever the audio."""
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.heard: list[np.ndarray] = []
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.heard.append(audio)
+        return Transcript(self.texts.pop(0), "en", len(audio) / 16_000)
+
+
+class QueueSource:
+    """A microphone the test speaks into with `put`; `end()` closes it."""
+
+    def __init__(self) -> None:
+        self._blocks: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+
+    def put(self, audio: np.ndarray, block: int = 480) -> None:
+        for start in range(0, len(audio), block):
+            self._blocks.put_nowait(audio[start : start + block])
+
+    def end(self) -> None:
+        self._blocks.put_nowait(None)
+
+    async def blocks(self) -> AsyncIterator[np.ndarray]:
+        while (block := await self._blocks.get()) is not None:
+            yield block
+
+    async def aclose(self) -> None:
+        self.end()
+
+
+def loud(seconds: float, rate: int = 16_000) -> np.ndarray:
+    """'Speech' for the energy classifier below."""
+    return np.full(int(seconds * rate), 0.5, np.float32)
+
+
+def quiet(seconds: float, rate: int = 16_000) -> np.ndarray:
+    return np.zeros(int(seconds * rate), np.float32)
+
+
+def energy_classifier(frame: np.ndarray) -> bool:
+    """A stand-in for webrtcvad: loud frames are speech."""
+    return float(np.abs(frame).mean()) > 0.1
