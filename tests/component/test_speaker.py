@@ -1,0 +1,185 @@
+"""The live speaker on PulseAudio's virtual speaker, heard through its monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import soxr
+
+from assistant.audio import live
+from assistant.audio.devices import AudioDeviceError, DeviceInfo
+from assistant.audio.speaker import Speaker
+from assistant.audio.streams import PLAYBACK_RATE
+from tests.support.pulse import MonitorRecording, PulseAudio
+
+LOUD = 0.1  # the tones have amplitude 0.5
+ATTEMPTS = 20  # interruptions tried to measure three with the tone sounding
+
+
+def tone(seconds: float, frequency: float = 1000.0) -> np.ndarray:
+    t = np.arange(int(seconds * PLAYBACK_RATE)) / PLAYBACK_RATE
+    return (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def play_in_chunks(speaker: Speaker, audio: np.ndarray, chunk: int = 1920) -> list[int]:
+    """Play `audio` as consecutive Mimi-frame-sized chunks; the end positions play() returned."""
+    return [speaker.play(audio[start : start + chunk]) for start in range(0, len(audio), chunk)]
+
+
+async def test_a_tone_played_in_chunks_comes_back_from_the_monitor(pulse: PulseAudio) -> None:
+    audio = tone(1.0)
+    threads = set(threading.enumerate())
+    with MonitorRecording(pulse) as monitor:
+        async with Speaker("pulse") as speaker:
+            assert speaker.rate != PLAYBACK_RATE
+            ends = play_in_chunks(speaker, audio)
+            assert ends == list(range(1920, len(audio), 1920)) + [len(audio)]
+            assert await asyncio.wait_for(speaker.wait_played(len(audio) // 2), 20)
+            assert speaker.played < len(audio)
+            assert await asyncio.wait_for(speaker.wait_played(len(audio)), 20)
+            assert speaker.played == len(audio)
+            await asyncio.sleep(0.3)  # until the monitor has caught up
+    assert set(threading.enumerate()) == threads
+    assert not monitor.overflowed
+    heard, _ = monitor.recorded()
+    loud = np.flatnonzero(np.abs(heard) > LOUD)
+    assert loud.size > 0.1 * monitor.rate, "the tone did not come back from the monitor"
+    heard = heard[loud[0] : loud[-1] + 1]
+    spectrum = np.abs(np.fft.rfft(heard))
+    assert abs(np.argmax(spectrum) * monitor.rate / len(heard) - 1000) < 5
+    assert 0.4 < np.max(np.abs(heard)) < 0.6
+
+
+async def test_interrupt_silences_the_speaker_within_50_ms(pulse: PulseAudio) -> None:
+    """From the interrupt() call to the last sound on the monitor, at most 50 ms.
+
+    The measurement needs the tone sounding when interrupt() is called, so the call comes just
+    as a loud block arrives from the monitor. On a busy machine PulseAudio's virtual speaker still
+    underruns now and then (and plays what it holds late when it catches up): attempts without
+    the tone on the monitor in the 20 ms before the call are not measured, and the test tries again.
+    """
+    audio = tone(2.0)
+    silent_after: list[float] = []
+    with MonitorRecording(pulse) as monitor:
+        async with Speaker("pulse") as speaker:
+            for _ in range(ATTEMPTS):
+                start, since = speaker.played, time.monotonic()
+                end = play_in_chunks(speaker, audio)[-1]
+                assert end == start + len(audio)  # play() goes on from `played` after an interrupt
+                whole = asyncio.create_task(speaker.wait_played(end))
+                assert await asyncio.wait_for(speaker.wait_played(start + PLAYBACK_RATE // 4), 20)
+                called = await interrupt_while_heard(speaker, monitor)
+                played = speaker.played
+                assert not await whole  # dropped audio is never reached
+                await asyncio.sleep(0.3)  # until the monitor has caught up
+                assert speaker.played == played < end
+                heard, times = monitor.recorded()  # times: when each sample went through the speaker
+                loud = (times > since) & (np.abs(heard) > LOUD)  # this attempt's tone
+                # every loud sample went out, and played() counts what went out
+                assert played - start >= loud.sum() * PLAYBACK_RATE / monitor.rate
+                if np.any(loud & (times > called - 0.02) & (times < called)):
+                    silent_after.append(times[np.flatnonzero(loud)[-1]] + 1 / monitor.rate - called)
+                if len(silent_after) == 3:
+                    break
+            assert await asyncio.wait_for(speaker.wait_played(speaker.play(tone(0.1))), 20)
+    assert not monitor.overflowed
+    print(f"silent after interrupt(): {', '.join(f'{s * 1000:.1f}' for s in silent_after)} ms")
+    assert silent_after, f"the speaker underran at every one of {ATTEMPTS} interrupts: machine too busy?"
+    assert max(silent_after) < 0.050
+
+
+async def interrupt_while_heard(speaker: Speaker, monitor: MonitorRecording, timeout_s: float = 1.5) -> float:
+    """Call speaker.interrupt() as soon as a loud block arrives from the monitor; returns when it was called."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        block, arrived = monitor.latest()
+        if np.max(np.abs(block)) > LOUD and time.monotonic() - arrived < 0.005:
+            break
+        await asyncio.sleep(0.001)
+    called = time.monotonic()
+    speaker.interrupt()
+    return called
+
+
+async def test_an_unknown_speaker_is_named_in_the_error(pulse: PulseAudio) -> None:
+    with pytest.raises(AudioDeviceError, match="no-such-speaker"):
+        await Speaker("no-such-speaker").start()
+
+
+class FakeStream:
+    """Stands in for a sounddevice stream: the test calls the callback instead of an audio thread."""
+
+    def __init__(self, callback: live.Callback, blocksize: int, **_: object) -> None:
+        self.callback = callback
+        self.blocksize = blocksize
+
+    def pull(self, blocks: int) -> np.ndarray:
+        """What the callback hands out for `blocks` blocks."""
+        out = []
+        for _ in range(blocks):
+            block = np.full((self.blocksize, 1), np.nan, np.float32)
+            self.callback(block, self.blocksize, None, None)
+            out.append(block[:, 0])
+        return np.concatenate(out)
+
+    def start(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@pytest.fixture
+def fake_stream(monkeypatch: pytest.MonkeyPatch) -> list[FakeStream]:
+    """Speakers open FakeStreams on a fake 44.1 kHz device; the list holds those opened."""
+    opened: list[FakeStream] = []
+
+    def output_stream(**kwargs: object) -> FakeStream:
+        opened.append(FakeStream(**kwargs))
+        return opened[-1]
+
+    device = DeviceInfo(0, "fake", "test", 0, 1, 44100.0)
+    fake_sd = type("FakeSoundDevice", (), {"OutputStream": staticmethod(output_stream), "PortAudioError": OSError})
+    monkeypatch.setattr(live, "sounddevice", lambda: fake_sd)
+    monkeypatch.setattr(live, "resolve_device", lambda ref, direction: device)
+    return opened
+
+
+async def test_chunks_join_without_a_seam_and_positions_are_exact(fake_stream: list[FakeStream]) -> None:
+    rng = np.random.default_rng(0)
+    audio = (tone(1.0, 440) + 0.05 * rng.standard_normal(PLAYBACK_RATE)).astype(np.float32)
+    async with Speaker("fake") as speaker:
+        ends = play_in_chunks(speaker, audio)
+        out = fake_stream[0].pull(120)
+        assert speaker.played == ends[-1] == len(audio)
+        assert await speaker.wait_played(len(audio))
+        # later audio, after the queue ran dry, is a new signal (silence came between)
+        later = speaker.play(audio[:5000])
+        out_later = fake_stream[0].pull(30)
+        assert speaker.played == later == len(audio) + 5000
+    whole = soxr.resample(audio, PLAYBACK_RATE, 44100, quality="HQ")
+    np.testing.assert_array_equal(out[: len(whole)], whole)  # the same as resampling it in one go
+    assert not np.any(out[len(whole) :])
+    again = soxr.resample(audio[:5000], PLAYBACK_RATE, 44100, quality="HQ")
+    np.testing.assert_array_equal(out_later[: len(again)], again)
+
+
+async def test_after_interrupt_the_next_block_is_silent_and_play_goes_on(fake_stream: list[FakeStream]) -> None:
+    async with Speaker("fake") as speaker:
+        end = speaker.play(tone(1.0))
+        fake_stream[0].pull(10)
+        played = speaker.played
+        waiting = asyncio.create_task(speaker.wait_played(end))
+        heard = asyncio.create_task(speaker.wait_played(played))
+        await asyncio.sleep(0)
+        speaker.interrupt()
+        assert not np.any(fake_stream[0].pull(1))
+        assert speaker.played == played
+        assert await heard and not await waiting
+        assert speaker.play(tone(0.5)) == played + PLAYBACK_RATE // 2
+        fake_stream[0].pull(60)
+        assert speaker.played == played + PLAYBACK_RATE // 2
