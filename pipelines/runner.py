@@ -8,7 +8,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from assistant.audio.streams import PLAYBACK_RATE, AudioSink, FileSink, FileSource
 from assistant.config import Config
 from assistant.events import ErrorEvent, EventBus
 from assistant.llm.backend import ChatBackend
@@ -19,6 +21,10 @@ from pipelines.components import load_engine, load_transcriber
 from pipelines.keyboard import key_binding
 from pipelines.text_mode import run_text_mode
 from pipelines.voice_loop import VoiceLoop
+
+if TYPE_CHECKING:
+    from assistant.asr import WhisperTranscriber
+    from assistant.tts.csm import CSMEngine
 
 log = logging.getLogger(__name__)
 
@@ -58,68 +64,72 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         return
     from assistant.audio.speaker import Speaker
 
-    engine = await asyncio.to_thread(load_engine, config.csm)
-    speaker = Speaker(config.audio.output_device, playback_rate=config.audio.playback_rate, on_error=_reporter(bus, "speaker"))
-    voice = VoiceLoop(config, bus, backend, engine=engine, encode_audio=engine.codec.encode, sink=speaker)
-    try:
-        await run_text_mode(voice, bus)
-    finally:
-        await voice.aclose()
-        await speaker.aclose()
+    audio = config.audio
+    async with Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus)) as speaker:
+        voice = _voice_loop(config, bus, backend, speaker, await asyncio.to_thread(load_engine, config.csm))
+        try:
+            await run_text_mode(voice, bus)
+        finally:
+            await voice.aclose()
 
 
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
-    from assistant.audio.streams import FileSink, FileSource
-
     assert mode.input_wav is not None and mode.output_wav is not None
-    source = FileSource(mode.input_wav, block_ms=config.vad.frame_ms)
-    transcriber, engine = await asyncio.gather(
-        asyncio.to_thread(load_transcriber, config.asr), asyncio.to_thread(load_engine, config.csm)
-    )
-    sink = FileSink(mode.output_wav)
-    voice = VoiceLoop(
-        config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.codec.encode, sink=sink,
-        segmenter=VadSegmenter(config.vad),
-    )
+    source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
+    voice = _voice_loop(config, bus, backend, sink, *await _load_models(config))
     try:
         await voice.listen(source, sequential=True)
     finally:
         await voice.aclose()
         await sink.aclose()
-    log.info("wrote %.1f s of reply audio to %s", sink.played / 24_000, mode.output_wav)
+    log.info(
+        "wrote %d frames (%.2f s) of reply audio to %s", voice.frames_spoken, sink.played / PLAYBACK_RATE, mode.output_wav
+    )
 
 
 async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     from assistant.audio.microphone import Microphone
     from assistant.audio.speaker import Speaker
 
-    audio = config.audio
-    transcriber, engine = await asyncio.gather(
-        asyncio.to_thread(load_transcriber, config.asr), asyncio.to_thread(load_engine, config.csm)
-    )
-    microphone = Microphone(
-        audio.input_device, block_ms=audio.block_ms, capture_rate=audio.capture_rate, on_error=_reporter(bus, "microphone")
-    )
-    speaker = Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus, "speaker"))
-    voice = VoiceLoop(
-        config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.codec.encode, sink=speaker,
-        segmenter=VadSegmenter(config.vad),
-    )
-    loop = asyncio.get_running_loop()
-    key = config.barge_in.key
-    try:
-        with key_binding(key, lambda: loop.call_soon_threadsafe(voice.interrupt, "key")) as bound:
-            log.info("listening; %s", f"press {key} to interrupt" if bound else "no terminal, so no interrupt key")
-            await voice.listen(microphone)
-    finally:
-        await voice.aclose()
-        await microphone.aclose()
-        await speaker.aclose()
+    audio, key = config.audio, config.barge_in.key
+    # The devices open first: a missing one is reported before minutes of model loading.
+    async with (
+        Microphone(audio.input_device, audio.block_ms, audio.capture_rate, on_error=_reporter(bus)) as microphone,
+        Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus)) as speaker,
+    ):
+        voice = _voice_loop(config, bus, backend, speaker, *await _load_models(config))
+        loop = asyncio.get_running_loop()
+        try:
+            with key_binding(key, lambda: loop.call_soon_threadsafe(voice.interrupt, "key")) as bound:
+                log.info("listening; %s", f"press {key!r} to interrupt" if bound else "no terminal, so no interrupt key")
+                await voice.listen(microphone)
+        finally:
+            await voice.aclose()
 
 
-def _reporter(bus: EventBus, source: str) -> Callable[[str], None]:
+async def _load_models(config: Config) -> tuple[CSMEngine, WhisperTranscriber]:
+    """CSM and Whisper, loaded side by side."""
+    return await asyncio.gather(
+        asyncio.to_thread(load_engine, config.csm), asyncio.to_thread(load_transcriber, config.asr)
+    )
+
+
+def _voice_loop(
+    config: Config, bus: EventBus, backend: ChatBackend, sink: AudioSink, engine: CSMEngine,
+    transcriber: WhisperTranscriber | None = None,
+) -> VoiceLoop:
+    segmenter = VadSegmenter(config.vad) if transcriber is not None else None
+    return VoiceLoop(
+        config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.codec.encode, sink=sink,
+        segmenter=segmenter,
+    )
+
+
+def _reporter(bus: EventBus) -> Callable[[str], None]:
+    """Device trouble (already phrased, naming the device) to the log and the bus, from any thread."""
+
     def report(message: str) -> None:
-        log.warning("%s: %s", source, message)
-        bus.publish_threadsafe(ErrorEvent(source=source, message=message))
+        log.warning("%s", message)
+        bus.publish_threadsafe(ErrorEvent(source="audio", message=message))
 
     return report

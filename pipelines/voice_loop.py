@@ -73,6 +73,7 @@ class VoiceLoop:
         self._reply: Reply | None = None
         self._turn_id: int | None = None
         self._quiet_until = 0.0  # off-mode barge-in: the microphone is ignored until then
+        self.frames_spoken = 0  # CSM frames the user heard, over the whole session
 
     @property
     def busy(self) -> bool:
@@ -202,6 +203,8 @@ class VoiceLoop:
             self._reply = None
             self._quiet_until = time.monotonic() + self.config.barge_in.tail_ms / 1000
             self._state("listening")
+        if spoken.codes is not None:
+            self.frames_spoken += spoken.codes.shape[1]
         if spoken.text or spoken.codes is not None:
             self.conversation.add_assistant(spoken.text, codes=spoken.codes, interrupted=spoken.interrupted)
         self.bus.publish(ReplyText(text=spoken.text, turn=turn, final=True, interrupted=spoken.interrupted))

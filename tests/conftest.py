@@ -113,3 +113,16 @@ def tiny_mimi():
     from tests.support.random_models import TINY_MIMI, build_random_mimi
 
     return build_random_mimi(TINY_MIMI, seed=0)
+
+
+@pytest.fixture(scope="session")
+def random_mimi_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """moshi's full-size Mimi with random weights, saved where `csm.mimi` can name it (as a user's download)."""
+    import torch
+    from moshi.models import loaders
+    from safetensors.torch import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mimi") / "mimi-random.safetensors"
+    save_model(loaders.get_mimi(None), str(path))
+    return path

@@ -17,9 +17,11 @@ from tests.support.pulse import PulseAudio
 SCRIPT = str(REPO / "run_assistant.py")
 
 
-def cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, SCRIPT, *args], input=stdin, capture_output=True, text=True, timeout=120,
+        [sys.executable, SCRIPT, *args], input=stdin, capture_output=True, text=True, timeout=timeout_s,
         env={**os.environ, **(env or {})}, cwd=REPO,
     )
 

@@ -177,8 +177,8 @@ class _FifoWriter:
 class MonitorRecording:
     """Records what the virtual speaker plays (from its monitor), with each sample's capture time.
 
-    `with MonitorRecording(pulse) as monitor:` starts recording (and waits for the first block);
-    on exit the default source is the virtual microphone again.
+    `with MonitorRecording(pulse) as monitor:` starts recording (and waits for the first block); the
+    default source stays the virtual microphone.
     """
 
     def __init__(self, pulse: PulseAudio, rate: int = 16000, blocksize: int = 160) -> None:
@@ -192,19 +192,23 @@ class MonitorRecording:
     def __enter__(self) -> MonitorRecording:
         import sounddevice as sd
 
-        self.pulse.use_source(f"{PulseAudio.SPEAKER}.monitor")
-        self._stream = sd.InputStream(
-            device="pulse", samplerate=self.rate, channels=1, dtype="float32", blocksize=self._blocksize,
-            callback=self._callback,
-        )
-        self._stream.start()
+        # Route this one stream to the monitor (libpulse reads PULSE_SOURCE when the stream connects).
+        # Changing the default source instead would make PulseAudio move the microphone's stream too.
+        os.environ["PULSE_SOURCE"] = f"{PulseAudio.SPEAKER}.monitor"
+        try:
+            self._stream = sd.InputStream(
+                device="pulse", samplerate=self.rate, channels=1, dtype="float32", blocksize=self._blocksize,
+                callback=self._callback,
+            )
+            self._stream.start()
+        finally:
+            del os.environ["PULSE_SOURCE"]
         wait_until(lambda: bool(self._blocks), 10, "the speaker's monitor")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stream.abort()
         self._stream.close()
-        self.pulse.use_source(PulseAudio.MICROPHONE)
 
     def _callback(self, block: np.ndarray, frames: int, time_info: object, status) -> None:
         self._blocks.append((block[:, 0].copy(), time.monotonic()))
