@@ -133,7 +133,10 @@ def test_odd_text(engine, text):
     assert result.codes.shape == (K, 2) and result.audio.shape == (2 * 1920,)
 
 
-async def test_stream_equals_generate_and_starts_after_one_frame(engine):
+@pytest.mark.parametrize("earlier_streams", [0, 1])
+async def test_stream_equals_generate_and_starts_after_one_frame(engine, earlier_streams):
+    for _ in range(earlier_streams):  # the decoder's streaming state is reused: nothing may carry over
+        [c async for c in engine.stream("Something else first.", seed=1, max_audio_ms=400)]
     whole = engine.generate("Streaming now.", seed=3, max_audio_ms=800)
     chunks = [c async for c in engine.stream("Streaming now.", seed=3, max_audio_ms=800, chunk_frames=4)]
     assert [c.codes.shape[1] for c in chunks] == [1, 4, 4, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,13 @@ class MimiCodec:
     def __init__(self, mimi: Any):
         self.mimi = mimi
         self.device = next(mimi.parameters()).device
+        # A second module tree over the same weights stays in streaming mode for good: entering moshi's
+        # streaming mode allocates its states (tens to hundreds of ms), resetting them takes a few ms, and
+        # one-shot encode/decode on `mimi` itself must not see streaming state.
+        shared = {id(t): t for t in (*mimi.parameters(), *mimi.buffers())}
+        self._streaming = copy.deepcopy(mimi, memo=shared)
+        with torch.inference_mode():
+            self._streaming.streaming_forever(1)
 
     @torch.inference_mode()
     def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -61,10 +69,14 @@ class MimiCodec:
 
     @contextmanager
     def stream(self) -> Iterator[Any]:
-        """Within this context, `decode_frame(codes [K])` turns each frame into 1920 samples at once."""
-        with torch.inference_mode(), self.mimi.streaming(1):
+        """Within this context, `decode_frame(codes [K])` turns each frame into 1920 samples at once.
+
+        One stream at a time (the engine's lock sees to that); each starts from a fresh decoder state.
+        """
+        with torch.inference_mode():
+            self._streaming.reset_streaming()
             yield self._decode_frame
 
     def _decode_frame(self, codes: torch.Tensor) -> np.ndarray:
         # Always one frame per call: on CUDA moshi graphs its streaming calls, which needs a fixed shape.
-        return self.mimi.decode(codes.to(self.device).view(1, -1, 1))[0, 0].float().cpu().numpy()
+        return self._streaming.decode(codes.to(self.device).view(1, -1, 1))[0, 0].float().cpu().numpy()
