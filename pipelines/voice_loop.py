@@ -89,6 +89,7 @@ class VoiceLoop:
             self._hear(block)
             if sequential and self._turn is not None:
                 await _finished(self._turn)
+                self._quiet_until = 0.0  # a recording holds no echo of the reply, and is read faster than real time
         await _finished(self._turn)
         self._state("idle")
 
