@@ -109,3 +109,10 @@ def test_malformed_override_and_files(tmp_path: Path) -> None:
         load_config(write(tmp_path, "- 1\n- 2\n"))
     with pytest.raises(ConfigError, match="'vad' is not a section"):
         load_config(write(tmp_path, "vad: 3\n"), ["vad.frame_ms=10"])
+
+
+def test_the_interrupt_key_is_one_key() -> None:
+    assert load_config(None, ["barge_in.key=escape"]).barge_in.key == "escape"
+    assert load_config(None, ["barge_in.key=q"]).barge_in.key == "q"
+    with pytest.raises(ConfigError, match=r"barge_in.key = 'ctrl-q': must be one character, or one of space"):
+        load_config(None, ["barge_in.key=ctrl-q"])
