@@ -2,33 +2,36 @@
 
     OMP_NUM_THREADS=1 python bench/csm.py --config tiny      # per-step overhead dominates
     OMP_NUM_THREADS=1 python bench/csm.py --config small     # ~0.5 GB of weights per frame dominates
-    python bench/csm.py --device cuda --config csm-1b        # bfloat16
+    python bench/csm.py --device cuda --config csm-1b        # bfloat16, CUDA graphs (--no-cuda-graphs: eager)
 
 Both run greedy for the same number of frames on the same text prompt (ids >= the codec's bins suppressed
 in both). Ours is timed on the model loop (prefill + frames, what `generate` of transformers does);
 time to first audio and the real-time factor come from `CSMEngine.stream`, Mimi decoding included.
-On CPU it also prints the weight bytes read per frame and the floor: the time the same matmuls take
-on the same weights with nothing else around them.
+The floor is the time the same matmuls take on the same weights with nothing else around them: after
+each of our frames the floor's frame runs, and `ours_vs_floor` compares the best frame of each, so that
+other load on a shared machine weighs on both alike.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+START = time.perf_counter()  # the wall time reported includes the imports
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.tts.csm import CSMEngine  # noqa: E402
 from assistant.tts.csm.model import CSMModel  # noqa: E402
-from assistant.tts.csm.sampling import TopKSampler  # noqa: E402
 from tests.support.random_models import CSM_1B, CsmSpec, MimiSpec, build_random_csm, build_random_mimi  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it naps in the warm afternoon sun."
@@ -37,6 +40,7 @@ CONFIGS = {
     "small": CsmSpec(1024, 5, 16, 4, 4096, 256, 2, 4, 2, 512, num_codebooks=32, text_vocab_size=1024),
     "csm-1b": CSM_1B,
 }
+FRAMES = {"tiny": 20, "small": 4, "csm-1b": 100}
 
 
 def word_tokenizer(text: str, vocab_size: int):
@@ -51,106 +55,140 @@ def word_tokenizer(text: str, vocab_size: int):
     return tokenizer
 
 
-def model_loop(model: CSMModel, tokens, mask, frames: int) -> torch.Tensor:
-    sample = TopKSampler(0, 1, model.config.codec_bins)
-    out = []
-    with torch.inference_mode():
-        hidden = model.prefill(tokens, mask)
-        for n in range(frames):
-            out.append(model.decode_frame(hidden, sample))
-            if n + 1 < frames:
-                hidden = model.append_frame(out[-1])
-    return torch.stack(out)
-
-
-def frame_matmuls(model: CSMModel) -> list[tuple[torch.Tensor, int]]:
-    """Every weight matrix one frame reads, in order, with the rows it multiplies."""
-    layers = lambda stack: [w for layer in stack.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]  # noqa: E731
-    k = model.config.num_codebooks
-    seq = [(w, 1) for w in layers(model.backbone)] + [(model.codebook0_head, 1), (model.projection, 2)]
-    seq += [(w, 2) for w in layers(model.decoder)]
-    for i in range(1, k):
-        seq.append((model.audio_head[i - 1], 1))
-        if i + 1 < k:
-            seq += [(model.projection, 1)] + [(w, 1) for w in layers(model.decoder)]
-    return seq
-
-
-def floor_seconds(model: CSMModel, frames: int) -> float:
-    seq = frame_matmuls(model)
-    inputs = {(w.shape[1], rows): torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w, rows in seq}
-    with torch.inference_mode():
-        for w, rows in seq:  # warm-up
-            F.linear(inputs[w.shape[1], rows], w)
-        start = time.perf_counter()
-        for _ in range(frames):
-            for w, rows in seq:
-                F.linear(inputs[w.shape[1], rows], w)
-        return time.perf_counter() - start
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def layer_matmuls(stack, rows: int) -> list[tuple[torch.Tensor, int]]:
+    return [(w, rows) for layer in stack.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+
+
+class Floor:
+    """Every weight matrix one frame multiplies, in order and with the same input shapes, and nothing else:
+    the frame's decoding (codebook-0 head, projection, depth decoder and one audio head per codebook), then
+    feeding it back (the backbone). The model holds them as `[in, out]` views for `torch.mm`."""
+
+    def __init__(self, model: CSMModel):
+        k = model.config.num_codebooks
+        self.decode = [(model.codebook0_head, 1), (model.projection, 2)] + layer_matmuls(model.decoder, 2)
+        for i in range(1, k):
+            self.decode.append((model.audio_head[i - 1], 1))
+            if i + 1 < k:
+                self.decode += [(model.projection, 1)] + layer_matmuls(model.decoder, 1)
+        self.append = layer_matmuls(model.backbone, 1)
+        self.inputs = {
+            (rows, w.shape[0]): torch.randn(rows, w.shape[0], dtype=w.dtype, device=w.device)
+            for w, rows in self.decode + self.append
+        }
+        self.device = model.device
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w, _ in self.decode + self.append)
+
+    def frame_seconds(self, append: bool) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for w, rows in self.decode + (self.append if append else []):
+                torch.mm(self.inputs[rows, w.shape[0]], w)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def our_loop(engine: CSMEngine, tokens, mask, frames: int, floor: Floor | None = None):
+    """Prefill and `frames` greedy frames; returns them, the total seconds, and each frame's seconds (decode plus
+    feeding back, which the last frame skips) with, when `floor` is given, the floor's seconds for the same frame."""
+    steps, sample, device = engine.steps, engine.sampler(0, 1), engine.model.device
+    out, ours, floors = [], [], []
+    with torch.inference_mode():
+        start = time.perf_counter()
+        hidden = steps.prefill(tokens, mask)
+        synchronize(device)
+        prefill_s = time.perf_counter() - start
+        for n in range(frames):
+            start = time.perf_counter()
+            out.append(steps.decode_frame(hidden, sample))
+            if n + 1 < frames:
+                hidden = steps.append_frame(out[-1])
+            synchronize(device)
+            ours.append(time.perf_counter() - start)
+            if floor is not None:
+                floors.append(floor.frame_seconds(append=n + 1 < frames))
+    return torch.stack(out), prefill_s + sum(ours), ours, floors
+
+
+async def first_audio_and_total(engine: CSMEngine, frames: int) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    first, count = None, 0
+    async for chunk in engine.stream(TEXT, speaker=0, temperature=0, max_audio_ms=frames * 80):
+        first = first or time.perf_counter() - start
+        count += chunk.codes.shape[1]
+    return first, time.perf_counter() - start, count
+
+
+def build(spec: CsmSpec, config: str, device: torch.device, dtype: torch.dtype, cuda_graphs: bool):
+    """transformers' model with random weights, and our engine loaded from its `save_pretrained` output."""
+    hf = build_random_csm(spec, seed=0, dtype=dtype)
+    if config == "csm-1b":  # moshi's full-size Mimi (random weights), so that decoding costs what it will
+        from moshi.models import loaders
+
+        mimi = loaders.get_mimi(None, device="cpu", num_codebooks=spec.num_codebooks).eval()
+    else:
+        mimi = build_random_mimi(MimiSpec(num_codebooks=spec.num_codebooks), seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        engine = CSMEngine.from_pretrained(
+            tmp, mimi=mimi.to(device), tokenizer=word_tokenizer(TEXT, spec.text_vocab_size), device=device,
+            dtype=dtype, cuda_graphs=cuda_graphs,
+        )
+    hf = hf.to(device)
+    special = torch.arange(spec.audio_vocab_size - 3, spec.audio_vocab_size, device=device)
+    suppress = lambda module, args, output: output.index_fill(-1, special, float("-inf"))  # noqa: E731
+    hf.lm_head.register_forward_hook(suppress)
+    hf.depth_decoder.codebooks_head.register_forward_hook(suppress)
+    return hf, engine
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--frames", type=int, default=None, help="default: 40 tiny, 16 small, 100 csm-1b")
+    parser.add_argument("--frames", type=int, default=None, help=f"at least 2; default: {FRAMES}")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, run the per-frame work eagerly")
     args = parser.parse_args()
     spec, device = CONFIGS[args.config], torch.device(args.device)
-    frames = args.frames or {"tiny": 40, "small": 8, "csm-1b": 100}[args.config]
+    frames = max(2, args.frames or FRAMES[args.config])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cuda_graphs = device.type == "cuda" and not args.no_cuda_graphs
 
-    hf = build_random_csm(spec, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        mimi = build_random_mimi(MimiSpec(num_codebooks=spec.num_codebooks), seed=0).to(device)
-        tokenizer = word_tokenizer(TEXT, spec.text_vocab_size)
-        engine = CSMEngine.from_pretrained(tmp, mimi=mimi, tokenizer=tokenizer, device=device, dtype=dtype)
-    hf = hf.to(device, dtype)
-    special = torch.arange(spec.audio_vocab_size - 3, spec.audio_vocab_size, device=device)
-    suppress = lambda module, args, output: output.index_fill(-1, special, float("-inf"))  # noqa: E731
-    hf.lm_head.register_forward_hook(suppress)
-    hf.depth_decoder.codebooks_head.register_forward_hook(suppress)
-
-    ids = engine.text.encode(TEXT, 0)
+    hf, engine = build(spec, args.config, device, dtype, cuda_graphs)
     tokens, mask = engine.prompt(TEXT, speaker=0, max_audio_ms=frames * 80)
-    input_ids = torch.tensor([ids], device=device)
+    input_ids = torch.tensor([engine.text.encode(TEXT, 0)], device=device)
 
-    def run_hf() -> torch.Tensor:
+    def run_hf(count: int) -> tuple[torch.Tensor, float]:
+        synchronize(device)
+        start = time.perf_counter()
         with torch.no_grad():
-            return hf.generate(input_ids=input_ids, max_new_tokens=frames, do_sample=False, depth_decoder_do_sample=False)[0]
-
-    def timed(fn):
-        fn()  # warm-up
+            out = hf.generate(input_ids=input_ids, max_new_tokens=count, do_sample=False, depth_decoder_do_sample=False)
         synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        return result, time.perf_counter() - start
+        return out[0], time.perf_counter() - start
 
-    ours, ours_s = timed(lambda: model_loop(engine.model, tokens, mask, frames))
-    theirs, theirs_s = timed(run_hf)
-
-    async def stream() -> tuple[float, float, int]:
-        start = time.perf_counter()
-        first, count = None, 0
-        async for chunk in engine.stream(TEXT, speaker=0, temperature=0, max_audio_ms=frames * 80):
-            first = first or time.perf_counter() - start
-            count += chunk.codes.shape[1]
-        return first, time.perf_counter() - start, count
-
-    asyncio.run(stream())  # warm-up
-    ttfa, stream_s, streamed = asyncio.run(stream())
+    floor = Floor(engine.model)
+    our_loop(engine, tokens, mask, 2, floor)  # warm-up
+    ours, ours_s, our_frames, floor_frames = our_loop(engine, tokens, mask, frames, floor)
+    run_hf(1)  # warm-up
+    theirs, theirs_s = run_hf(frames)
+    asyncio.run(first_audio_and_total(engine, 1))  # warm-up (Mimi's streaming state)
+    ttfa, stream_s, streamed = asyncio.run(first_audio_and_total(engine, frames))
+    best_ours, best_floor = min(our_frames[:-1]), min(floor_frames[:-1])  # whole frames: decode and feed back
     report = {
         "bench": "csm",
         "config": args.config,
         "spec": spec.__dict__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
         "dtype": str(dtype).removeprefix("torch."),
+        "cuda_graphs": cuda_graphs,
         "frames": frames,
         "ours_frames_per_s": round(frames / ours_s, 2),
         "transformers_frames_per_s": round(theirs.shape[0] / theirs_s, 2),
@@ -158,15 +196,13 @@ def main() -> None:
         "time_to_first_audio_ms": round(ttfa * 1000, 1),
         "real_time_factor": round(stream_s / (streamed * 0.08), 3),
         "greedy_frames_identical": bool(theirs.shape == ours.shape and torch.equal(theirs, ours)),
+        "weight_bytes_per_frame": floor.weight_bytes,
+        "best_frame_ms": round(best_ours * 1000, 2),
+        "floor_frame_ms": round(best_floor * 1000, 2),
+        "ours_vs_floor": round(best_ours / best_floor, 3),
+        "wall_s": round(time.perf_counter() - START, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    if device.type == "cpu":
-        floor = floor_seconds(engine.model, frames)
-        weight_bytes = sum(w.numel() * w.element_size() for w, _ in frame_matmuls(engine.model))
-        report |= {
-            "weight_bytes_per_frame": weight_bytes,
-            "floor_frames_per_s": round(frames / floor, 2),
-            "ours_vs_floor": round(ours_s / floor, 3),
-        }
     print(json.dumps(report))
 
 

@@ -179,10 +179,10 @@ def test_generate_cancelled_by_a_threading_event(engine):
 async def test_stream_runs_off_the_event_loop(engine):
     ticks = 0
 
-    async def ticker():
+    async def ticker():  # sleeps a little: a busy loop would starve the worker thread of the GIL
         nonlocal ticks
         while True:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
             ticks += 1
 
     task = asyncio.create_task(ticker())

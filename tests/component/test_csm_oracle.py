@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from assistant.segment import Segment
 from assistant.tts.csm import CSMEngine
 from assistant.tts.csm.config import CSMConfig
-from assistant.tts.csm.sampling import TopKSampler
 from assistant.tts.csm.weights import SESAME_NAMES, TRANSFORMERS_NAMES, half_to_interleaved
-from tests.support.random_models import MEDIUM_CSM, TINY_CSM, TINY_MIMI, MimiSpec, build_random_mimi, save_random_csm
+from tests.support.random_models import MEDIUM_CSM, TINY_CSM, TINY_MIMI, MimiSpec, build_random_csm, build_random_mimi
 
 FRAMES = 20
 SPECS = {"tiny": TINY_CSM, "medium": MEDIUM_CSM}
@@ -76,32 +76,47 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
 TEXT = "Then we missed the ferry, of course."
 
 
-@pytest.fixture(scope="module", params=sorted(SPECS))
-def oracle(request, tmp_path_factory, llama3_tokenizer_json):
-    """Per config: checkpoints of both layouts, a Mimi, the prompt rows, and transformers' answers:
-    greedy frames from its own `generate`, then codebook-0 logits, last hidden states and depth-decoder
-    logits along that sequence."""
-    from transformers import CsmForConditionalGeneration
+@pytest.fixture(scope="module")
+def tokenizer(llama3_tokenizer_json) -> Tokenizer:
+    return Tokenizer.from_file(str(llama3_tokenizer_json))
 
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def oracle(request, tmp_path_factory, tokenizer):
+    """Per config: checkpoints of both layouts, a Mimi, the prompt rows, and transformers' answers from its own
+    greedy `generate`: the frames, and the codebook-0 logits, last hidden states and depth-decoder logits of
+    every step on the way (recorded by hooks on its heads)."""
     spec = SPECS[request.param]
     k, bins = spec.num_codebooks, spec.audio_vocab_size - 3
     root = tmp_path_factory.mktemp(f"csm-{request.param}")
-    hf_dir = save_random_csm(root / "transformers", spec, seed=3)
+    hf = build_random_csm(spec, seed=3)
+    hf_dir = root / "transformers"
+    hf.save_pretrained(hf_dir)
     sesame_dir = save_sesame_layout(hf_dir, root / "sesame")
     mimi = build_random_mimi(MimiSpec(num_codebooks=k) if k != TINY_MIMI.num_codebooks else TINY_MIMI)
-    engine = CSMEngine.from_pretrained(hf_dir, mimi=mimi, tokenizer=llama3_tokenizer_json)
+    engine = CSMEngine.from_pretrained(hf_dir, mimi=mimi, tokenizer=tokenizer)
     tokens, mask = engine.prompt(TEXT, speaker=1, context=context_segments(k))
     assert mask[:, :k].any(dim=1).sum() == 6 + 5 + 4 + 3  # every audio segment is in, with its end frame
 
-    hf = CsmForConditionalGeneration.from_pretrained(hf_dir).eval()
-    t = tokens.shape[0]
     special = torch.arange(bins, spec.audio_vocab_size)
-    suppress = lambda module, args, output: output.index_fill(-1, special, float("-inf"))  # noqa: E731
-    handles = [hf.lm_head.register_forward_hook(suppress), hf.depth_decoder.codebooks_head.register_forward_hook(suppress)]
+    seen: dict[str, list[torch.Tensor]] = {"hidden": [], "c0": [], "decoder": []}
+
+    def head_hook(*names: str):
+        def hook(module, args, output):  # record the last position's input and raw logits, then suppress
+            for name, tensor in zip(names, (output, args[0])):
+                seen[name].append(tensor[0, -1].clone())
+            return output.index_fill(-1, special, float("-inf"))
+
+        return hook
+
+    handles = [
+        hf.lm_head.register_forward_hook(head_hook("c0", "hidden")),
+        hf.depth_decoder.codebooks_head.register_forward_hook(head_hook("decoder")),
+    ]
     hf._merge_input_ids_with_input_values = lambda *a, **kw: {"inputs_embeds": oracle_embeds(hf, tokens, mask)[None], "labels": None}
     with torch.no_grad():
         frames = hf.generate(
-            input_ids=torch.ones(1, t, dtype=torch.long), max_new_tokens=FRAMES, do_sample=False,
+            input_ids=torch.ones(1, tokens.shape[0], dtype=torch.long), max_new_tokens=FRAMES, do_sample=False,
             depth_decoder_do_sample=False,
         )[0]
     del hf._merge_input_ids_with_input_values
@@ -109,53 +124,40 @@ def oracle(request, tmp_path_factory, llama3_tokenizer_json):
         handle.remove()
     assert frames.shape == (FRAMES, k)
     assert frames.unique().numel() > 10, "degenerate frames would make the comparison vacuous"
-
-    with torch.no_grad():
-        embeds = torch.cat([oracle_embeds(hf, tokens, mask), hf.backbone_model.embed_tokens(frames[None])[0]])
-        out = hf(inputs_embeds=embeds[None], output_hidden_states=True)
-        hidden = out.hidden_states[-1][0, t - 1 : t - 1 + FRAMES]
-        decoder_logits = [
-            hf.depth_decoder(
-                input_ids=torch.cat([torch.zeros(1, dtype=torch.long), frames[f, : k - 1]])[None],
-                backbone_last_hidden_state=hidden[f : f + 1],
-            ).logits[0]
-            for f in range(FRAMES)
-        ]
+    assert [len(seen[n]) for n in ("c0", "hidden", "decoder")] == [FRAMES, FRAMES, FRAMES * (k - 1)]
     return dict(
-        spec=spec, dirs={"transformers": hf_dir, "sesame": sesame_dir}, mimi=mimi, tok=llama3_tokenizer_json,
-        tokens=tokens, mask=mask, frames=frames, c0_logits=out.logits[0, t - 1 : t - 1 + FRAMES],
-        hidden=hidden, decoder_logits=decoder_logits,
+        spec=spec, dirs={"transformers": hf_dir, "sesame": sesame_dir}, mimi=mimi, tok=tokenizer,
+        tokens=tokens, mask=mask, frames=frames, c0_logits=torch.stack(seen["c0"]), hidden=torch.stack(seen["hidden"]),
+        decoder_logits=torch.stack(seen["decoder"]).view(FRAMES, k - 1, -1),
     )
 
 
-@pytest.mark.parametrize("layout", ["transformers", "sesame"])
-def test_logits_and_greedy_frames_match_transformers(oracle, layout):
+@pytest.mark.parametrize(("layout", "static"), [("transformers", False), ("sesame", False), ("transformers", True)])
+def test_logits_and_greedy_frames_match_transformers(oracle, layout, static):
+    """Through the public API, recording what the model computes on the way. `static` runs the backbone step in
+    the fixed-shape form a CUDA graph captures (the whole cache, masked by a position tensor)."""
     spec = oracle["spec"]
-    k, bins = spec.num_codebooks, spec.audio_vocab_size - 3
+    k = spec.num_codebooks
     engine = CSMEngine.from_pretrained(oracle["dirs"][layout], mimi=oracle["mimi"], tokenizer=oracle["tok"])
+    engine.model.static = static
     tokens, mask = engine.prompt(TEXT, speaker=1, context=context_segments(k))
     assert torch.equal(tokens, oracle["tokens"]) and torch.equal(mask, oracle["mask"])
 
-    # Ours, greedy, recording every logits vector the sampler sees.
+    hidden: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
-    greedy = TopKSampler(0, 1, bins)
-    record = lambda x: (logits.append(x.clone()), greedy(x))[1]  # noqa: E731
-    model, hidden, frames = engine.model, [], []
-    with torch.inference_mode():
-        h = model.prefill(tokens, mask)
-        for _ in range(FRAMES):
-            hidden.append(h)
-            frames.append(model.decode_frame(h, record))
-            h = model.append_frame(frames[-1])
-    frames = torch.stack(frames)  # [FRAMES, K]
+    decode = engine.model.decode_frame
 
-    assert torch.equal(frames, oracle["frames"])
-    assert relative_error(torch.stack(logits[0::k]), oracle["c0_logits"]) < 1e-4
-    assert relative_error(torch.stack(hidden), oracle["hidden"]) < 1e-4
-    for f in range(FRAMES):
-        assert relative_error(torch.stack(logits[f * k + 1 : (f + 1) * k]), oracle["decoder_logits"][f]) < 1e-4
+    def recording(h: torch.Tensor, sample):
+        hidden.append(h.clone())
+        return decode(h, lambda x: (logits.append(x.clone()), sample(x))[1])
 
-    # The public API gives the same frames, and audio for each of them.
+    engine.model.decode_frame = recording
     result = engine.generate(TEXT, speaker=1, context=context_segments(k), temperature=0, max_audio_ms=FRAMES * 80)
-    assert torch.equal(result.codes, frames.T)
+
+    assert torch.equal(result.codes, oracle["frames"].T)
     assert result.audio.shape == (FRAMES * 1920,)
+    per_frame = torch.stack(logits).view(FRAMES, k, -1)
+    assert relative_error(per_frame[:, 0], oracle["c0_logits"]) < 1e-4
+    assert relative_error(torch.cat(hidden), oracle["hidden"]) < 1e-4
+    for f in range(FRAMES):
+        assert relative_error(per_frame[f, 1:], oracle["decoder_logits"][f]) < 1e-4

@@ -98,12 +98,26 @@ def csm_config(spec: CsmSpec):
 
 
 def build_random_csm(spec: CsmSpec, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """transformers' CsmForConditionalGeneration with random weights (eval mode)."""
-    from transformers import CsmForConditionalGeneration
+    """transformers' CsmForConditionalGeneration with random weights (eval mode).
 
-    torch.manual_seed(seed)
-    model = CsmForConditionalGeneration(csm_config(spec)).to(dtype)
-    return model.eval()
+    Matrices are uniform with transformers' standard deviation (0.02), norm weights 1, other vectors 0, drawn
+    once from a seeded generator: transformers' own init draws every weight twice, and normal draws are slower.
+    """
+    from transformers import CsmForConditionalGeneration
+    from transformers.modeling_utils import no_init_weights
+
+    with no_init_weights():
+        model = CsmForConditionalGeneration(csm_config(spec))
+    model.tie_weights()
+    generator = torch.Generator().manual_seed(seed)
+    bound = 0.02 * 3**0.5
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.ndim > 1:
+                weight.uniform_(-bound, bound, generator=generator)
+            else:
+                weight.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+    return model.to(dtype).eval()
 
 
 def save_random_csm(directory: Path, spec: CsmSpec, seed: int = 0) -> Path:

@@ -17,6 +17,8 @@ from assistant.segment import Segment
 
 from .budget import Budget, split_sentences
 from .codec import SAMPLE_RATE, MimiCodec, load_mimi
+from .graphs import CUDAGraphFrames
+from .hugepages import in_huge_pages
 from .model import CSMModel
 from .prompt import TextEncoder, audio_rows, text_rows
 from .sampling import TopKSampler
@@ -55,13 +57,24 @@ class _Request:
 
 
 class CSMEngine:
-    """Sesame's CSM: one generation at a time (calls from several threads queue on a lock)."""
+    """Sesame's CSM: one generation at a time (calls from several threads queue on a lock).
 
-    def __init__(self, model: CSMModel, text: TextEncoder, codec: MimiCodec, budget: Budget | None = None):
+    With `cuda_graphs` (CUDA only) the per-frame work replays CUDA graphs, captured here for Sesame's default
+    sampling and for greedy, and on first use for any other top-k.
+    """
+
+    def __init__(
+        self, model: CSMModel, text: TextEncoder, codec: MimiCodec, budget: Budget | None = None, cuda_graphs: bool = False
+    ):
         self.model = model
         self.text = text
         self.codec = codec
         self.budget = budget or Budget(max_seq_len=model.config.max_seq_len)
+        self.generator = torch.Generator(model.device)  # reseeded by every request
+        self.steps: CSMModel | CUDAGraphFrames = model
+        if cuda_graphs:
+            self.steps = CUDAGraphFrames(model)
+            self.steps.warm_up(self.sampler(0.9, 50), self.sampler(0, 1))
         self._lock = threading.Lock()
 
     @classmethod
@@ -72,19 +85,22 @@ class CSMEngine:
         tokenizer: Tokenizer | str | Path | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        cuda_graphs: bool = True,
     ) -> CSMEngine:
         """Load a checkpoint directory or hub id (either layout), its tokenizer.json and Mimi.
 
-        `dtype` defaults to bfloat16 on CUDA and float32 elsewhere.
+        `dtype` defaults to bfloat16 on CUDA and float32 elsewhere. `cuda_graphs` applies on CUDA devices only.
         """
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         directory = resolve_checkpoint(model)
         config, weights = read_checkpoint(directory)
         weights = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
+        if device.type == "cpu":
+            weights = in_huge_pages(weights)
         text = TextEncoder(tokenizer if tokenizer is not None else directory / "tokenizer.json")
         codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
-        return cls(CSMModel(config, weights), text, codec)
+        return cls(CSMModel(config, weights), text, codec, cuda_graphs=cuda_graphs and device.type == "cuda")
 
     def generate(
         self,
@@ -163,13 +179,12 @@ class CSMEngine:
 
     def _frames(self, request: _Request, stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
         """The generation loop: frames `[K]` until the all-zero frame, the length cap, or `stop()`."""
-        model, budget = self.model, self.budget
-        generator = torch.Generator(model.device)
+        steps, budget = self.steps, self.budget
         if request.seed is None:
-            generator.seed()
+            self.generator.seed()
         else:
-            generator.manual_seed(request.seed)
-        sampler = TopKSampler(request.temperature, request.topk, model.config.codec_bins, generator)
+            self.generator.manual_seed(request.seed)
+        sampler = self.sampler(request.temperature, request.topk)
         count = lambda piece: len(self.text.encode(piece, request.speaker))  # noqa: E731
         pieces = [request.text] if budget.fits(count(request.text)) else split_sentences(request.text, count, budget.fits)
         context = list(request.context)
@@ -179,24 +194,28 @@ class CSMEngine:
             frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
             tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
             with torch.inference_mode():
-                hidden = model.prefill(tokens, mask)
+                hidden = steps.prefill(tokens, mask)
             spoken: list[torch.Tensor] = []
             for n in range(frames):
                 if stop():
                     return
                 with torch.inference_mode():
-                    codes = model.decode_frame(hidden, sampler)
+                    codes = steps.decode_frame(hidden, sampler)
                 if not codes.any():  # the all-zero frame ends the utterance
                     break
                 spoken.append(codes)
                 yield codes
                 if n + 1 < frames:
                     with torch.inference_mode():
-                        hidden = model.append_frame(codes)
+                        hidden = steps.append_frame(codes)
             remaining -= len(spoken)
             if remaining <= 0:
                 return
             context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
+
+    def sampler(self, temperature: float, topk: int) -> TopKSampler:
+        """A sampler drawing from this engine's generator (the one its CUDA graphs were captured with)."""
+        return TopKSampler(temperature, topk, self.model.config.codec_bins, self.generator)
 
     def prompt(
         self, text: str, speaker: int = 1, context: Sequence[Segment] = (), max_audio_ms: float | None = None

@@ -1,8 +1,10 @@
 """A compact CSM: Llama-3.2-style backbone and depth decoder with static KV caches.
 
-Weights use this module's own names (see `weights.py`): per stack `layers.N.{attn_norm, qkv, o, mlp_norm,
-gate_up, down}` and `norm`, with q/k/v and gate/up fused into one matmul each and q/k in rotate-half
-RoPE order; `audio_head` is stored as `[num_codebooks - 1, vocab, decoder_dim]` for `F.linear`.
+Weights use this module's own names (see `weights.py`), every matrix `[out, in]`: per stack `layers.N.{qkv, o,
+gate_up, down}` (q/k/v and gate/up fused, q/k in rotate-half RoPE order, the RMSNorm weight before each of qkv
+and gate_up folded into its columns) and, for the backbone, `norm`; `audio_head` `[num_codebooks - 1, vocab,
+decoder_dim]` with the decoder's final norm folded in. Folding leaves each norm a single scale per row, applied
+to the matmul's output: on a CPU the ops between matmuls, not the arithmetic, are what cost (see `hugepages.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from .config import CSMConfig, TransformerConfig
 
 Sampler = Callable[[torch.Tensor], torch.Tensor]
-"""Maps logits `[vocab]` to one code, a LongTensor `[1]` on the model's device."""
+"""Maps logits `[1, vocab]` to one code, a LongTensor `[1]` on the model's device."""
 
 
 def rope_inv_freq(cfg: TransformerConfig) -> torch.Tensor:
@@ -35,12 +37,17 @@ def rope_inv_freq(cfg: TransformerConfig) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each row's 1 / RMS (float32, `[M, 1]`): RMSNorm without its weight, which the next matrix holds."""
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+
+
 @dataclass
 class Layer:
-    attn_norm: torch.Tensor
+    """A layer's matrices as `[in, out]` views, ready for `torch.mm`."""
+
     qkv: torch.Tensor
     o: torch.Tensor
-    mlp_norm: torch.Tensor
     gate_up: torch.Tensor
     down: torch.Tensor
 
@@ -50,75 +57,96 @@ class Stack:
 
     def __init__(self, cfg: TransformerConfig, weights: dict[str, torch.Tensor], max_len: int):
         self.cfg = cfg
-        names = ("attn_norm", "qkv", "o", "mlp_norm", "gate_up", "down")
-        self.layers = [Layer(*(weights[f"layers.{i}.{n}"] for n in names)) for i in range(cfg.layers)]
-        self.norm = weights["norm"]
-        ref = self.norm
+        names = ("qkv", "o", "gate_up", "down")
+        self.layers = [Layer(*(weights[f"layers.{i}.{n}"].t() for n in names)) for i in range(cfg.layers)]
+        ref = self.layers[0].qkv
         angles = torch.outer(torch.arange(max_len, dtype=torch.float32), rope_inv_freq(cfg))
         angles = torch.cat([angles, angles], dim=-1)
         half = cfg.head_dim // 2
-        self.cos = angles.cos().to(ref)
-        # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi]: one roll instead of slices and a cat.
-        self.sin = torch.cat([-angles[:, :half].sin(), angles[:, half:].sin()], dim=-1).to(ref)
+        # [max_len, 2, hd]: cos and sin, looked up together. rotate_half(x) * sin == roll(x, half) * [-sin_lo,
+        # sin_hi]: one roll instead of slices and a cat.
+        sin = torch.cat([-angles[:, :half].sin(), angles[:, half:].sin()], dim=-1)
+        self.rope = torch.stack([angles.cos(), sin], dim=1).to(ref)
         shape = (cfg.layers, cfg.kv_heads, max_len, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.v_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.positions = torch.arange(max_len, device=ref.device)
         self.max_len = max_len
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, length: int, masked: bool) -> torch.Tensor:
-        """Run rows `x [M, dim]` at positions `pos [M]`, attending to the first `length` cache slots.
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, length: int | None) -> torch.Tensor:
+        """Run rows `x [M, dim]` at positions `pos [M]`, writing their keys and values into the cache.
 
-        `masked` applies the causal mask (needed when M > 1 or when `length` exceeds the last position);
-        a single row at position `length - 1` needs none. Returns the rows before the final norm.
+        With `length`, the rows are the last M of the first `length` slots and attend to those (causal among
+        themselves). With None they attend to every slot, masked by `pos`: the shapes then do not depend on the
+        position, which is what a CUDA graph replayed at every position needs. Returns the rows before the final norm.
         """
         c = self.cfg
-        m, nq, nkv, hd = x.shape[0], c.heads, c.kv_heads, c.head_dim
-        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
-        mask = (self.positions[:length] <= pos[:, None]) if masked else None
+        m, nq, nkv, hd, eps = x.shape[0], c.heads, c.kv_heads, c.head_dim, c.norm_eps
+        rope = self.rope.index_select(0, pos)
+        cos, sin = rope[:, :1], rope[:, 1:]
+        slots = slice(None) if length is None else slice(length)
+        masked = length is None or m > 1
+        visible = self.positions[slots] <= pos[:, None] if masked else None
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (c.dim,), layer.attn_norm, c.norm_eps)
-            qkv = F.linear(h, layer.qkv)
+            qkv = torch.mm(x, layer.qkv).mul_(rms_scale(x, eps))
             qk = qkv[:, : (nq + nkv) * hd].view(m, nq + nkv, hd)
             qk = qk * cos + qk.roll(hd // 2, -1) * sin
             v = qkv[:, (nq + nkv) * hd :].view(m, nkv, hd)
             k_cache, v_cache = self.k_cache[i], self.v_cache[i]
             k_cache.index_copy_(1, pos, qk[:, nq:].transpose(0, 1))
             v_cache.index_copy_(1, pos, v.transpose(0, 1))
-            attn = F.scaled_dot_product_attention(
-                qk[:, :nq].transpose(0, 1).unsqueeze(0),
-                k_cache[:, :length].unsqueeze(0),
-                v_cache[:, :length].unsqueeze(0),
-                attn_mask=mask,
-                enable_gqa=nq != nkv,
-            )
-            x = x + F.linear(attn[0].transpose(0, 1).reshape(m, nq * hd), layer.o)
-            h = F.rms_norm(x, (c.dim,), layer.mlp_norm, c.norm_eps)
-            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            attn = self._attend(qk[:, :nq], k_cache[:, slots], v_cache[:, slots], visible)
+            x = torch.addmm(x, attn, layer.o)
+            gate_up = torch.mm(x, layer.gate_up).mul_(rms_scale(x, eps))
+            half = gate_up.shape[1] // 2
+            x = torch.addmm(x, F.silu(gate_up[:, :half]).mul_(gate_up[:, half:]), layer.down)
         return x
 
-    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (self.cfg.dim,), self.norm, self.cfg.norm_eps)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """Attention of `q [M, heads, hd]` over `k, v [kv_heads, L, hd]`; returns `[M, heads * hd]`.
+
+        One row, the per-frame case, is two batched products (a fraction of SDPA's set-up cost on a CPU);
+        several rows (a prompt) go through SDPA, which never holds all their scores at once.
+        """
+        m, nq, hd = q.shape
+        nkv = k.shape[0]
+        if m > 1:
+            attn = F.scaled_dot_product_attention(
+                q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=visible, enable_gqa=nq != nkv
+            )
+            return attn[0].transpose(0, 1).reshape(m, nq * hd)
+        scores = torch.bmm(q.view(nkv, nq // nkv, hd), k.transpose(1, 2)).mul_(hd**-0.5)
+        if visible is not None:
+            scores.masked_fill_(~visible, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        return torch.bmm(probs, v).view(1, nq * hd)
 
 
 class CSMModel:
-    """Backbone + depth decoder; `prefill` a prompt, then alternate `decode_frame` and `append_frame`."""
+    """Backbone + depth decoder; `prefill` a prompt, then alternate `decode_frame` and `append_frame`.
+
+    With `static` set, `append_frame` attends over the whole backbone cache, masked by the position held in the
+    device tensor `pos` (see `Stack.forward`): the form `CUDAGraphFrames` captures, run eagerly.
+    """
 
     def __init__(self, config: CSMConfig, weights: dict[str, torch.Tensor]):
         self.config = config
         k = config.num_codebooks
         self.text_embeddings = weights["text_embeddings"]
         self.audio_embeddings = weights["audio_embeddings"]
-        self.codebook0_head = weights["codebook0_head"]
-        self.projection = weights["projection"]
-        self.audio_head = weights["audio_head"]
+        self.backbone_norm = weights["backbone.norm"]
+        # [in, out] views for torch.mm
+        self.codebook0_head = weights["codebook0_head"].t()
+        self.projection = weights["projection"].t()
+        self.audio_head = weights["audio_head"].transpose(1, 2)
         sub = lambda prefix: {n[len(prefix) :]: w for n, w in weights.items() if n.startswith(prefix)}  # noqa: E731
         self.backbone = Stack(config.backbone, sub("backbone."), config.max_seq_len)
         self.decoder = Stack(config.decoder, sub("decoder."), k)
         device = self.projection.device
         self.offsets = torch.arange(k, device=device) * config.audio_vocab_size
-        self.position = 0
+        self.position = 0  # the backbone position the next frame takes
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the same, on the device
+        self.static = False
 
     @property
     def device(self) -> torch.device:
@@ -142,33 +170,48 @@ class CSMModel:
         n = embeds.shape[0]
         if n > self.config.max_seq_len:
             raise ValueError(f"prompt of {n} positions exceeds the model's {self.config.max_seq_len}")
-        pos = self.backbone.positions[:n]
-        out = self.backbone.forward(embeds, pos, n, masked=True)
+        out = self.backbone.forward(embeds, self.backbone.positions[:n], n)
         self.position = n
-        return self.backbone.final_norm(out[-1])
+        self.pos.fill_(n)
+        return self._final_norm(out[-1:])
+
+    def claim_position(self) -> int:
+        """Take the backbone position for the next frame; returns the number of positions then in use."""
+        if self.position >= self.config.max_seq_len:
+            raise ValueError("the backbone's KV cache is full")
+        self.position += 1
+        return self.position
 
     def append_frame(self, codes: torch.Tensor) -> torch.Tensor:
         """Feed a generated frame `[K]` back into the backbone; returns the new last hidden state."""
-        if self.position >= self.config.max_seq_len:
-            raise ValueError("the backbone's KV cache is full")
+        length = self.claim_position()
+        return self.backbone_step(codes, None if self.static else length)
+
+    def backbone_step(self, codes: torch.Tensor, length: int | None) -> torch.Tensor:
+        """The tensor work of `append_frame`, at the position `pos`, which it advances on the device."""
         x = F.embedding(codes + self.offsets, self.audio_embeddings).sum(0, keepdim=True)
-        pos = self.backbone.positions[self.position : self.position + 1]
-        self.position += 1
-        out = self.backbone.forward(x, pos, self.position, masked=False)
-        return self.backbone.final_norm(out[0])
+        out = self.backbone.forward(x, self.pos, length)
+        self.pos += 1
+        return self._final_norm(out)
 
     def decode_frame(self, hidden: torch.Tensor, sample: Sampler) -> torch.Tensor:
-        """Predict one frame `[K]` from the backbone's last hidden state: codebook 0, then the depth decoder."""
+        """Predict one frame `[K]` from the backbone's last hidden state `[1, dim]`: codebook 0, then the depth decoder.
+
+        Every shape here is fixed, so a CUDA graph can capture it as it is.
+        """
         k, vocab, dec = self.config.num_codebooks, self.config.audio_vocab_size, self.decoder
-        codes = torch.empty(k, dtype=torch.long, device=self.device)
-        code = sample(F.linear(hidden, self.codebook0_head))
-        codes[0:1] = code
-        x = F.linear(torch.cat([hidden[None], F.embedding(code, self.audio_embeddings)]), self.projection)
-        out = dec.forward(x, dec.positions[:2], 2, masked=True)
+        code = sample(torch.mm(hidden, self.codebook0_head))
+        codes = [code]
+        x = torch.mm(torch.cat([hidden, F.embedding(code, self.audio_embeddings)]), self.projection)
+        out = dec.forward(x, dec.positions[:2], 2)
         for i in range(1, k):
-            code = sample(F.linear(dec.final_norm(out[-1]), self.audio_head[i - 1]))
-            codes[i : i + 1] = code
+            last = out[-1:]
+            code = sample(torch.mm(last, self.audio_head[i - 1]).mul_(rms_scale(last, dec.cfg.norm_eps)))
+            codes.append(code)
             if i + 1 < k:
-                x = F.linear(F.embedding(code + i * vocab, self.audio_embeddings), self.projection)
-                out = dec.forward(x, dec.positions[i + 1 : i + 2], i + 2, masked=False)
-        return codes
+                x = torch.mm(F.embedding(code + i * vocab, self.audio_embeddings), self.projection)
+                out = dec.forward(x, dec.positions[i + 1 : i + 2], i + 2)
+        return torch.cat(codes)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.config.backbone.dim,), self.backbone_norm, self.config.backbone.norm_eps)

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory (or hub repository) holding `config.json` and `*.safetensors`. The layout is
 told by the config: transformers' `CsmConfig` (with `depth_decoder_config`) or Sesame's `ModelArgs`
-(with `backbone_flavor`). Both are converted to the names `model.py` uses.
+(with `backbone_flavor`). Both are converted to the names and form `model.py` uses (norm weights folded
+into the matrices after them).
 """
 
 from __future__ import annotations
@@ -158,22 +159,20 @@ def _from_layout(
         return take(*option) if isinstance(option, tuple) else take(option)
 
     out = {key: top(key) for key in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection")}
-    head = top("audio_head")
-    out["audio_head"] = head.transpose(1, 2).contiguous()  # [K-1, vocab, decoder_dim] for F.linear
+    out["backbone.norm"] = take(names["backbone"] + names["norm"])
+    decoder_norm = take(names["decoder"] + names["norm"])
+    out["audio_head"] = (top("audio_head") * decoder_norm[:, None]).transpose(1, 2).contiguous()  # [K-1, vocab, dim]
     for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
         prefix = names[stack]
-        out[f"{stack}.norm"] = take(prefix + names["norm"])
         for i in range(cfg.layers):
             p = f"{prefix}layers.{i}."
             q, k = take(p + names["q"]), take(p + names["k"])
             if interleaved:
                 q, k = interleaved_to_half(q, cfg.heads), interleaved_to_half(k, cfg.kv_heads)
             ours = f"{stack}.layers.{i}."
-            out[ours + "attn_norm"] = take(p + names["attn_norm"])
-            out[ours + "qkv"] = torch.cat([q, k, take(p + names["v"])])
+            out[ours + "qkv"] = torch.cat([q, k, take(p + names["v"])]) * take(p + names["attn_norm"])
             out[ours + "o"] = take(p + names["o"])
-            out[ours + "mlp_norm"] = take(p + names["mlp_norm"])
-            out[ours + "gate_up"] = torch.cat([take(p + names["gate"]), take(p + names["up"])])
+            out[ours + "gate_up"] = torch.cat([take(p + names["gate"]), take(p + names["up"])]) * take(p + names["mlp_norm"])
             out[ours + "down"] = take(p + names["down"])
     return out
 
@@ -187,10 +186,10 @@ def _check_shapes(weights: dict[str, torch.Tensor], config: CSMConfig, where: Pa
         "codebook0_head": (v, b.dim),
         "projection": (d.dim, b.dim),
         "audio_head": (k - 1, v, d.dim),
+        "backbone.norm": (b.dim,),
     }
     for stack, cfg in (("backbone", b), ("decoder", d)):
         qkv = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
-        expected[f"{stack}.norm"] = (cfg.dim,)
         expected |= {f"{stack}.layers.0.qkv": (qkv, cfg.dim), f"{stack}.layers.0.gate_up": (2 * cfg.intermediate, cfg.dim)}
         expected[f"{stack}.layers.0.down"] = (cfg.dim, cfg.intermediate)
     for name, shape in expected.items():
