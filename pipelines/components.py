@@ -37,7 +37,9 @@ def load_engine(config: CsmConfig) -> CSMEngine:
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
     start = time.monotonic()
     try:
-        engine = CSMEngine.from_pretrained(config.model, config.mimi, config.tokenizer, device=device, dtype=dtype)
+        engine = CSMEngine.from_pretrained(
+            config.model, config.mimi, config.tokenizer, device=device, dtype=dtype, cuda_graphs=config.cuda_graphs
+        )
     except CheckpointError as error:
         raise StartupError(f"cannot load the CSM speech model {config.model!r}: {error}") from None
     except Exception as error:  # tokenizer, Mimi or torch failures: still one line, not a traceback
