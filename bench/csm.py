@@ -136,7 +136,8 @@ def build(spec: CsmSpec, config: str, device: torch.device, dtype: torch.dtype, 
         mimi = loaders.get_mimi(None, device="cpu", num_codebooks=spec.num_codebooks).eval()
     else:
         mimi = build_random_mimi(MimiSpec(num_codebooks=spec.num_codebooks), seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
+    shm = Path("/dev/shm")  # a RAM disk where there is one: the round trip through a checkpoint is not what is timed
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as tmp:
         hf.save_pretrained(tmp)
         engine = CSMEngine.from_pretrained(
             tmp, mimi=mimi.to(device), tokenizer=word_tokenizer(TEXT, spec.text_vocab_size), device=device,
