@@ -90,12 +90,14 @@ class DeviceStream:
     supervisor task watches for the stream ending on its own (device unplugged, host error) or
     going quiet (no callback for NO_AUDIO_S); it reports that once through `on_error` (or the
     log), then opens the same device again every `retry_s` until that works. The supervisor owns
-    the stream: it opens and closes it in short-lived threads, so PortAudio never blocks the loop.
+    the stream: it opens and closes it in short-lived threads, so PortAudio never blocks the loop
+    (`_flush()` restarts it from a thread of its own).
     """
 
     direction: Direction
     role: str  # "microphone" or "speaker", for messages
-    latency: Literal["low", "high"]
+    latency: float | Literal["low", "high"]  # PortAudio's suggested latency: seconds, or a device default
+    flushable = False  # whether `_flush()` is used: a thread waits for it while the stream is open
 
     def __init__(
         self,
@@ -120,6 +122,10 @@ class DeviceStream:
         self._opened_at = 0.0
         self._last_callback = 0.0  # written by the audio thread
         self._reported = False
+        self._ended = asyncio.Event()  # the running stream's: set when it ends on its own
+        self._stream_lock = threading.Lock()  # one stream call at a time: flushing or closing it
+        self._flush_wanted = threading.Event()
+        self._restarting = False  # the stream's abort() in _flush_stream() ends no stream
 
     @property
     def closed(self) -> bool:
@@ -168,6 +174,50 @@ class DeviceStream:
     def _on_lost(self) -> None:
         """The stream was lost (called on the loop before it is opened again)."""
 
+    def _flush(self) -> None:
+        """Drop what the device holds: a waiting thread aborts the stream and starts it again.
+
+        abort() drops PortAudio's buffers (through ALSA's pulse plugin, the server's too); with
+        start() it takes a few ms, up to ~100 on a busy machine, so the caller goes on at once. The
+        thread is already there (starting one takes ~2 ms, and blocks the caller) and does not
+        wait for the loop. `_on_flushed()` runs in between, when no callback runs; a flush asked
+        for meanwhile is done after this one.
+        """
+        self._flush_wanted.set()
+
+    def _on_flushed(self) -> None:
+        """The stream is stopped and its buffers dropped (called in the flushing thread)."""
+
+    def _flush_loop(self, done: threading.Event) -> None:
+        """The flushing thread: each flush asked for, until `done`."""
+        while True:
+            self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if done.is_set():
+                return
+            self._flush_stream()
+
+    def _flush_stream(self) -> None:
+        sd = sounddevice()
+        with self._stream_lock:
+            stream, ended = self._stream, self._ended
+            if stream is None:  # closed, or lost: the next stream starts empty
+                self._on_flushed()
+                return
+            if not stream.active:  # lost: the supervisor opens a new one (start() would hang PortAudio)
+                return
+            try:
+                self._restarting = True
+                try:
+                    stream.abort()
+                finally:
+                    self._restarting = False
+                self._on_flushed()
+                stream.start()
+            except sd.PortAudioError as exc:
+                log.debug("%s %s did not restart: %s", self.role, self.name, exc)
+                self._notify(ended.set)  # the supervisor reopens it
+
     def _notify(self, call: Callable[..., object], *args: object) -> None:
         """Run `call` on the loop, from the audio thread."""
         try:
@@ -188,6 +238,11 @@ class DeviceStream:
             opened.set_exception(exc)
             return
         opened.set_result(None)
+        done = threading.Event()
+        flusher = None
+        if self.flushable:
+            flusher = threading.Thread(target=self._flush_loop, args=(done,), name=f"{self.role}-flush", daemon=True)
+            flusher.start()
         try:
             while (problem := await self._until_lost(ended)) is not None:
                 if self._last_callback >= self._opened_at or not self._reported:  # once per loss
@@ -201,32 +256,42 @@ class DeviceStream:
                 ended = reopened
         finally:
             await self._close()
+            if flusher is not None:
+                done.set()
+                self._flush_wanted.set()
+                flusher.join()  # at once: closing the stream waited for any flush
 
     async def _open(self) -> asyncio.Event:
         """Open and start a stream; returns the event its end sets."""
-        ended = asyncio.Event()
+        ended = self._ended = asyncio.Event()
         callback = self._stream_callback()
 
         def tracked(data: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
             self._last_callback = time.monotonic()
             callback(data, frames, time_info, status)
 
+        def finished() -> None:
+            if not self._restarting:
+                self._notify(ended.set)
+
         self._opened_at = time.monotonic()
-        self._stream = await in_thread(lambda: self._open_blocking(tracked, lambda: self._notify(ended.set)))
+        await in_thread(lambda: self._open_blocking(tracked, finished))
         return ended
 
-    def _open_blocking(self, callback: Callback, finished: Callable[[], None]) -> Any:
+    def _open_blocking(self, callback: Callback, finished: Callable[[], None]) -> None:
+        """Open and start `_stream` (a flush waits for it: the stream is running before it is known)."""
         sd = sounddevice()
-        try:
-            stream = self._new_stream(sd, callback, finished)
+        with self._stream_lock:
             try:
-                stream.start()
-            except sd.PortAudioError:
-                stream.close()
-                raise
-        except (sd.PortAudioError, ValueError) as exc:
-            raise AudioDeviceError(f"cannot open {self.role} {self.name} at {self.rate} Hz: {exc}") from None
-        return stream
+                stream = self._new_stream(sd, callback, finished)
+                try:
+                    stream.start()
+                except sd.PortAudioError:
+                    stream.close()
+                    raise
+            except (sd.PortAudioError, ValueError) as exc:
+                raise AudioDeviceError(f"cannot open {self.role} {self.name} at {self.rate} Hz: {exc}") from None
+            self._stream = stream
 
     def _new_stream(self, sd: ModuleType, callback: Callback, finished: Callable[[], None]) -> Any:
         stream_type = sd.InputStream if self.direction == "input" else sd.OutputStream
@@ -267,16 +332,16 @@ class DeviceStream:
     async def _close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            await in_thread(lambda: _abort_and_close(stream))
+            await in_thread(lambda: self._abort_and_close(stream))
 
-
-def _abort_and_close(stream: Any) -> None:
-    # abort(), not stop(): stop() waits for buffers to drain, which hangs on a source that has
-    # stopped producing (a pipe source nobody writes to, a device that is gone).
-    try:
-        stream.abort()
-    finally:
-        stream.close()
+    def _abort_and_close(self, stream: Any) -> None:
+        # abort(), not stop(): stop() waits for buffers to drain, which hangs on a source that has
+        # stopped producing (a pipe source nobody writes to, a device that is gone).
+        with self._stream_lock:
+            try:
+                stream.abort()
+            finally:
+                stream.close()
 
 
 async def _first_of(*events: asyncio.Event, timeout: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,21 +39,32 @@ class Speaker(DeviceStream):
     `play()` only queues 24 kHz audio. The callback resamples it as it goes, through one streaming
     resampler for as long as audio keeps coming, so consecutive chunks join without a seam; when
     the queue runs dry it flushes the resampler's tail and starts a new run with the next chunk
-    (silence was going to follow the tail anyway). `played` converts the device samples handed
-    out back to the 24 kHz timeline exactly, so a chunk's end position is reached exactly when its
-    last resampled sample has gone out (soxr's stream output starts aligned with its input: its
-    delay only holds samples back, which are counted when they come out).
+    (silence was going to follow the tail anyway). The device samples handed out convert back to
+    the 24 kHz timeline exactly (soxr's stream output starts aligned with its input: its delay
+    only holds samples back, which are counted when they come out).
+
+    The device holds `latency` of audio: PortAudio recovers an underrun with snd_pcm_prepare,
+    which through ALSA's pulse plugin drops what the server held, and on a busy 2-core machine
+    the audio thread stalls for 100-250 ms now and then (with 0.2 s speech still came out chopped,
+    with 0.3 s now and then). So audio is heard up to `latency` after it is handed out, and
+    `interrupt()` drops that buffer (see DeviceStream._flush).
+
+    `played` is what has been heard: a block counts once PortAudio's estimate of when its last
+    sample reaches the speaker (outputBufferDacTime) has passed, as a later callback or
+    interrupt() sees it. Through PulseAudio the estimate is mostly ~20 ms late, now and then
+    ~100 ms off between the bursts of callbacks the server asks for; audio that interrupt()
+    dropped is never counted.
 
     "First audio played": `await speaker.wait_played(start + 1)`, where `start` is the position
-    before the chunk (its `play()` return value minus its length), resolves one loop wake-up after
-    the callback that handed out the chunk's first samples (median 1.4 ms, at most 14 ms on a busy
-    2-core machine); they are heard PortAudio's output latency later (~20 ms through PulseAudio).
-    Call `play()`, `interrupt()` and `wait_played()` from the loop's thread.
+    before the chunk (its `play()` return value minus its length), resolves once the block with
+    the chunk's first samples is estimated heard. Call `play()`, `interrupt()` and `wait_played()`
+    from the loop's thread.
     """
 
     direction = "output"
     role = "speaker"
-    latency = "low"  # what PortAudio holds is still heard after interrupt()
+    flushable = True
+    latency: float = 0.4  # seconds the device holds (see above)
 
     def __init__(
         self,
@@ -68,7 +80,10 @@ class Speaker(DeviceStream):
         self._resampler: StreamResampler | None = None
         self._run = _Run(start=0)
         self._end = 0
-        self._played = 0
+        self._sent = 0  # 24 kHz position handed out to the device
+        self._unheard: deque[tuple[float, int]] = deque()  # (monotonic time heard, position then) per block
+        self._played = 0  # 24 kHz position heard
+        self._silenced = False  # interrupt() until the device has dropped what it held: hand out nothing
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._wake_at: float = math.inf  # smallest position waited for; read by the audio thread
 
@@ -88,14 +103,28 @@ class Speaker(DeviceStream):
             return self._end
 
     def interrupt(self) -> None:
-        """Drop everything queued: the next callback outputs silence, and play() goes on from `played`."""
+        """Go silent now: drop everything queued and what the device holds; play() goes on from `played`.
+
+        `played` stays what had been heard at the call. The device drops its buffer in a thread
+        (see DeviceStream._flush): until then callbacks output silence, so audio played right
+        after the call goes to the emptied buffer.
+        """
         with self._lock:
+            self._silenced = True
+        self._drop()
+        self._flush()
+
+    def _drop(self) -> None:
+        """Forget the queued audio and what was handed out but not heard; settle the waits."""
+        with self._lock:
+            self._hear(time.monotonic())
             self._queue.clear()
             self._ready = _EMPTY
             if self._resampler is not None:
                 self._resampler.clear()
+            self._unheard.clear()
             self._run = _Run(start=self._played)
-            self._end = played = self._played
+            self._end = self._sent = played = self._played
         for position, future in self._waiters:
             if not future.done():
                 future.set_result(position <= played)
@@ -121,10 +150,14 @@ class Speaker(DeviceStream):
 
     async def aclose(self) -> None:
         await super().aclose()
-        self.interrupt()
+        self._drop()
 
     def _on_lost(self) -> None:
-        self.interrupt()
+        self._drop()
+
+    def _on_flushed(self) -> None:
+        with self._lock:
+            self._silenced = False
 
     def _wake(self) -> None:
         """Resolve the waits that `played` has reached (on the loop)."""
@@ -143,18 +176,29 @@ class Speaker(DeviceStream):
     def _stream_callback(self) -> Callback:
         with self._lock:
             self._resampler = StreamResampler(PLAYBACK_RATE, self.rate)
+            self._silenced = False
         return self._callback
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        now = time.monotonic()
+        heard_at = now + time_info.outputBufferDacTime - time_info.currentTime + frames / self.rate
         with self._lock:
-            audio = self._take(frames)
+            audio = _EMPTY if self._silenced else self._take(frames)
+            if self._sent > (self._unheard[-1][1] if self._unheard else self._played):
+                self._unheard.append((heard_at, self._sent))
+            self._hear(now)
         outdata[: audio.size, 0] = audio
         outdata[audio.size :] = 0
         if self._played >= self._wake_at:
             self._notify(self._wake)
 
+    def _hear(self, now: float) -> None:
+        """Advance `played` over the blocks heard by `now` (lock held)."""
+        while self._unheard and self._unheard[0][0] <= now:
+            self._played = self._unheard.popleft()[1]
+
     def _take(self, frames: int) -> np.ndarray:
-        """Up to `frames` device-rate samples of queued audio, advancing `played` (lock held)."""
+        """Up to `frames` device-rate samples of queued audio, advancing `_sent` (lock held)."""
         parts = []
         need = frames
         while need:
@@ -201,6 +245,6 @@ class Speaker(DeviceStream):
         run = self._run
         run.out += handed_out
         if run.flushed and not self._ready.size:
-            self._played = run.start + run.fed
+            self._sent = run.start + run.fed
         else:
-            self._played = run.start + min(run.fed, run.out * PLAYBACK_RATE // self.rate)
+            self._sent = run.start + min(run.fed, run.out * PLAYBACK_RATE // self.rate)
