@@ -96,8 +96,8 @@ class CSMEngine:
         directory = resolve_checkpoint(model)
         config, weights = read_checkpoint(directory)
         weights = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
-        if device.type == "cpu":  # the matrices every frame streams; of the embeddings it reads a few rows
-            weights |= in_huge_pages({n: w for n, w in weights.items() if not n.endswith("embeddings")})
+        if device.type == "cpu":  # embeddings too: on a VM a 32-row gather took 4-14 ms from 4 KiB pages, 0.4 from 2 MiB
+            weights = in_huge_pages(weights)
         text = TextEncoder(tokenizer if tokenizer is not None else directory / "tokenizer.json")
         codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
         return cls(CSMModel(config, weights), text, codec, cuda_graphs=cuda_graphs and device.type == "cuda")
