@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from assistant.audio.devices import AudioDeviceError
     from assistant.audio.wavfile import WavError
-    from assistant.llm.factory import BackendUnavailable
+    from assistant.llm.backend import BackendUnavailable
     from assistant.logs import setup_logging
     from pipelines.components import StartupError
     from pipelines.runner import Mode, run

@@ -71,7 +71,8 @@ class OpenAIBackendConfig(Section):
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(300, ge=1, le=32_768)
     timeout_s: float = Field(20.0, gt=0, le=600, description="Time allowed before the first token.")
-    max_retries: int = Field(1, ge=0, le=5)
+    stall_timeout_s: float = Field(10.0, gt=0, le=600, description="Time allowed between tokens once the reply has begun.")
+    max_retries: int = Field(1, ge=0, le=5, description="Retries after a failed connection or a timeout, before any text.")
 
     def api_key(self) -> str | None:
         return secret(self.api_key_env)

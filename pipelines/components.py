@@ -1,4 +1,4 @@
-"""Build the heavy parts (Whisper, CSM) from the config, each failing with one clear line."""
+"""Build the heavy parts (Whisper, CSM, the LLM's model) from the config, each failing with one clear line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from assistant.config import AsrConfig, CsmConfig
+from assistant.llm.backend import ChatBackend, LlmError
 
 if TYPE_CHECKING:
     from assistant.asr import WhisperTranscriber
@@ -25,6 +26,14 @@ def load_transcriber(config: AsrConfig) -> WhisperTranscriber:
     try:
         return WhisperTranscriber(config)
     except AsrError as error:
+        raise StartupError(str(error)) from None
+
+
+async def start_backend(backend: ChatBackend) -> None:
+    """Load what the LLM backend needs (the local model) before the first turn."""
+    try:
+        await backend.start()
+    except LlmError as error:
         raise StartupError(str(error)) from None
 
 

@@ -17,7 +17,7 @@ from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.logs import log_turns
 from assistant.vad import VadSegmenter
-from pipelines.components import load_engine, load_transcriber
+from pipelines.components import load_engine, load_transcriber, start_backend
 from pipelines.keyboard import key_binding
 from pipelines.text_mode import run_text_mode
 from pipelines.voice_loop import VoiceLoop
@@ -60,13 +60,15 @@ async def run(config: Config, mode: Mode) -> None:
 
 async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     if not mode.speech:
+        await start_backend(backend)
         await run_text_mode(VoiceLoop(config, bus, backend), bus)
         return
     from assistant.audio.speaker import Speaker
 
     audio = config.audio
     async with Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus)) as speaker:
-        voice = _voice_loop(config, bus, backend, speaker, await asyncio.to_thread(load_engine, config.csm))
+        engine, _ = await asyncio.gather(asyncio.to_thread(load_engine, config.csm), start_backend(backend))
+        voice = _voice_loop(config, bus, backend, speaker, engine)
         try:
             await run_text_mode(voice, bus)
         finally:
@@ -76,7 +78,7 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     assert mode.input_wav is not None and mode.output_wav is not None
     source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
-    voice = _voice_loop(config, bus, backend, sink, *await _load_models(config))
+    voice = _voice_loop(config, bus, backend, sink, *await _load_models(config, backend))
     try:
         await voice.listen(source, sequential=True)
     finally:
@@ -97,7 +99,7 @@ async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         Microphone(audio.input_device, audio.block_ms, audio.capture_rate, on_error=_reporter(bus)) as microphone,
         Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus)) as speaker,
     ):
-        voice = _voice_loop(config, bus, backend, speaker, *await _load_models(config))
+        voice = _voice_loop(config, bus, backend, speaker, *await _load_models(config, backend))
         loop = asyncio.get_running_loop()
         try:
             with key_binding(key, lambda: loop.call_soon_threadsafe(voice.interrupt, "key")) as bound:
@@ -107,11 +109,12 @@ async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
             await voice.aclose()
 
 
-async def _load_models(config: Config) -> tuple[CSMEngine, WhisperTranscriber]:
-    """CSM and Whisper, loaded side by side."""
-    return await asyncio.gather(
-        asyncio.to_thread(load_engine, config.csm), asyncio.to_thread(load_transcriber, config.asr)
+async def _load_models(config: Config, backend: ChatBackend) -> tuple[CSMEngine, WhisperTranscriber]:
+    """CSM, Whisper and the LLM backend's model, loaded side by side."""
+    engine, transcriber, _ = await asyncio.gather(
+        asyncio.to_thread(load_engine, config.csm), asyncio.to_thread(load_transcriber, config.asr), start_backend(backend)
     )
+    return engine, transcriber
 
 
 def _voice_loop(

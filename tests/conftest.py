@@ -116,6 +116,14 @@ def tiny_mimi():
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2 chat model with a ChatML template, saved like a hub repository (save_pretrained)."""
+    from tests.support.random_chat_model import save_random_chat_model
+
+    return save_random_chat_model(tmp_path_factory.mktemp("tiny-chat-model"))
+
+
+@pytest.fixture(scope="session")
 def random_mimi_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """moshi's full-size Mimi with random weights, saved where `csm.mimi` can name it (as a user's download)."""
     import torch

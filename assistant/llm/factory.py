@@ -1,4 +1,4 @@
-"""Build the configured LLM backend."""
+"""Build the configured LLM backend; heavy libraries are imported only for the backend in use."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from assistant.llm.backend import ChatBackend
 from assistant.llm.scripted import ScriptedBackend
 
 
-class BackendUnavailable(RuntimeError):
-    """The configured backend cannot be built in this version."""
-
-
 def make_backend(config: LlmConfig) -> ChatBackend:
-    if config.backend == "scripted":
-        return ScriptedBackend(config.scripted)
-    raise BackendUnavailable(
-        f"llm.backend={config.backend!r} is not available in this version yet; "
-        "use --set llm.backend=scripted (fixed replies) for now"
-    )
+    """Raises BackendUnavailable when a setting the backend needs (such as its API key) is missing."""
+    if config.backend == "openai":
+        from assistant.llm.openai_compatible import OpenAICompatibleBackend
+
+        return OpenAICompatibleBackend(config.openai)
+    if config.backend == "local":
+        from assistant.llm.local_transformers import LocalBackend
+
+        return LocalBackend(config.local)
+    return ScriptedBackend(config.scripted)

@@ -21,6 +21,9 @@ class ScriptedBackend:
         self._config = config
         self._replies = itertools.cycle(config.replies)
 
+    async def start(self) -> None:
+        return None
+
     async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
         reply = next(self._replies)
         await asyncio.sleep(self._config.first_token_delay_s)

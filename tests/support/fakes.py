@@ -118,6 +118,9 @@ class FakeBackend:
         self.messages: list[list[Message]] = []
         self.streams_closed = 0
 
+    async def start(self) -> None:
+        return None
+
     async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
         self.messages.append(list(messages))
         try:

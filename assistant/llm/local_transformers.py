@@ -1,0 +1,142 @@
+"""A chat model running inside the assistant with transformers: no server needed.
+
+The model loads once (`start`, or else the first reply), from a local folder or a hub id downloaded with
+progress bars. Each reply is generated in a worker thread; its text reaches the event loop through a `Feed`,
+and a stopping criterion tied to the reply's cancel event ends generation within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from assistant.config import LocalBackendConfig
+from assistant.hub import ModelNotFound, resolve_model
+from assistant.llm.backend import LlmError, Message
+from assistant.llm.feed import Feed
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = ["*.json", "*.jinja", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+"""What a chat model needs from its hub repository: config, weights, tokenizer files."""
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, config: LocalBackendConfig) -> None:
+        self._config = config
+        self._loading = asyncio.Lock()
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    async def start(self) -> None:
+        async with self._loading:
+            if self.model is None:
+                self.model, self.tokenizer = await asyncio.to_thread(self._load)
+
+    async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
+        await self.start()
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        except Exception as error:  # a template may refuse a conversation (e.g. one without system messages)
+            raise LlmError(f"the local LLM's chat template refused the conversation: {error}", before_first_token=True) from error
+        feed, stop = Feed(cancel), threading.Event()
+        worker = asyncio.ensure_future(asyncio.to_thread(self._generate, prompt, feed, stop))
+        said = False
+        try:
+            while (delta := await feed.get()) is not None:
+                said = True
+                yield delta
+        except Exception as error:
+            raise LlmError(
+                f"the local LLM failed {'mid-reply' if said else 'before replying'}: {type(error).__name__}: {error}",
+                before_first_token=not said,
+            ) from error
+        finally:
+            stop.set()
+            await asyncio.wait([worker])  # the model is free again (within one token) before the next reply
+            feed.close()
+
+    async def aclose(self) -> None:
+        self.model = self.tokenizer = None
+
+    def _load(self) -> tuple[Any, Any]:
+        config = self._config
+        started = time.monotonic()
+        try:
+            folder = resolve_model(config.model, MODEL_FILES, "llm.local.model")
+        except ModelNotFound as error:
+            raise LlmError(f"cannot load the local LLM: {error}", before_first_token=True) from None
+        except Exception as error:  # the hub answered with an error, the disk is full, ...
+            raise LlmError(
+                f"cannot download the local LLM {config.model!r}: {type(error).__name__}: {error}", before_first_token=True
+            ) from None
+        device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, config.dtype) if config.dtype != "auto" else torch.bfloat16 if device == "cuda" else torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        except Exception as error:  # a broken or incomplete folder, an unknown architecture, no GPU: one line
+            raise LlmError(
+                f"cannot load the local LLM {config.model!r} from {folder}: {type(error).__name__}: {error}",
+                before_first_token=True,
+            ) from None
+        if not tokenizer.chat_template:
+            raise LlmError(
+                f"the local LLM {config.model!r} has no chat template: llm.local.model must be an instruct (chat) model",
+                before_first_token=True,
+            )
+        log.info("local LLM: %s on %s (%s) in %.1f s", config.model, device, dtype, time.monotonic() - started)
+        return model, tokenizer
+
+    def _generate(self, prompt: Any, feed: Feed, stop: threading.Event) -> None:
+        """Worker thread: generate the reply, handing text to `feed` as it is decoded; ends with None or the error."""
+        config, tokenizer = self._config, self.tokenizer
+        if config.temperature > 0:
+            sampling: dict[str, Any] = {"do_sample": True, "temperature": config.temperature}
+        else:  # greedy; silence the sampling settings a model's generation_config may carry
+            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        try:
+            with torch.inference_mode():
+                self.model.generate(
+                    input_ids=prompt["input_ids"].to(self.model.device),  # not token_type_ids, which some tokenizers add
+                    attention_mask=prompt["attention_mask"].to(self.model.device),
+                    max_new_tokens=config.max_new_tokens,
+                    streamer=_FeedStreamer(tokenizer, feed),
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                    **sampling,
+                )
+            feed.put_threadsafe(None)
+        except Exception as error:
+            feed.put_threadsafe(error)
+
+
+class _FeedStreamer(TextStreamer):
+    """transformers' word-aligned incremental decoding, handing each piece of text to a `Feed`."""
+
+    def __init__(self, tokenizer: Any, feed: Feed) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._feed = feed
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._feed.put_threadsafe(text)
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool, device=input_ids.device)

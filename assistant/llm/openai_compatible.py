@@ -1,0 +1,162 @@
+"""Any server speaking OpenAI's streaming chat-completions protocol: OpenAI, Ollama's /v1, vLLM, llama.cpp's server.
+
+Each attempt reads the HTTP stream in its own task and hands deltas over through a `Feed`, so the reply can
+give up on a timeout or a cancel at any moment; giving up cancels that task, which closes the HTTP response.
+A failed attempt is retried only before any text came (nothing has been spoken then) and only for failures a
+retry can cure: no connection, a timeout, a server error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import openai
+
+from assistant.config import OpenAIBackendConfig
+from assistant.llm.backend import BackendUnavailable, LlmError, Message
+from assistant.llm.feed import Feed
+
+log = logging.getLogger(__name__)
+
+OPENAI_URL = "https://api.openai.com/v1"
+NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
+RETRY_PAUSE_S = 0.5
+
+
+class OpenAICompatibleBackend:
+    name = "openai"
+
+    def __init__(self, config: OpenAIBackendConfig) -> None:
+        self._config = config
+        self.url = config.base_url or OPENAI_URL
+        key = config.api_key() or None  # an empty variable is no key
+        if key is None and urlsplit(self.url).hostname == "api.openai.com":
+            raise BackendUnavailable(f"{self.url} needs an API key: {self._key_hint()}")
+        # Our own timers decide (timeout_s, stall_timeout_s); the client's is only a backstop, and it never retries.
+        backstop = max(config.timeout_s, config.stall_timeout_s) + 1
+        self._client = openai.AsyncOpenAI(base_url=self.url, api_key=key or NO_KEY, timeout=backstop, max_retries=0)
+
+    async def start(self) -> None:
+        return None
+
+    async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
+        said = False
+        for attempt in itertools.count():
+            if cancel is not None and cancel.is_set():
+                return
+            feed = Feed(cancel)
+            reader = asyncio.create_task(self._read(messages, feed))
+            try:
+                limit = self._config.timeout_s
+                while (delta := await feed.get(limit)) is not None:
+                    said, limit = True, self._config.stall_timeout_s
+                    yield delta
+                return
+            except Exception as error:
+                failure = LlmError(self._explain(error, said), before_first_token=not said)
+                if said or attempt >= self._config.max_retries or not _retryable(error):
+                    raise failure from error
+                log.warning("%s; trying again (%d of %d)", failure, attempt + 1, self._config.max_retries)
+            finally:
+                reader.cancel()  # closes the HTTP response if it is still open
+                await asyncio.wait([reader])
+                feed.close()
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def _read(self, messages: list[Message], feed: Feed) -> None:
+        config = self._config
+        try:
+            stream = await self._client.chat.completions.create(
+                model=config.model, messages=messages, stream=True, temperature=config.temperature,  # type: ignore[arg-type]
+                max_tokens=config.max_tokens,
+            )
+            async with stream:
+                async for chunk in stream:
+                    for choice in chunk.choices or ():
+                        if choice.delta is not None and choice.delta.content:
+                            feed.put(choice.delta.content)
+                        if choice.finish_reason == "length":
+                            log.info("the reply reached llm.openai.max_tokens (%d) and was cut there", config.max_tokens)
+            feed.put(None)
+        except Exception as error:
+            feed.put(error)
+
+    def _explain(self, error: Exception, said: bool) -> str:
+        """One line that says what went wrong and what to check."""
+        config, server = self._config, f"the LLM server at {self.url}"
+        if isinstance(error, (TimeoutError, openai.APITimeoutError)):
+            if said:
+                return f"{server} stopped sending mid-reply (nothing for {config.stall_timeout_s:g} s, llm.openai.stall_timeout_s)"
+            return f"{server} sent no reply within {config.timeout_s:g} s (llm.openai.timeout_s)"
+        if isinstance(error, openai.APIConnectionError):
+            if said:
+                return f"{server} broke off the reply mid-stream ({_cause(error)})"
+            if _refused(error):
+                return f"{server} refused the connection: is it running? (llm.openai.base_url)"
+            return f"cannot reach {server} ({_cause(error)}); check llm.openai.base_url"
+        if isinstance(error, openai.AuthenticationError):
+            return f"{server} rejected the API key (401: {_detail(error)}); {self._key_hint()}"
+        if isinstance(error, openai.PermissionDeniedError):
+            return f"{server} refused access (403: {_detail(error)}); {self._key_hint()}"
+        if isinstance(error, openai.NotFoundError):
+            return (
+                f"{server} has no model {config.model!r} (404: {_detail(error)}); check llm.openai.model, "
+                "and that llm.openai.base_url ends in /v1"
+            )
+        if isinstance(error, openai.APIStatusError):
+            return f"{server} answered {error.status_code}: {_detail(error)}"
+        if isinstance(error, openai.APIError):
+            return f"{server} reported an error {'mid-reply' if said else 'before replying'}: {_detail(error)}"
+        if isinstance(error, ValueError):
+            return f"{server} sent something that is not a chat-completions stream ({error})"
+        return f"{server}: {type(error).__name__}: {error}"
+
+    def _key_hint(self) -> str:
+        variable = self._config.api_key_env
+        if variable is None:
+            return "set llm.openai.api_key_env to the environment variable that holds the key"
+        return f"put the key in the environment variable {variable} (llm.openai.api_key_env)"
+
+
+def _retryable(error: Exception) -> bool:
+    return isinstance(error, (TimeoutError, openai.APIConnectionError, openai.InternalServerError))
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _refused(error: BaseException) -> bool:
+    return any(isinstance(e, OSError) and e.errno == errno.ECONNREFUSED for e in _causes(error)) or any(
+        "refused" in str(e).lower() for e in _causes(error)
+    )
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost description of a transport failure (the client's own is a generic 'Connection error.')."""
+    described = [str(e) for e in _causes(error) if str(e)]
+    return described[-1] if described else type(error).__name__
+
+
+def _detail(error: openai.APIError) -> str:
+    """The server's own message from an error body like {"error": {"message": ...}}, else the client's text."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if isinstance(message, str) and message:
+            return message
+    return error.message

@@ -1,0 +1,203 @@
+"""The OpenAI-compatible backend with the real `openai` client against a real streaming HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from assistant.config import OpenAIBackendConfig
+from assistant.llm.backend import BackendUnavailable, LlmError, Message
+from assistant.llm.openai_compatible import OpenAICompatibleBackend
+from tests.support.chat_server import ChatServer, Script, tokens
+from tests.support.processes import free_port
+
+MESSAGES: list[Message] = [
+    {"role": "system", "content": "You are a voice assistant."},
+    {"role": "user", "content": "What's the weather like?"},
+]
+LONG_REPLY = "It is sunny and warm today, with a light breeze from the west and not a cloud in the sky at all."
+
+
+def backend(url: str, **settings) -> OpenAICompatibleBackend:
+    defaults = {"model": "tiny", "api_key_env": None, "timeout_s": 5.0, "stall_timeout_s": 5.0, "max_retries": 0}
+    return OpenAICompatibleBackend(OpenAIBackendConfig(base_url=url, **{**defaults, **settings}))
+
+
+async def collect(llm: OpenAICompatibleBackend, cancel: asyncio.Event | None = None) -> tuple[list[str], LlmError | None]:
+    deltas: list[str] = []
+    try:
+        async for delta in llm.stream(MESSAGES, cancel):
+            deltas.append(delta)
+    except LlmError as error:
+        return deltas, error
+    finally:
+        await llm.aclose()
+    return deltas, None
+
+
+async def outcomes(server: ChatServer, count: int) -> list[str]:
+    return await asyncio.to_thread(server.wait_outcomes, count)
+
+
+async def test_a_reply_streams_token_by_token_with_the_settings_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-test")
+    with ChatServer(Script(reply="Sunny, and 20 degrees."), api_key="sk-test", models={"tiny"}) as server:
+        llm = backend(server.url, api_key_env="TEST_LLM_KEY", temperature=0.3, max_tokens=42)
+        deltas, error = await collect(llm)
+        assert await outcomes(server, 1) == ["finished"]
+    assert error is None
+    assert deltas == tokens("Sunny, and 20 degrees.")
+    (request,) = server.requests
+    assert request["messages"] == MESSAGES  # the system prompt goes first, as the conversation built it
+    assert request["model"] == "tiny" and request["stream"] is True
+    assert request["temperature"] == 0.3 and request["max_tokens"] == 42
+    assert server.authorizations == ["Bearer sk-test"]
+
+
+async def test_a_local_server_needs_no_key() -> None:
+    with ChatServer() as server:
+        deltas, error = await collect(backend(server.url, api_key_env="UNSET_TEST_LLM_KEY"))
+    assert error is None and deltas
+    assert server.authorizations == ["Bearer not-needed"]
+
+
+def test_openai_itself_without_a_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendUnavailable, match="OPENAI_API_KEY"):
+        OpenAICompatibleBackend(OpenAIBackendConfig())
+
+
+async def test_connection_refused_is_retried_then_reported(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with caplog.at_level(logging.WARNING, logger="assistant.llm.openai_compatible"):
+        deltas, error = await collect(backend(url, max_retries=1))
+    assert deltas == [] and error is not None and error.before_first_token
+    assert str(error) == f"the LLM server at {url} refused the connection: is it running? (llm.openai.base_url)"
+    assert [r.getMessage().endswith("trying again (1 of 1)") for r in caplog.records] == [True]
+
+
+async def test_a_wrong_key_is_a_401_that_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-wrong")
+    with ChatServer(api_key="sk-right") as server:
+        deltas, error = await collect(backend(server.url, api_key_env="TEST_LLM_KEY", max_retries=2))
+    assert deltas == [] and error is not None and error.before_first_token
+    assert "rejected the API key (401: Incorrect API key provided.)" in str(error)
+    assert "TEST_LLM_KEY" in str(error)
+    assert len(server.requests) == 1  # a retry cannot fix a key
+
+
+async def test_an_unknown_model_is_a_404_that_names_the_model() -> None:
+    with ChatServer(models={"tiny"}) as server:
+        deltas, error = await collect(backend(server.url, model="huge", max_retries=2))
+    assert deltas == [] and error is not None and error.before_first_token
+    assert "has no model 'huge' (404: The model `huge` does not exist" in str(error)
+    assert "llm.openai.model" in str(error)
+    assert len(server.requests) == 1
+
+
+async def test_no_first_token_in_time_is_a_timeout_and_the_request_is_dropped() -> None:
+    with ChatServer(Script(first_delay_s=60)) as server:
+        deltas, error = await collect(backend(server.url, timeout_s=0.5))
+        assert await outcomes(server, 1) == ["client closed"]
+    assert deltas == [] and error is not None and error.before_first_token
+    assert str(error) == f"the LLM server at {server.url} sent no reply within 0.5 s (llm.openai.timeout_s)"
+
+
+async def test_a_timeout_before_any_text_is_retried() -> None:
+    with ChatServer(Script(first_delay_s=60), Script(reply="Second try.")) as server:
+        deltas, error = await collect(backend(server.url, timeout_s=0.5, max_retries=1))
+        assert await outcomes(server, 2) == ["client closed", "finished"]
+    assert error is None and "".join(deltas) == "Second try."
+
+
+async def test_a_server_error_before_any_text_is_retried() -> None:
+    with ChatServer(Script(status=500), Script(reply="Back again.")) as server:
+        deltas, error = await collect(backend(server.url, max_retries=1))
+    assert error is None and "".join(deltas) == "Back again."
+    assert len(server.requests) == 2
+
+
+async def test_a_stall_mid_stream_ends_the_reply_with_what_was_said_and_no_retry() -> None:
+    with ChatServer(Script(reply=LONG_REPLY, stall_after=3)) as server:
+        deltas, error = await collect(backend(server.url, stall_timeout_s=0.5, max_retries=3))
+        assert await outcomes(server, 1) == ["client closed"]
+    assert deltas == tokens(LONG_REPLY)[:3]
+    assert error is not None and not error.before_first_token
+    assert "stopped sending mid-reply (nothing for 0.5 s, llm.openai.stall_timeout_s)" in str(error)
+    assert len(server.requests) == 1  # text was out: a retry would repeat it
+
+
+async def test_a_disconnect_mid_stream_is_reported_with_what_was_said() -> None:
+    with ChatServer(Script(reply=LONG_REPLY, drop_after=4)) as server:
+        deltas, error = await collect(backend(server.url, max_retries=3))
+    assert deltas == tokens(LONG_REPLY)[:4]
+    assert error is not None and not error.before_first_token
+    assert f"the LLM server at {server.url} broke off the reply mid-stream" in str(error)
+    assert len(server.requests) == 1
+
+
+async def test_cancel_mid_stream_ends_quietly_and_closes_the_http_stream() -> None:
+    cancel = asyncio.Event()
+    with ChatServer(Script(reply=LONG_REPLY, delay_s=0.2)) as server:
+        llm = backend(server.url)
+        deltas = []
+        async for delta in llm.stream(MESSAGES, cancel):
+            deltas.append(delta)
+            if len(deltas) == 2:
+                cancel.set()
+        assert await outcomes(server, 1) == ["client closed"]
+        await llm.aclose()
+    assert deltas == tokens(LONG_REPLY)[:2]
+
+
+async def test_cancelling_the_consuming_task_closes_the_http_stream() -> None:
+    """What an interrupt does to a reply: its task is cancelled while it waits for the next token."""
+    received = asyncio.Event()
+
+    async def consume(llm: OpenAICompatibleBackend) -> None:
+        async for _ in llm.stream(MESSAGES):
+            received.set()
+
+    with ChatServer(Script(reply=LONG_REPLY, delay_s=0.2)) as server:
+        llm = backend(server.url)
+        task = asyncio.create_task(consume(llm))
+        await asyncio.wait_for(received.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await outcomes(server, 1) == ["client closed"]
+        await llm.aclose()
+
+
+async def test_closing_the_generator_early_closes_the_http_stream() -> None:
+    with ChatServer(Script(reply=LONG_REPLY, delay_s=0.2)) as server:
+        llm = backend(server.url)
+        stream = llm.stream(MESSAGES)
+        assert await anext(stream) == tokens(LONG_REPLY)[0]
+        await stream.aclose()
+        assert await outcomes(server, 1) == ["client closed"]
+        await llm.aclose()
+
+
+async def test_in_the_assistant_a_broken_reply_is_an_error_event_and_the_next_turn_is_answered() -> None:
+    from assistant.config import Config
+    from assistant.events import ErrorEvent, EventBus
+    from pipelines.voice_loop import VoiceLoop
+
+    bus = EventBus()
+    with ChatServer(Script(reply=LONG_REPLY, drop_after=8), Script(reply="All good now.")) as server:
+        llm = backend(server.url)
+        with bus.subscribe(ErrorEvent) as errors:
+            voice = VoiceLoop(Config(), bus, llm)
+            first = await voice.ask("What's the weather like?")
+            second = await voice.ask("Are you there?")
+        await llm.aclose()
+    assert first is not None and first.text == "It is sunny and warm today,"  # what was said before the break
+    assert second is not None and second.text == "All good now."
+    (error,) = [errors.queue.get_nowait() for _ in range(errors.queue.qsize())]
+    assert error.source == "llm" and error.message.startswith("the LLM failed mid-reply: the LLM server at")
+    assert server.requests[1]["messages"][-2:] == [
+        {"role": "assistant", "content": "It is sunny and warm today,"}, {"role": "user", "content": "Are you there?"},
+    ]
