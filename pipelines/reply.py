@@ -21,7 +21,7 @@ import torch
 from assistant.audio.streams import AudioSink
 from assistant.events import ErrorEvent, EventBus, ReplyText, StateChanged
 from assistant.llm.backend import LlmError
-from assistant.llm.chunker import SentenceChunker
+from assistant.llm.speech_text import SpeechChunker
 from assistant.segment import Segment
 from pipelines.turn_clock import TurnClock
 
@@ -161,8 +161,8 @@ class Reply:
             task.cancel()
 
     async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
-        """LLM deltas into sentence chunks; a failing LLM ends the reply with what it had said."""
-        chunker, any_text = SentenceChunker(), False
+        """LLM deltas into sayable sentence chunks; a failing LLM ends the reply with what it had said."""
+        chunker, any_text = SpeechChunker(), False
         try:
             async for delta in self._deltas(self._cancel):
                 if not any_text:
