@@ -59,7 +59,8 @@ def _record_while_playing(sd, rate: int, tone: np.ndarray) -> np.ndarray:
     with sd.InputStream(device="pulse", samplerate=rate, channels=1, dtype="float32", blocksize=320,
                         callback=on_input):
         assert started.wait(10), "the monitor delivered no audio"
-        sd.play(tone, rate, device="pulse", blocking=True)
+        # A device buffer like the Speaker's: with PortAudio's default a busy machine underruns and chops the tone.
+        sd.play(tone, rate, device="pulse", blocking=True, latency=0.4)
         sd.sleep(300)
     return np.concatenate(recorded)
 
