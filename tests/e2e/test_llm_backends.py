@@ -24,7 +24,7 @@ def test_a_server_is_chosen_with_settings_alone_and_a_failed_turn_does_not_stop_
         result = cli(
             *TEXT_ONLY, "--set", "llm.backend=openai", "--set", f"llm.openai.base_url={server.url}",
             "--set", "llm.openai.model=tiny", "--set", "llm.openai.api_key_env=TEST_LLM_KEY",
-            "--set", "llm.openai.timeout_s=1", "--set", "llm.openai.max_retries=0",
+            "--set", "llm.openai.timeout_s=5", "--set", "llm.openai.max_retries=0",
             stdin="hello\nhello again\nand then?\n", env={"TEST_LLM_KEY": "sk-test"},
         )
     assert result.returncode == 0, result.stderr
@@ -32,7 +32,7 @@ def test_a_server_is_chosen_with_settings_alone_and_a_failed_turn_does_not_stop_
     assert said == [LlmConfig().apology, "Hi! Nice to meet you.", "See example.com."]  # cleaned for speech
     failures = [line for line in result.stderr.splitlines() if "the LLM failed" in line]
     assert len(failures) == 1 and failures[0].endswith(
-        f"the LLM failed before replying: the LLM server at {server.url} sent no reply within 1 s (llm.openai.timeout_s)"
+        f"the LLM failed before replying: the LLM server at {server.url} sent no reply within 5 s (llm.openai.timeout_s)"
     )
     first, _, third = (request["messages"] for request in server.requests)
     assert first == [{"role": "system", "content": LlmConfig().system_prompt}, {"role": "user", "content": "hello"}]
