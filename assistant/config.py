@@ -142,18 +142,26 @@ class BargeInConfig(Section):
 
 
 class MqttConfig(Section):
-    enabled: bool = False
+    enabled: bool = Field(False, description="Run the MQTT bridge: events out, commands in (see the README).")
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
     tls: bool = False
-    ca_file: str | None = None
+    ca_file: str | None = Field(None, description="CA bundle for TLS; null = the system's.")
     username: str | None = None
     password_env: str | None = Field(None, description="Environment variable holding the broker password.")
-    client_id: str | None = None
+    client_id: str | None = Field(None, description="null = '{topic_prefix}-{site_id}'; keep it stable and unique.")
     topic_prefix: str = "assistant"
     site_id: str = "default"
     keepalive_s: int = Field(30, ge=5, le=3600)
-    max_payload_bytes: int = Field(16_384, ge=256, le=1_048_576)
+    max_payload_bytes: int = Field(16_384, ge=256, le=1_048_576, description="Larger commands are rejected.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First wait before reconnecting; doubles per failure.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between reconnection attempts.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_min_s ({self.reconnect_min_s}) is above reconnect_max_s ({self.reconnect_max_s})")
+        return self
 
     @field_validator("topic_prefix", "site_id")
     @classmethod

@@ -92,6 +92,25 @@ class ErrorEvent(Event):
     recoverable: bool = True
 
 
+@dataclass(frozen=True, kw_only=True)
+class CommandRejected(ErrorEvent):
+    """A remote command that was not carried out (malformed, oversized, unknown); nothing changed."""
+
+    command: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MuteChanged(Event):
+    """The microphone was muted (nothing said is heard or becomes a turn) or unmuted."""
+
+    muted: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationReset(Event):
+    """The conversation history was cleared: the next turn starts a new conversation."""
+
+
 def next_turn_id() -> int:
     """A process-wide increasing turn number."""
     return next(_ids)

@@ -1,13 +1,16 @@
 """The voice loop: hear a turn, transcribe it, answer it in speech; one turn at a time, interruptible.
 
 Audio blocks come from any `AudioSource` (microphone or wav file) and replies go to any `AudioSink`
-(speaker or wav file). Typed turns (`ask`) share the same reply path. Blocking work (ASR, Mimi
-encoding, CSM) runs in worker threads; everything here runs on the event loop.
+(speaker or wav file). Typed turns (`ask`) and given speech (`say`) share the same reply path.
+Turns run one after another in the order they were started, whoever started them (microphone, API,
+MQTT). Blocking work (ASR, Mimi encoding, CSM) runs in worker threads; everything here runs on the
+event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -21,9 +24,11 @@ from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config
 from assistant.conversation import Conversation, Turn
 from assistant.events import (
+    ConversationReset,
     ErrorEvent,
     EventBus,
     Interrupted,
+    MuteChanged,
     ReplyText,
     SpeechStarted,
     State,
@@ -35,7 +40,7 @@ from assistant.events import (
 from assistant.llm.backend import ChatBackend
 from assistant.segment import Segment
 from assistant.vad import SpeechOnset, Utterance, VadSegmenter
-from pipelines.reply import Reply, SpeechEngine, Spoken, Voice
+from pipelines.reply import Deltas, Reply, SpeechEngine, Spoken, Voice
 from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,7 @@ class VoiceLoop:
         self._reply: Reply | None = None
         self._turn_id: int | None = None
         self._quiet_until = 0.0  # off-mode barge-in: the microphone is ignored until then
+        self.muted = False  # nothing heard becomes a turn (see set_muted)
         self.frames_spoken = 0  # CSM frames the user heard, over the whole session
 
     @property
@@ -93,9 +99,32 @@ class VoiceLoop:
         await _finished(self._turn)
         self._state("idle")
 
-    async def ask(self, text: str) -> Spoken | None:
-        """A typed turn: the reply is spoken (when there is a sink) and returned; None if interrupted before it began."""
-        return await self._start(self._text_turn(text))
+    def ask(self, text: str) -> asyncio.Task[Spoken | None]:
+        """Start a typed turn now (it runs after the turn before it); the reply is spoken when there is a sink.
+
+        Await the task for what the user heard of the reply; None if interrupted before it began.
+        """
+        return self._start(self._text_turn(text))
+
+    def say(self, text: str) -> asyncio.Task[Spoken | None]:
+        """Start speaking `text` as the assistant's own turn, with the conversation as the voice's context."""
+        return self._start(self._said_turn(text))
+
+    def set_muted(self, muted: bool) -> None:
+        """Muted, the microphone's audio is dropped here: nothing said is heard, transcribed or interrupts."""
+        self.muted = muted
+        if muted and self.segmenter is not None:
+            self.segmenter.reset()  # speech under way when muted is dropped too
+        log.info("microphone %s", "muted" if muted else "unmuted")
+        self.bus.publish(MuteChanged(muted=muted))
+
+    def reset(self) -> asyncio.Task[Spoken | None]:
+        """Interrupt the current reply and forget the conversation once that turn has ended.
+
+        Turns started before the reset finish first; turns started after it begin a new conversation.
+        """
+        self.interrupt("reset")
+        return self._start(self._clear())
 
     def interrupt(self, source: str = "api") -> bool:
         """Stop the current reply now: silence, cancel the LLM and the engine. False when nothing was going on."""
@@ -117,6 +146,8 @@ class VoiceLoop:
 
     def _hear(self, block: np.ndarray) -> None:
         assert self.segmenter is not None
+        if self.muted:
+            return
         barge_in = self.config.barge_in
         if barge_in.mode == "off" and (self.busy or time.monotonic() < self._quiet_until):
             self.segmenter.reset()  # the assistant's own voice (or its echo) is not a turn
@@ -158,12 +189,15 @@ class VoiceLoop:
             log.error("a turn failed", exc_info=error)
             self.bus.publish(ErrorEvent(source="pipeline", message=f"a turn failed: {type(error).__name__}: {error}"))
 
+    def _begin(self, clock: TurnClock) -> tuple[TurnClock, int]:
+        turn = self._turn_id = next_turn_id()
+        self._state("thinking")
+        return clock, turn
+
     async def _voice_turn(self, utterance: Utterance, ended_at: float) -> Spoken | None:
         transcriber = self.transcriber
         assert transcriber is not None
-        clock, turn = TurnClock(ended_at), next_turn_id()
-        self._turn_id = turn
-        self._state("thinking")
+        clock, turn = self._begin(TurnClock(ended_at))
         codes = self._encode(utterance.audio, utterance.sample_rate)
         try:
             transcript = await asyncio.to_thread(transcriber.transcribe, utterance.audio)
@@ -180,19 +214,26 @@ class VoiceLoop:
         return await self._respond(turn, clock, self._speech_context(user, codes))
 
     async def _text_turn(self, text: str) -> Spoken | None:
-        clock, turn = TurnClock(), next_turn_id()
-        self._turn_id = turn
-        self._state("thinking")
+        clock, turn = self._begin(TurnClock())
         self.bus.publish(UserTranscript(text=text, turn=turn))
         self.conversation.add_user(text)
         return await self._respond(turn, clock, self._speech_context(None, None))
 
-    async def _respond(self, turn: int, clock: TurnClock, context: Coroutine[Any, Any, list[Segment]]) -> Spoken:
-        messages = self.conversation.messages()
+    async def _said_turn(self, text: str) -> Spoken | None:
+        clock, turn = self._begin(TurnClock())
+        return await self._respond(turn, clock, self._speech_context(None, None), _given(text))
 
-        def deltas(cancel: asyncio.Event) -> AsyncIterator[str]:
-            return self.backend.stream(messages, cancel)
+    async def _clear(self) -> None:
+        self.conversation.reset()
+        log.info("conversation reset")
+        self.bus.publish(ConversationReset())
 
+    async def _respond(
+        self, turn: int, clock: TurnClock, context: Coroutine[Any, Any, list[Segment]], deltas: Deltas | None = None
+    ) -> Spoken:
+        """Speak a reply: the LLM's answer to the conversation, or the `deltas` given."""
+        if deltas is None:
+            deltas = functools.partial(self.backend.stream, self.conversation.messages())
         reply = Reply(
             turn, deltas, self.bus, clock, engine=self.engine, sink=self.sink, context=context,
             voice=self.voice, apology=self.config.llm.apology,
@@ -239,6 +280,15 @@ class VoiceLoop:
     def _report(self, source: str, message: str) -> None:
         log.warning("%s", message)
         self.bus.publish(ErrorEvent(source=source, message=message))
+
+
+def _given(text: str) -> Deltas:
+    """A reply whose text is known: one delta, so it goes through the same chunking and speech as an LLM's."""
+
+    async def deltas(cancel: asyncio.Event) -> AsyncIterator[str]:
+        yield text
+
+    return deltas
 
 
 async def _finished(task: asyncio.Future[Any] | None) -> None:

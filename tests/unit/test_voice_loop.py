@@ -123,7 +123,7 @@ async def test_every_voice_turn_records_each_latency_stage() -> None:
 async def test_typed_turns_share_the_reply_path_and_the_history() -> None:
     bus, sink = EventBus(), ManualSink()
     voice = voice_loop(config("off"), FakeTranscriber(), sink, bus)
-    asking = asyncio.create_task(voice.ask("hi"))
+    asking = voice.ask("hi")
     await until(lambda: sink.queued >= 6 * FRAME)
     sink.advance(6 * FRAME)
     spoken = await asking

@@ -1,0 +1,220 @@
+"""The MQTT bridge: the bus's events out to a broker, commands from the broker in (aiomqtt, MQTT 3.1.1).
+
+It only listens to the event bus and drives the assistant through the small `Commands` protocol.
+The connection runs in its own task: losing the broker is reported once (an ErrorEvent and a log
+line) and the assistant goes on without it while the bridge reconnects with capped exponential
+backoff. Events that happen while the broker is away are not sent (they describe moments that
+have passed). Commands are QoS 1 in a persistent session (fixed client id, clean_session off), so
+commands sent while the bridge is away are kept by the broker and handed over when it is back,
+through a broker restart too when the broker persists its sessions. On its first connection the
+bridge clears what the broker kept from an earlier run: stale commands are never carried out.
+MQTT 3.1.1 rather than 5 because mosquitto 2.0 does not restore MQTT 5 sessions after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Protocol
+
+import aiomqtt
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+
+from assistant.config import MqttConfig
+from assistant.events import CommandRejected, ErrorEvent, EventBus, Subscription
+from assistant.mqtt.messages import EVENT_TOPICS, Command, CommandError, Topics, event_message, parse_command
+
+log = logging.getLogger(__name__)
+
+REFUSED_CREDENTIALS = {4, 5, 134, 135}
+"""CONNACK codes for a bad user name or password, or not authorised (MQTT 3.1.1 and 5)."""
+PUBLISH_TIMEOUT_S = 5.0
+
+
+class Commands(Protocol):
+    """What the bridge asks of the assistant; each call takes effect in the order commands arrive."""
+
+    def interrupt(self, source: str = ...) -> bool: ...
+
+    def say(self, text: str) -> asyncio.Future[str]: ...
+
+    def ask(self, text: str) -> asyncio.Future[str]: ...
+
+    def mute(self) -> None: ...
+
+    def unmute(self) -> None: ...
+
+    def reset(self) -> asyncio.Future[None]: ...
+
+
+class MqttSetupError(RuntimeError):
+    """The bridge cannot be set up from its settings (a missing password variable, CA file)."""
+
+
+class MqttBridge:
+    """`await bridge.start()` subscribes to the bus and begins connecting; `await bridge.aclose()` ends it."""
+
+    def __init__(self, config: MqttConfig, bus: EventBus, commands: Commands) -> None:
+        self.config = config
+        self.bus = bus
+        self.commands = commands
+        self.topics = Topics(f"{config.topic_prefix}/{config.site_id}")
+        self.client_id = config.client_id or f"{config.topic_prefix}-{config.site_id}"
+        self.broker = f"{config.host}:{config.port}"
+        self._client: aiomqtt.Client | None = None  # set while connected
+        self._cleared = False  # the session left by an earlier run has been dropped
+        self._tasks: list[asyncio.Task[None]] = []
+        self._events: Subscription | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def start(self) -> None:
+        password, tls = self._password(), self._tls()
+        self._events = self.bus.subscribe(*EVENT_TOPICS)
+        self._tasks = [
+            asyncio.create_task(self._connection(password, tls), name="mqtt-connection"),
+            asyncio.create_task(self._forward(self._events), name="mqtt-events"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._crashed)
+
+    async def aclose(self) -> None:
+        """Mark the assistant offline (retained), disconnect and stop."""
+        if self._events is not None:
+            self._events.close()
+        if (client := self._client) is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(self.topics.status, "offline", qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def _password(self) -> str | None:
+        password = self.config.password()
+        if self.config.password_env and password is None:
+            raise MqttSetupError(
+                f"mqtt.password_env names ${self.config.password_env}, which is not set (the broker password goes there)"
+            )
+        return password
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls:
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.config.ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise MqttSetupError(f"mqtt.ca_file {self.config.ca_file!r}: {error}") from None
+
+    def _client_for(self, password: str | None, tls: ssl.SSLContext | None, clean: bool = False) -> aiomqtt.Client:
+        """A fresh client per connection: aiomqtt's clients are not meant to reconnect after a lost connection."""
+        return aiomqtt.Client(
+            self.config.host, self.config.port, username=self.config.username, password=password,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V311, clean_session=clean,
+            keepalive=self.config.keepalive_s, tls_context=tls,
+            will=aiomqtt.Will(self.topics.status, "offline", qos=1, retain=True),
+        )
+
+    async def _connection(self, password: str | None, tls: ssl.SSLContext | None) -> None:
+        """Connect, receive commands until the connection is lost, wait, and again."""
+        delay, lost_at = self.config.reconnect_min_s, time.monotonic()
+        while True:
+            try:
+                if not self._cleared:
+                    async with self._client_for(password, tls, clean=True):  # drops the earlier run's session
+                        self._cleared = True
+                async with self._client_for(password, tls) as client:
+                    await client.subscribe(self.topics.commands, qos=1)
+                    await client.publish(self.topics.status, "online", qos=1, retain=True)
+                    self._client = client
+                    log.info("MQTT: connected to %s as %r (after %.1f s)", self.broker, self.client_id,
+                             time.monotonic() - lost_at)
+                    delay = self.config.reconnect_min_s
+                    async for message in client.messages:
+                        self._receive(message)
+            except MqttConnectError as error:
+                if _code(error) in REFUSED_CREDENTIALS:
+                    self._report(self._refusal(error), recoverable=False)
+                    return
+                self._failed(error, delay)
+            except aiomqtt.MqttError as error:
+                self._failed(error, delay)
+            if self._client is not None:
+                self._client, lost_at = None, time.monotonic()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def _failed(self, error: aiomqtt.MqttError, delay: float) -> None:
+        """Report the first failure of an outage; later attempts of the same outage only go to the debug log."""
+        if self._client is not None:
+            self._report(f"lost the MQTT broker {self.broker}: {error}; reconnecting")
+        elif delay == self.config.reconnect_min_s:
+            self._report(f"cannot reach the MQTT broker {self.broker}: {error}; retrying")
+        else:
+            log.debug("MQTT: %s still unreachable (%s); next try in %.1f s", self.broker, error, delay)
+
+    def _refusal(self, error: MqttConnectError) -> str:
+        who = f"user {self.config.username!r}" if self.config.username else "an anonymous connection"
+        hint = f" (password from ${self.config.password_env})" if self.config.password_env else ""
+        return f"the MQTT broker {self.broker} refused {who}{hint}: {error}; not retrying, the bridge is off"
+
+    def _receive(self, message: aiomqtt.Message) -> None:
+        name = self.topics.command_name(message.topic.value)
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        try:
+            if message.retain:  # a retained command would be carried out again on every subscription
+                raise CommandError("retained commands are not carried out; publish commands without retain")
+            command = parse_command(name, payload, self.config.max_payload_bytes)
+        except CommandError as error:
+            log.warning("MQTT: rejected command %r: %s", name[:64], error)
+            self.bus.publish(CommandRejected(source="mqtt", command=name[:64], message=str(error)))
+            return
+        log.info("MQTT: command %s", command.name)
+        self._carry_out(command)
+
+    def _carry_out(self, command: Command) -> None:
+        if command.name == "interrupt":
+            self.commands.interrupt("mqtt")
+        elif command.name in ("say", "ask"):
+            assert command.text is not None
+            turn = (self.commands.say if command.name == "say" else self.commands.ask)(command.text)
+            turn.add_done_callback(_retrieve)  # results and failures reach MQTT as events
+        elif command.name == "reset":
+            self.commands.reset().add_done_callback(_retrieve)
+        else:
+            (self.commands.mute if command.name == "mute" else self.commands.unmute)()
+
+    async def _forward(self, events: Subscription) -> None:
+        """Publish the bus's events while connected (QoS 0); while not, they are dropped."""
+        async for event in events:
+            message = event_message(event)
+            if message is None or (client := self._client) is None:
+                continue
+            name, payload = message
+            try:
+                await client.publish(self.topics.event(name), payload, qos=0, timeout=PUBLISH_TIMEOUT_S)
+            except aiomqtt.MqttError as error:  # the connection task reports the loss
+                log.debug("MQTT: event %s not sent: %s", name, error)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("MQTT: the bridge failed", exc_info=error)
+            self._report(f"the MQTT bridge failed: {type(error).__name__}: {error}", recoverable=False)
+
+    def _report(self, message: str, recoverable: bool = True) -> None:
+        (log.warning if recoverable else log.error)("%s", message)
+        self.bus.publish(ErrorEvent(source="mqtt", message=message, recoverable=recoverable))
+
+
+def _code(error: MqttCodeError) -> int | None:
+    return getattr(error.rc, "value", error.rc)
+
+
+def _retrieve(turn: asyncio.Future[object]) -> None:
+    if not turn.cancelled():
+        turn.exception()  # already reported on the bus by the voice loop

@@ -1,0 +1,239 @@
+"""The assistant as a library, for programs that embed it (a kiosk's or a robot's own software).
+
+```python
+async with Assistant.from_config("configs/kiosk.yaml") as assistant:
+    with assistant.subscribe(ReplyText) as replies:
+        print(await assistant.ask("What can you do?"))
+```
+
+Every part can be handed in ready-made (tests pass fakes; a program may share a loaded model);
+what is not given is opened or loaded by `start()` from the config: the devices first, so a
+missing microphone is reported before minutes of model loading, then the models side by side.
+Parts the assistant opened it also closes. Call its methods on the event loop it runs on (from
+another thread, through `loop.call_soon_threadsafe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from assistant.asr import Transcriber
+from assistant.audio.streams import AudioSink, AudioSource
+from assistant.config import Config, load_config
+from assistant.conversation import Conversation
+from assistant.events import ErrorEvent, Event, EventBus, Subscription
+from assistant.llm.backend import ChatBackend
+from assistant.llm.factory import make_backend
+from assistant.mqtt import MqttBridge, MqttSetupError
+from assistant.vad import VadSegmenter
+from pipelines.components import StartupError, load_engine, load_transcriber, start_backend
+from pipelines.reply import SpeechEngine, Spoken
+from pipelines.voice_loop import AudioEncoder, VoiceLoop
+
+if TYPE_CHECKING:
+    from assistant.audio.live import DeviceStream
+
+log = logging.getLogger(__name__)
+
+
+class Assistant:
+    """Listens on `source`, answers through `sink`; `say`, `ask`, `interrupt`, mute and reset it from code.
+
+    `encode_audio` (Mimi-encoding the user's voice for CSM's context) comes with an engine that
+    `start()` loads; with an engine handed in, pass it too, or the voice context is text-only.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bus: EventBus | None = None,
+        backend: ChatBackend | None = None,
+        engine: SpeechEngine | None = None,
+        encode_audio: AudioEncoder | None = None,
+        transcriber: Transcriber | None = None,
+        source: AudioSource | None = None,
+        sink: AudioSink | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus or EventBus()
+        self._backend, self._engine, self._encode_audio = backend, engine, encode_audio
+        self._transcriber, self._source, self._sink = transcriber, source, sink
+        self._owned: list[DeviceStream | ChatBackend] = []  # closed by stop(), last opened first
+        self._voice: VoiceLoop | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._bridge: MqttBridge | None = None
+
+    @classmethod
+    def from_config(cls, config: Config | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Assistant:
+        """An assistant with every part from the config (a Config, or a YAML path with `--set`-style overrides)."""
+        return cls(config if isinstance(config, Config) else load_config(config, overrides))
+
+    async def __aenter__(self) -> Assistant:
+        await self.start()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the devices and load the models not handed in, then listen (and bridge MQTT when enabled).
+
+        Raises StartupError or AudioDeviceError, naming the part, when one cannot be had.
+        """
+        if self._voice is not None:
+            raise RuntimeError("the assistant is already started")
+        try:
+            await self._open_devices()
+            await self._load_models()
+            self._voice = self._voice_loop()
+            assert self._source is not None
+            self._listening = asyncio.create_task(self._voice.listen(self._source), name="VoiceLoop.listen")
+            if self.config.mqtt.enabled:
+                self._bridge = MqttBridge(self.config.mqtt, self.bus, self)
+                await self._bridge.start()
+        except MqttSetupError as error:
+            await self.stop()
+            raise StartupError(str(error)) from None
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop the bridge, interrupt what is being said, stop listening and close what `start()` opened."""
+        if self._bridge is not None:
+            await self._bridge.aclose()
+            self._bridge = None
+        if self._voice is not None:
+            await self._voice.aclose()
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+            self._listening = None
+        while self._owned:
+            await self._owned.pop().aclose()
+        self._voice = None
+
+    async def wait(self) -> None:
+        """Until the audio source ends (a microphone: until `stop()`)."""
+        if self._listening is not None:
+            await asyncio.wait([self._listening])
+
+    def interrupt(self, source: str = "api") -> bool:
+        """Stop the current reply at once; what was heard of it is kept. False when nothing was being said."""
+        return self._loop().interrupt(source)
+
+    def say(self, text: str) -> asyncio.Task[str]:
+        """Speak `text` in the assistant's voice, as its own turn of the conversation.
+
+        Starts at once (after the turn before it); the task gives the text the user heard.
+        """
+        return _heard(self._loop().say(_words(text, "say")))
+
+    def ask(self, text: str) -> asyncio.Task[str]:
+        """A typed turn: the reply is spoken, and the task gives the text of it the user heard."""
+        return _heard(self._loop().ask(_words(text, "ask")))
+
+    def mute(self) -> None:
+        """Nothing said from now on is heard, transcribed or interrupts the assistant."""
+        self._loop().set_muted(True)
+
+    def unmute(self) -> None:
+        self._loop().set_muted(False)
+
+    @property
+    def muted(self) -> bool:
+        return self._loop().muted
+
+    def reset(self) -> asyncio.Task[Any]:
+        """Interrupt, and start a new conversation once the turn under way has ended (the task ends then)."""
+        return self._loop().reset()
+
+    def subscribe(self, *types: type[Event], maxsize: int = 1000) -> Subscription:
+        """The assistant's events of these types (all when none are given), from now on."""
+        return self.bus.subscribe(*types, maxsize=maxsize)
+
+    @property
+    def conversation(self) -> Conversation:
+        return self._loop().conversation
+
+    @property
+    def busy(self) -> bool:
+        """A turn is being answered (thinking or speaking)."""
+        return self._loop().busy
+
+    def _loop(self) -> VoiceLoop:
+        if self._voice is None:
+            raise RuntimeError("the assistant is not started: `await assistant.start()` or `async with assistant:`")
+        return self._voice
+
+    async def _open_devices(self) -> None:
+        from assistant.audio.microphone import Microphone
+        from assistant.audio.speaker import Speaker
+
+        audio, report = self.config.audio, device_reporter(self.bus)
+        if self._source is None:
+            microphone = Microphone(audio.input_device, audio.block_ms, audio.capture_rate, on_error=report)
+            self._owned.append(microphone)
+            await microphone.start()
+            self._source = microphone
+        if self._sink is None:
+            speaker = Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=report)
+            self._owned.append(speaker)
+            await speaker.start()
+            self._sink = speaker
+
+    async def _load_models(self) -> None:
+        """CSM, Whisper and the LLM backend's model, those not handed in, loaded side by side."""
+        if self._backend is None:
+            self._backend = make_backend(self.config.llm)
+            self._owned.append(self._backend)
+        loads: list[Any] = [start_backend(self._backend)]
+        if self._engine is None:
+            loads.append(asyncio.to_thread(load_engine, self.config.csm))
+        if self._transcriber is None:
+            loads.append(asyncio.to_thread(load_transcriber, self.config.asr))
+        _, *loaded = await asyncio.gather(*loads)
+        if self._engine is None:
+            engine = loaded.pop(0)
+            self._engine, self._encode_audio = engine, engine.codec.encode
+        if self._transcriber is None:
+            self._transcriber = loaded.pop(0)
+
+    def _voice_loop(self) -> VoiceLoop:
+        assert self._backend is not None
+        return VoiceLoop(
+            self.config, self.bus, self._backend, transcriber=self._transcriber, engine=self._engine,
+            encode_audio=self._encode_audio, sink=self._sink, segmenter=VadSegmenter(self.config.vad),
+        )
+
+def device_reporter(bus: EventBus) -> Callable[[str], None]:
+    """Device trouble (already phrased, naming the device) to the log and the bus, from any thread."""
+
+    def report(message: str) -> None:
+        log.warning("%s", message)
+        bus.publish_threadsafe(ErrorEvent(source="audio", message=message))
+
+    return report
+
+
+def _words(text: str, what: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what}() needs some text, got {text!r}")
+    return text
+
+
+def _heard(turn: asyncio.Task[Spoken | None]) -> asyncio.Task[str]:
+    async def text() -> str:
+        spoken = await turn
+        return spoken.text if spoken is not None else ""
+
+    return asyncio.ensure_future(text())
+
