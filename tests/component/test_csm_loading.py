@@ -26,7 +26,7 @@ def test_reads_the_transformers_layout(tiny_csm_dir):
 
 
 def test_missing_directory_or_bad_name(tmp_path):
-    with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a hub id"):
+    with pytest.raises(CheckpointError, match="neither a folder nor a hub id"):
         resolve_checkpoint(tmp_path / "nowhere")
 
 
@@ -62,7 +62,7 @@ def test_hub_id_offline_says_what_to_do(monkeypatch, tmp_path):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(CheckpointError, match="pass a local directory"):
+    with pytest.raises(CheckpointError, match="connect once to download it, or set csm.model to a local folder"):
         resolve_checkpoint("sesame/csm-1b")
 
 

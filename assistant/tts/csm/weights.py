@@ -15,6 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from assistant.hub import ModelNotFound, resolve_model
+
 from .config import CSMConfig
 
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json"]
@@ -26,37 +28,10 @@ class CheckpointError(RuntimeError):
 
 def resolve_checkpoint(model: str | Path) -> Path:
     """A local directory as is; otherwise a hub id, downloaded (with progress bars) into the hub cache."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    name = str(model)
-    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
-        raise CheckpointError(f"{name!r} is neither a checkpoint directory nor a hub id like 'sesame/csm-1b'")
-    return _download(name)
-
-
-def _download(repo: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    local = "or pass a local directory holding config.json and model.safetensors"
     try:
-        return Path(snapshot_download(repo, allow_patterns=HUB_FILES))
-    except GatedRepoError as e:
-        raise CheckpointError(
-            f"{repo} is gated: accept its licence at https://huggingface.co/{repo}, then log in "
-            f"(`huggingface-cli login` or HF_TOKEN), {local}"
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise CheckpointError(
-            f"{repo} was not found on the hub (or it is private): check the name, log in "
-            f"(`huggingface-cli login` or HF_TOKEN), {local}"
-        ) from e
-    except LocalEntryNotFoundError as e:
-        raise CheckpointError(
-            f"{repo} is not in the local hub cache and the hub cannot be reached (offline, or HF_HUB_OFFLINE=1): "
-            f"connect once to download it, {local}"
-        ) from e
+        return resolve_model(str(model), HUB_FILES, setting="csm.model")
+    except ModelNotFound as error:
+        raise CheckpointError(str(error)) from error
 
 
 def read_checkpoint(directory: Path) -> tuple[CSMConfig, dict[str, torch.Tensor]]:
