@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistant.audio.streams import PLAYBACK_RATE, AudioSink, FileSink, FileSource
 from assistant.config import Config
-from assistant.events import ErrorEvent, EventBus
+from assistant.events import EventBus
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.logs import log_turns
 from assistant.vad import VadSegmenter
+from pipelines.assistant import Assistant, device_reporter
 from pipelines.components import load_engine, load_transcriber, start_backend
 from pipelines.keyboard import key_binding
 from pipelines.text_mode import run_text_mode
@@ -66,7 +66,7 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
     from assistant.audio.speaker import Speaker
 
     audio = config.audio
-    async with Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus)) as speaker:
+    async with Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=device_reporter(bus)) as speaker:
         engine, _ = await asyncio.gather(asyncio.to_thread(load_engine, config.csm), start_backend(backend))
         voice = _voice_loop(config, bus, backend, speaker, engine)
         try:
@@ -90,23 +90,11 @@ async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 
 
 async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
-    from assistant.audio.microphone import Microphone
-    from assistant.audio.speaker import Speaker
-
-    audio, key = config.audio, config.barge_in.key
-    # The devices open first: a missing one is reported before minutes of model loading.
-    async with (
-        Microphone(audio.input_device, audio.block_ms, audio.capture_rate, on_error=_reporter(bus)) as microphone,
-        Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=_reporter(bus)) as speaker,
-    ):
-        voice = _voice_loop(config, bus, backend, speaker, *await _load_models(config, backend))
-        loop = asyncio.get_running_loop()
-        try:
-            with key_binding(key, lambda: loop.call_soon_threadsafe(voice.interrupt, "key")) as bound:
-                log.info("listening; %s", f"press {key!r} to interrupt" if bound else "no terminal, so no interrupt key")
-                await voice.listen(microphone)
-        finally:
-            await voice.aclose()
+    key, loop = config.barge_in.key, asyncio.get_running_loop()
+    async with Assistant(config, bus=bus, backend=backend) as assistant:  # with the MQTT bridge when enabled
+        with key_binding(key, lambda: loop.call_soon_threadsafe(assistant.interrupt, "key")) as bound:
+            log.info("listening; %s", f"press {key!r} to interrupt" if bound else "no terminal, so no interrupt key")
+            await assistant.wait()
 
 
 async def _load_models(config: Config, backend: ChatBackend) -> tuple[CSMEngine, WhisperTranscriber]:
@@ -126,13 +114,3 @@ def _voice_loop(
         config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.codec.encode, sink=sink,
         segmenter=segmenter,
     )
-
-
-def _reporter(bus: EventBus) -> Callable[[str], None]:
-    """Device trouble (already phrased, naming the device) to the log and the bus, from any thread."""
-
-    def report(message: str) -> None:
-        log.warning("%s", message)
-        bus.publish_threadsafe(ErrorEvent(source="audio", message=message))
-
-    return report

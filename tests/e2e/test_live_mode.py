@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,10 +26,10 @@ from assistant.tts.csm import CSMEngine
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
 from tests.support.pulse import MonitorRecording, PulseAudio
+from tests.support.silence import SOUND, interrupt_while_sounding, last_sound_after
 from tests.support.speech import Clip, word_error_rate
 
 STORY = "Once upon a time, a small robot lived by the sea. Every morning it counted the waves, one by one."
-SOUND = 1e-4  # the virtual speaker's monitor is exactly zero when nothing plays
 
 
 @pytest.fixture(scope="module")
@@ -123,25 +122,6 @@ async def test_speech_into_the_microphone_becomes_a_turn_and_the_reply_is_heard(
     assert [t.role for t in live.voice.conversation.turns] == ["user", "assistant"]
 
 
-async def interrupt_while_sounding(live: Live, interrupt: Callable[[], object], timeout_s: float = 5) -> float:
-    """Call `interrupt` just as sound arrives from the monitor (so there is sound to stop); returns when."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        block, arrived = live.monitor.latest()
-        if np.max(np.abs(block)) > SOUND and time.monotonic() - arrived < 0.005:
-            break
-        await asyncio.sleep(0.001)
-    called = time.monotonic()
-    interrupt()
-    return called
-
-
-def last_sound_after(live: Live, called: float) -> float:
-    heard, times = live.monitor.recorded()
-    sounding = np.flatnonzero(np.abs(heard) > SOUND)
-    return times[sounding[-1]] + 1 / live.monitor.rate - called
-
-
 async def assert_only_the_played_part_is_kept(live: Live, played: int) -> None:
     reply = await live.next(ReplyText, lambda e: e.final)
     assert reply.interrupted
@@ -164,13 +144,13 @@ async def test_interrupt_while_speaking_silences_within_50_ms_and_keeps_only_wha
     for attempt in range(3):
         before = live.speaker.played  # the speaker's position goes on from one reply to the next
         if attempt:
-            asking = asyncio.create_task(live.voice.ask("Tell me a story."))
+            asking = live.voice.ask("Tell me a story.")
         await live.next(StateChanged, lambda e: e.state == "speaking")
         await asyncio.sleep(0.5)  # "speaking" comes as audio is queued; it is heard a device buffer later
-        called = await interrupt_while_sounding(live, lambda: live.voice.interrupt("test"))
+        called = await interrupt_while_sounding(live.monitor, lambda: live.voice.interrupt("test"))
         played = live.speaker.played
         await asyncio.sleep(0.3)  # the monitor catches up
-        silent_after.append(last_sound_after(live, called))
+        silent_after.append(last_sound_after(live.monitor, called))
         assert live.speaker.played == played
         await assert_only_the_played_part_is_kept(live, played - before)
         if attempt:
@@ -196,7 +176,7 @@ async def test_vad_barge_in_interrupts_and_the_user_is_answered(
     played = live.speaker.played
     assert interrupted.source == "barge-in"
     await asyncio.sleep(0.3)
-    assert last_sound_after(live, interrupted.at) < 0.050
+    assert last_sound_after(live.monitor, interrupted.at) < 0.050
     await assert_only_the_played_part_is_kept(live, played)
     second = await live.next(UserTranscript)
     assert word_error_rate(speech_clips[1].text, second.text) < 0.3  # the speech that barged in, kept whole

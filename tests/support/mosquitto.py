@@ -13,12 +13,17 @@ from tests.support.processes import free_port, port_open, wait_until
 
 
 class Mosquitto:
-    """Start with `start()`, stop with `stop()`; `restart()` keeps the port (for reconnection tests)."""
+    """Start with `start()`, stop with `stop()`; `restart()` keeps the port (for reconnection tests).
 
-    def __init__(self, users: dict[str, str] | None = None) -> None:
+    `persistent` keeps clients' sessions (subscriptions, queued QoS 1 messages) and retained
+    messages across a restart, as a deployed broker does.
+    """
+
+    def __init__(self, users: dict[str, str] | None = None, persistent: bool = False) -> None:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.users = users or {}
+        self.persistent = persistent
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self._process: subprocess.Popen[bytes] | None = None
         self.log_path = self._dir / "log"
@@ -28,7 +33,9 @@ class Mosquitto:
         return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
     def _write_config(self) -> Path:
-        lines = [f"listener {self.port} {self.host}", "persistence false", "log_dest stderr"]
+        lines = [f"listener {self.port} {self.host}", f"persistence {str(self.persistent).lower()}", "log_dest stderr"]
+        if self.persistent:
+            lines.append(f"persistence_location {self._dir}/")
         if os.geteuid() == 0:
             lines.append("user root")
         if self.users:
