@@ -47,13 +47,13 @@ REPLY = "Sure, I can help with that. Let me think for a moment. Here is what I f
 
 
 class ComputeTimeline:
-    """Intervals during which some model call ran, from any thread."""
+    """Intervals during which some model call ran, from any thread, labelled with the call."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.intervals: list[tuple[float, float]] = []
+        self.calls: list[tuple[float, float, str]] = []
 
-    def timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(self, function: Callable[..., Any], label: str) -> Callable[..., Any]:
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
             start = time.monotonic()
@@ -61,14 +61,34 @@ class ComputeTimeline:
                 return function(*args, **kwargs)
             finally:
                 with self._lock:
-                    self.intervals.append((start, time.monotonic()))
+                    self.calls.append((start, time.monotonic(), label))
 
         return run
+
+    def gaps_within(self, start: float, end: float) -> dict[str, float]:
+        """Uncovered seconds of [start, end], by where they fall: before CSM's first prefill, before a later
+        sentence's prefill, between the calls of a sentence's frame loop, and after the last call."""
+        with self._lock:
+            calls = sorted((max(a, start), min(b, end), label) for a, b, label in self.calls if b > start and a < end)
+        gaps = dict.fromkeys(("to_first_prefill", "between_sentences", "frame_loop", "tail"), 0.0)
+        reach, prefills = start, 0
+        for a, b, label in calls:
+            if a > reach:
+                if not prefills:
+                    gaps["to_first_prefill"] += a - reach
+                elif label in ("prefill", "mimi_reset"):
+                    gaps["between_sentences"] += a - reach
+                else:
+                    gaps["frame_loop"] += a - reach
+            prefills += label == "prefill"
+            reach = max(reach, b)
+        gaps["tail"] += max(0.0, end - reach)
+        return gaps
 
     def busy_within(self, start: float, end: float) -> float:
         """Seconds of [start, end] covered by at least one interval."""
         with self._lock:
-            clipped = sorted((max(a, start), min(b, end)) for a, b in self.intervals if b > start and a < end)
+            clipped = sorted((max(a, start), min(b, end)) for a, b, _ in self.calls if b > start and a < end)
         covered, reach = 0.0, start
         for a, b in clipped:
             if b > reach:
@@ -81,10 +101,12 @@ def time_models(engine: CSMEngine, transcriber: WhisperTranscriber, timeline: Co
     """Wrap every model call of the engine and the transcriber (instance attributes; the classes are untouched)."""
     model, codec = engine.model, engine.codec
     for name in ("prefill", "decode_frame", "append_frame"):
-        setattr(model, name, timeline.timed(getattr(model, name)))
+        setattr(model, name, timeline.timed(getattr(model, name), name))
     for name in ("encode", "_decode_frame"):
-        setattr(codec, name, timeline.timed(getattr(codec, name)))
-    transcriber.transcribe = timeline.timed(transcriber.transcribe)  # type: ignore[method-assign]
+        setattr(codec, name, timeline.timed(getattr(codec, name), name))
+    streaming = codec._streaming  # resetting Mimi's streaming state per sentence is model work too
+    streaming.reset_streaming = timeline.timed(streaming.reset_streaming, "mimi_reset")
+    transcriber.transcribe = timeline.timed(transcriber.transcribe, "transcribe")  # type: ignore[method-assign]
 
 
 def conversation_wav(path: Path, turns: int) -> Path:
@@ -111,8 +133,9 @@ async def run_turns(voice: VoiceLoop, bus: EventBus, source: FileSource, timelin
         elif isinstance(event, TurnLatency) and origin is not None:
             span = event.at - origin
             compute = timeline.busy_within(origin, event.at)
+            gaps = {f"{k}_ms": v * 1000 for k, v in timeline.gaps_within(origin, event.at).items()}
             turns.append({"span_ms": span * 1000, "compute_ms": compute * 1000, "overhead_ms": (span - compute) * 1000,
-                          "first_audio_ms": (event.first_audio_s or 0) * 1000})
+                          "first_audio_ms": (event.first_audio_s or 0) * 1000, **gaps})
     return turns
 
 
@@ -152,6 +175,10 @@ def main() -> None:
         "turn_ms_mean": round(statistics.mean(t["span_ms"] for t in turns), 1),
         "compute_ms_mean": round(statistics.mean(t["compute_ms"] for t in turns), 1),
         "first_audio_ms_mean": round(statistics.mean(t["first_audio_ms"] for t in turns), 1),
+        "overhead_by_place_ms_mean": {
+            key.removesuffix("_ms"): round(statistics.mean(t[key] for t in turns), 2)
+            for key in ("to_first_prefill_ms", "between_sentences_ms", "frame_loop_ms", "tail_ms")
+        },
         "goal_overhead_ms": 15, "goal_met": max(overhead) < 15,
     }))
 

@@ -189,29 +189,27 @@ class CSMEngine:
         pieces = [request.text] if budget.fits(count(request.text)) else split_sentences(request.text, count, budget.fits)
         context = list(request.context)
         remaining = budget.frames(0, request.max_audio_ms or budget.absolute_ms)
-        for piece in pieces:
-            ids = self.text.encode(piece, request.speaker)
-            frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
-            tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
-            with torch.inference_mode():
+        with torch.inference_mode():  # once for the loop: entering it per call cost more than a tiny model's step
+            for piece in pieces:
+                ids = self.text.encode(piece, request.speaker)
+                frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
+                tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
                 hidden = steps.prefill(tokens, mask)
-            spoken: list[torch.Tensor] = []
-            for n in range(frames):
-                if stop():
-                    return
-                with torch.inference_mode():
+                spoken: list[torch.Tensor] = []
+                for n in range(frames):
+                    if stop():
+                        return
                     codes = steps.decode_frame(hidden, sampler)
-                if not codes.any():  # the all-zero frame ends the utterance
-                    break
-                spoken.append(codes)
-                yield codes
-                if n + 1 < frames:
-                    with torch.inference_mode():
+                    if not codes.any():  # the all-zero frame ends the utterance
+                        break
+                    spoken.append(codes)
+                    yield codes
+                    if n + 1 < frames:
                         hidden = steps.append_frame(codes)
-            remaining -= len(spoken)
-            if remaining <= 0:
-                return
-            context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
+                remaining -= len(spoken)
+                if remaining <= 0:
+                    return
+                context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
 
     def sampler(self, temperature: float, topk: int) -> TopKSampler:
         """A sampler drawing from this engine's generator (the one its CUDA graphs were captured with)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -24,11 +25,16 @@ class TextEncoder:
         bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
         self.bos = BOS_ID if bos is None else bos
         self.eos = EOS_ID if eos is None else eos
+        # Every sentence's prompt re-reads the conversation so far: its segments are tokenized once.
+        self._ids = functools.lru_cache(maxsize=1024)(self._tokenize)
 
     def encode(self, text: str, speaker: int) -> list[int]:
+        return list(self._ids(text, speaker))
+
+    def _tokenize(self, text: str, speaker: int) -> tuple[int, ...]:
         # The tokenizer's own post-processor may or may not add bos/eos: add them here, exactly once.
         ids = self.tokenizer.encode(f"[{speaker}]{text}", add_special_tokens=False).ids
-        return [self.bos, *ids, self.eos]
+        return (self.bos, *ids, self.eos)
 
 
 def text_rows(ids: list[int], num_codebooks: int) -> tuple[torch.Tensor, torch.Tensor]:
