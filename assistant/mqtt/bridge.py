@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REFUSED_CREDENTIALS = {4, 5, 134, 135}
 """CONNACK codes for a bad user name or password, or not authorised (MQTT 3.1.1 and 5)."""
+CANCEL_WAIT_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
 
 
@@ -90,9 +91,11 @@ class MqttBridge:
         if (client := self._client) is not None:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.publish(self.topics.status, "offline", qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:  # cancelled mid-connection, aiomqtt's exit waits for the broker's goodbye with no time limit
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
         self._tasks = []
 
     def _password(self) -> str | None:

@@ -18,6 +18,7 @@ from assistant.audio.devices import AudioDeviceError, DeviceInfo
 from assistant.audio.speaker import Speaker
 from assistant.audio.streams import PLAYBACK_RATE
 from tests.support.pulse import MonitorRecording, PulseAudio
+from tests.support.silence import interrupt_while_sounding
 
 LOUD = 0.1  # the tones have amplitude 0.5
 ATTEMPTS = 20  # interruptions tried to measure MEASURED with the tone sounding
@@ -127,7 +128,7 @@ async def test_interrupt_silences_the_speaker_within_50_ms(pulse: PulseAudio) ->
                 assert end == start + len(audio)  # play() goes on from `played` after an interrupt
                 whole = asyncio.create_task(speaker.wait_played(end))
                 assert await asyncio.wait_for(speaker.wait_played(start + PLAYBACK_RATE // 4), 20)
-                called = await interrupt_while_heard(speaker, monitor)
+                called = await interrupt_while_sounding(monitor, speaker.interrupt, timeout_s=1.5, level=LOUD)
                 played = speaker.played
                 assert not await whole  # dropped audio is never reached
                 await asyncio.sleep(0.3)  # until the monitor has caught up
@@ -150,19 +151,6 @@ async def test_interrupt_silences_the_speaker_within_50_ms(pulse: PulseAudio) ->
     assert len(silent_after) == MEASURED, f"the speaker underran at most of {ATTEMPTS} interrupts: machine too busy?"
     assert np.median(silent_after) < 0.050
     assert max(silent_after) < Speaker.latency  # the buffer was dropped, not played out
-
-
-async def interrupt_while_heard(speaker: Speaker, monitor: MonitorRecording, timeout_s: float = 1.5) -> float:
-    """Call speaker.interrupt() as soon as a loud block arrives from the monitor; returns when it was called."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        block, arrived = monitor.latest()
-        if np.max(np.abs(block)) > LOUD and time.monotonic() - arrived < 0.005:
-            break
-        await asyncio.sleep(0.001)
-    called = time.monotonic()
-    speaker.interrupt()
-    return called
 
 
 async def test_an_unknown_speaker_is_named_in_the_error(pulse: PulseAudio) -> None:

@@ -13,12 +13,14 @@ from tests.support.pulse import MonitorRecording
 SOUND = 1e-4  # the virtual speaker's monitor is exactly zero when nothing plays
 
 
-async def interrupt_while_sounding(monitor: MonitorRecording, interrupt: Callable[[], object], timeout_s: float = 5) -> float:
-    """Call `interrupt` just as sound arrives from the monitor (so there is sound to stop); returns when."""
+async def interrupt_while_sounding(
+    monitor: MonitorRecording, interrupt: Callable[[], object], timeout_s: float = 5, level: float = SOUND
+) -> float:
+    """Call `interrupt` just as sound above `level` arrives from the monitor (so there is sound to stop); returns when."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         block, arrived = monitor.latest()
-        if np.max(np.abs(block)) > SOUND and time.monotonic() - arrived < 0.005:
+        if np.max(np.abs(block)) > level and time.monotonic() - arrived < 0.005:
             break
         await asyncio.sleep(0.001)
     called = time.monotonic()
