@@ -32,7 +32,7 @@ from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.mqtt import MqttBridge, MqttSetupError
 from assistant.vad import VadSegmenter
-from pipelines.components import StartupError, load_engine, load_transcriber, start_backend
+from pipelines.components import StartupError, load_models
 from pipelines.reply import SpeechEngine, Spoken
 from pipelines.voice_loop import AudioEncoder, VoiceLoop
 
@@ -195,17 +195,13 @@ class Assistant:
         if self._backend is None:
             self._backend = make_backend(self.config.llm)
             self._owned.append(self._backend)
-        loads: list[Any] = [start_backend(self._backend)]
-        if self._engine is None:
-            loads.append(asyncio.to_thread(load_engine, self.config.csm))
-        if self._transcriber is None:
-            loads.append(asyncio.to_thread(load_transcriber, self.config.asr))
-        _, *loaded = await asyncio.gather(*loads)
-        if self._engine is None:
-            engine = loaded.pop(0)
+        engine, transcriber = await load_models(
+            self.config, self._backend, engine=self._engine is None, transcriber=self._transcriber is None
+        )
+        if engine is not None:
             self._engine, self._encode_audio = engine, engine.codec.encode
-        if self._transcriber is None:
-            self._transcriber = loaded.pop(0)
+        if transcriber is not None:
+            self._transcriber = transcriber
 
     def _voice_loop(self) -> VoiceLoop:
         assert self._backend is not None

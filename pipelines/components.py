@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from assistant.config import AsrConfig, CsmConfig
+from assistant.config import AsrConfig, Config, CsmConfig
 from assistant.llm.backend import ChatBackend, LlmError
 
 if TYPE_CHECKING:
@@ -58,3 +59,15 @@ def load_engine(config: CsmConfig) -> CSMEngine:
         ) from None
     log.info("CSM: %s on %s (%s) in %.1f s", config.model, device, engine.model.dtype, time.monotonic() - start)
     return engine
+
+
+async def load_models(
+    config: Config, backend: ChatBackend, *, engine: bool = True, transcriber: bool = True
+) -> tuple[CSMEngine | None, WhisperTranscriber | None]:
+    """CSM and Whisper (those asked for) and the LLM backend's model, loaded side by side."""
+    loaded_engine, loaded_transcriber, _ = await asyncio.gather(  # asyncio.sleep(0): a model not asked for is None
+        asyncio.to_thread(load_engine, config.csm) if engine else asyncio.sleep(0),
+        asyncio.to_thread(load_transcriber, config.asr) if transcriber else asyncio.sleep(0),
+        start_backend(backend),
+    )
+    return loaded_engine, loaded_transcriber

@@ -17,7 +17,7 @@ from assistant.llm.factory import make_backend
 from assistant.logs import log_turns
 from assistant.vad import VadSegmenter
 from pipelines.assistant import Assistant, device_reporter
-from pipelines.components import load_engine, load_transcriber, start_backend
+from pipelines.components import load_models, start_backend
 from pipelines.keyboard import key_binding
 from pipelines.text_mode import run_text_mode
 from pipelines.voice_loop import VoiceLoop
@@ -67,7 +67,8 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 
     audio = config.audio
     async with Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=device_reporter(bus)) as speaker:
-        engine, _ = await asyncio.gather(asyncio.to_thread(load_engine, config.csm), start_backend(backend))
+        engine, _ = await load_models(config, backend, transcriber=False)
+        assert engine is not None
         voice = _voice_loop(config, bus, backend, speaker, engine)
         try:
             await run_text_mode(voice, bus)
@@ -78,7 +79,9 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     assert mode.input_wav is not None and mode.output_wav is not None
     source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
-    voice = _voice_loop(config, bus, backend, sink, *await _load_models(config, backend))
+    engine, transcriber = await load_models(config, backend)
+    assert engine is not None
+    voice = _voice_loop(config, bus, backend, sink, engine, transcriber)
     try:
         await voice.listen(source, sequential=True)
     finally:
@@ -95,14 +98,6 @@ async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         with key_binding(key, lambda: loop.call_soon_threadsafe(assistant.interrupt, "key")) as bound:
             log.info("listening; %s", f"press {key!r} to interrupt" if bound else "no terminal, so no interrupt key")
             await assistant.wait()
-
-
-async def _load_models(config: Config, backend: ChatBackend) -> tuple[CSMEngine, WhisperTranscriber]:
-    """CSM, Whisper and the LLM backend's model, loaded side by side."""
-    engine, transcriber, _ = await asyncio.gather(
-        asyncio.to_thread(load_engine, config.csm), asyncio.to_thread(load_transcriber, config.asr), start_backend(backend)
-    )
-    return engine, transcriber
 
 
 def _voice_loop(
