@@ -128,6 +128,7 @@ class VoiceLoop:
 
     def interrupt(self, source: str = "api") -> bool:
         """Stop the current reply now: silence, cancel the LLM and the engine. False when nothing was going on."""
+        called = time.monotonic()  # the event's time: silence is counted from the call, not from after it
         if not self.busy:
             return False
         assert self._turn is not None
@@ -136,7 +137,7 @@ class VoiceLoop:
         else:  # still transcribing: drop the turn
             self._turn.cancel()
         log.info("interrupted (%s)", source)
-        self.bus.publish(Interrupted(source=source, turn=self._turn_id))
+        self.bus.publish(Interrupted(source=source, turn=self._turn_id, at=called))
         return True
 
     async def aclose(self) -> None:

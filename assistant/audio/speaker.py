@@ -91,6 +91,22 @@ class Speaker(DeviceStream):
     def played(self) -> int:
         return self._played
 
+    @property
+    def unheard(self) -> int:
+        """24 kHz samples given to play() and not yet heard (queued or in the device): what interrupt() drops."""
+        return self._end - self._played
+
+    @property
+    def unbroken(self) -> int:
+        """Of `unheard`, the samples that will be heard from now on without a break (0 during a gap).
+
+        They all are while the run being heard (see _Run: some of it has been heard, so no silence comes
+        before it) is still going: it ends only when the queue runs dry, after them.
+        """
+        with self._lock:
+            run = self._run
+            return self._end - self._played if run.start < self._played and not run.flushed else 0
+
     def play(self, audio: np.ndarray) -> int:
         """Queue mono float32 24 kHz audio; returns the `played` position at which it ends."""
         if self._opened is None:

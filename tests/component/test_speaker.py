@@ -228,6 +228,25 @@ async def test_chunks_join_without_a_seam_and_positions_are_exact(fake_stream: l
     np.testing.assert_array_equal(out_later[: len(again)], again)
 
 
+async def test_unbroken_is_what_will_be_heard_without_a_break(fake_stream: list[FakeStream]) -> None:
+    async with Speaker("fake") as speaker:
+        stream = fake_stream[0]
+        speaker.play(tone(1.0))
+        assert speaker.unheard == PLAYBACK_RATE and speaker.unbroken == 0  # not begun: silence may come first
+        stream.pull(10)
+        assert 0 < speaker.unbroken == speaker.unheard == PLAYBACK_RATE - speaker.played
+        speaker.play(tone(0.5))  # joins the audio being heard
+        assert speaker.unbroken == speaker.unheard
+        stream.pull(200)  # all of it heard; the queue ran dry
+        assert speaker.unheard == speaker.unbroken == 0
+        speaker.play(tone(0.2))  # after a gap
+        assert speaker.unheard == PLAYBACK_RATE // 5 and speaker.unbroken == 0
+        stream.pull(5)
+        assert 0 < speaker.unbroken == speaker.unheard
+        speaker.interrupt()
+        assert speaker.unheard == speaker.unbroken == 0
+
+
 async def test_after_interrupt_the_device_drops_what_it_holds_before_play_goes_on(
     fake_stream: list[FakeStream],
 ) -> None:

