@@ -8,6 +8,9 @@ have passed). Commands are QoS 1 in a persistent session (fixed client id, clean
 commands sent while the bridge is away are kept by the broker and handed over when it is back,
 through a broker restart too when the broker persists its sessions. On its first connection the
 bridge clears what the broker kept from an earlier run: stale commands are never carried out.
+The retained status is "online" while connected: the bridge follows its own status topic and says
+"online" again should its last will, from a connection the broker noticed lost only after the bridge
+was back, mark it offline.
 MQTT 3.1.1 rather than 5 because mosquitto 2.0 does not restore MQTT 5 sessions after a restart.
 """
 
@@ -69,6 +72,7 @@ class MqttBridge:
         self._cleared = False  # the session left by an earlier run has been dropped
         self._tasks: list[asyncio.Task[None]] = []
         self._events: Subscription | None = None
+        self._closing = False  # aclose() has marked it offline
 
     @property
     def connected(self) -> bool:
@@ -86,6 +90,7 @@ class MqttBridge:
 
     async def aclose(self) -> None:
         """Mark the assistant offline (retained), disconnect and stop."""
+        self._closing = True
         if self._events is not None:
             self._events.close()
         if (client := self._client) is not None:
@@ -133,13 +138,17 @@ class MqttBridge:
                         self._cleared = True
                 async with self._client_for(password, tls) as client:
                     await client.subscribe(self.topics.commands, qos=1)
+                    await client.subscribe(self.topics.status, qos=1)
+                    self._client = client  # connected before "online" can reach anyone
                     await client.publish(self.topics.status, "online", qos=1, retain=True)
-                    self._client = client
                     log.info("MQTT: connected to %s as %r (after %.1f s)", self.broker, self.client_id,
                              time.monotonic() - lost_at)
                     delay = self.config.reconnect_min_s
                     async for message in client.messages:
-                        self._receive(message)
+                        if message.topic.value == self.topics.status:
+                            await self._stay_online(client, message)
+                        else:
+                            self._receive(message)
             except MqttConnectError as error:
                 if _code(error) in REFUSED_CREDENTIALS:
                     self._report(self._refusal(error), recoverable=False)
@@ -165,6 +174,12 @@ class MqttBridge:
         who = f"user {self.config.username!r}" if self.config.username else "an anonymous connection"
         hint = f" (password from ${self.config.password_env})" if self.config.password_env else ""
         return f"the MQTT broker {self.broker} refused {who}{hint}: {error}; not retrying, the bridge is off"
+
+    async def _stay_online(self, client: aiomqtt.Client, status: aiomqtt.Message) -> None:
+        if status.payload != b"online" and not self._closing:
+            log.info("MQTT: the broker marked %s %r while connected; saying online again", self.topics.status,
+                     status.payload)
+            await client.publish(self.topics.status, "online", qos=1, retain=True)
 
     def _receive(self, message: aiomqtt.Message) -> None:
         name = self.topics.command_name(message.topic.value)

@@ -243,6 +243,17 @@ async def test_status_is_retained_online_and_offline_after_stop_and_a_lost_assis
             assert await remote.next("status") == "online"  # and the bridge is back
 
 
+async def test_an_offline_status_while_connected_is_set_right(broker: Mosquitto, tmp_path: Path) -> None:
+    """As when the broker publishes the last will of a lost connection only after the bridge is back."""
+    async with controller(broker) as remote, kiosk(kiosk_config(broker), FileSink(tmp_path / "out.wav")):
+        assert await remote.next("status", lambda s: s == "online") == "online"
+        await remote.client.publish(f"{BASE}/status", "offline", qos=1, retain=True)
+        assert await remote.next("status") == "offline"
+        assert await remote.next("status") == "online"
+    async with controller(broker) as remote:  # stopping, it does not set its own "offline" right
+        assert await remote.next("status") == "offline"
+
+
 async def test_password_from_the_environment_and_a_wrong_one_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,6 +77,7 @@ async def test_a_tone_played_in_chunks_comes_back_from_the_monitor(pulse: PulseA
     with MonitorRecording(pulse) as monitor:
         async with Speaker("pulse") as speaker:
             assert speaker.rate != PLAYBACK_RATE
+            await asyncio.sleep(2 * Speaker.latency)  # as the assistant's speaker, open well before it speaks
             ends = play_in_chunks(speaker, audio)
             assert ends == list(range(1920, len(audio), 1920)) + [len(audio)]
             assert await asyncio.wait_for(speaker.wait_played(len(audio) // 2), 20)
