@@ -105,7 +105,7 @@ class Speaker(DeviceStream):
         """
         with self._lock:
             run = self._run
-            return self._end - self._played if run.start < self._played and not run.flushed else 0
+            return self.unheard if run.start < self._played and not run.flushed else 0
 
     def play(self, audio: np.ndarray) -> int:
         """Queue mono float32 24 kHz audio; returns the `played` position at which it ends."""

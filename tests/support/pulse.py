@@ -224,7 +224,7 @@ class MonitorRecording:
         """The audio so far, and the time.monotonic() at which each sample went through the speaker.
 
         The monitor runs on the sink's clock: sample n goes through at t0 + n / rate, give or take
-        the block the sink renders ahead (its latency, ~10 ms here), where t0 moves later whenever
+        the block the sink renders ahead (its latency, 10-20 ms here), where t0 moves later whenever
         samples are lost (an overflow the stream need not report). No block arrives before its last
         sample has gone through, so each block's arrival time minus its end's sample time bounds
         t0 from above, for its own samples and for those of every block before it; each block takes
