@@ -66,16 +66,17 @@ def layer_matmuls(stack, rows: int) -> list[tuple[torch.Tensor, int]]:
 
 class Floor:
     """Every weight matrix one frame multiplies, in order and with the same input shapes, and nothing else:
-    the frame's decoding (codebook-0 head, projection, depth decoder and one audio head per codebook), then
+    the frame's decoding (codebook-0 head, projection of the backbone's state, depth decoder and one audio head
+    per codebook; the codes' projected embeddings are looked up, as the model does), then
     feeding it back (the backbone). The model holds them as `[in, out]` views for `torch.mm`."""
 
     def __init__(self, model: CSMModel):
         k = model.config.num_codebooks
-        self.decode = [(model.codebook0_head, 1), (model.projection, 2)] + layer_matmuls(model.decoder, 2)
+        self.decode = [(model.codebook0_head, 1), (model.projection, 1)] + layer_matmuls(model.decoder, 2)
         for i in range(1, k):
             self.decode.append((model.audio_head[i - 1], 1))
             if i + 1 < k:
-                self.decode += [(model.projection, 1)] + layer_matmuls(model.decoder, 1)
+                self.decode += layer_matmuls(model.decoder, 1)
         self.append = layer_matmuls(model.backbone, 1)
         self.inputs = {
             (rows, w.shape[0]): torch.randn(rows, w.shape[0], dtype=w.dtype, device=w.device)

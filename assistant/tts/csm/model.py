@@ -2,9 +2,10 @@
 
 Weights use this module's own names (see `weights.py`), every matrix `[out, in]`: per stack `layers.N.{qkv, o,
 gate_up, down}` (q/k/v and gate/up fused, q/k in rotate-half RoPE order, the RMSNorm weight before each of qkv
-and gate_up folded into its columns) and, for the backbone, `norm`; `audio_head` `[num_codebooks - 1, vocab,
-decoder_dim]` with the decoder's final norm folded in. Folding leaves each norm a single scale per row, applied
-to the matmul's output: on a CPU the ops between matmuls, not the arithmetic, are what cost (see `hugepages.py`).
+and gate_up folded into its columns with sqrt(dim), q scaled by 1/sqrt(head_dim)) and, for the backbone, `norm`;
+`audio_head` `[num_codebooks - 1, vocab, decoder_dim]` with the decoder's final norm folded in the same way.
+Folding leaves each norm a single scale per row, applied to the matmul's output: on a CPU the ops between
+matmuls, not the arithmetic, are what cost (see `hugepages.py`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def rope_inv_freq(cfg: TransformerConfig) -> torch.Tensor:
 
 
 def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Each row's 1 / RMS (float32, `[M, 1]`): RMSNorm without its weight, which the next matrix holds."""
-    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    """Each row's 1 / (RMS * sqrt(dim)) (float32, `[M, 1]`): RMSNorm without its weight and sqrt(dim), which the
+    next matrix holds (a sum is one op where a mean is three)."""
+    x = x if x.dtype == torch.float32 else x.float()
+    return x.pow(2).sum(-1, keepdim=True).add_(x.shape[-1] * eps).rsqrt_()
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Stack:
         for i, layer in enumerate(self.layers):
             qkv = torch.mm(x, layer.qkv).mul_(rms_scale(x, eps))
             qk = qkv[:, : (nq + nkv) * hd].view(m, nq + nkv, hd)
-            qk = qk * cos + qk.roll(hd // 2, -1) * sin
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
             v = qkv[:, (nq + nkv) * hd :].view(m, nkv, hd)
             k_cache, v_cache = self.k_cache[i], self.v_cache[i]
             k_cache.index_copy_(1, pos, qk[:, nq:].transpose(0, 1))
@@ -112,14 +115,15 @@ class Stack:
         nkv = k.shape[0]
         if m > 1:
             attn = F.scaled_dot_product_attention(
-                q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=visible, enable_gqa=nq != nkv
+                q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=visible, scale=1.0,
+                enable_gqa=nq != nkv,
             )
             return attn[0].transpose(0, 1).reshape(m, nq * hd)
-        scores = torch.bmm(q.view(nkv, nq // nkv, hd), k.transpose(1, 2)).mul_(hd**-0.5)
+        scores = torch.bmm(q.view(nkv, nq // nkv, hd), k.transpose(1, 2))
         if visible is not None:
             scores.masked_fill_(~visible, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        return torch.bmm(probs, v).view(1, nq * hd)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        return torch.bmm(probs if probs.dtype == v.dtype else probs.to(v.dtype), v).view(1, nq * hd)
 
 
 class CSMModel:
@@ -138,6 +142,9 @@ class CSMModel:
         # [in, out] views for torch.mm
         self.codebook0_head = weights["codebook0_head"].t()
         self.projection = weights["projection"].t()
+        # Codes reach the depth decoder only through the projection of their embeddings: project the rows of
+        # codebooks 0..K-2 once here, so each decoder step looks its input up instead of running a matmul.
+        self.decoder_inputs = torch.mm(self.audio_embeddings[: (k - 1) * config.audio_vocab_size], self.projection)
         self.audio_head = weights["audio_head"].transpose(1, 2)
         sub = lambda prefix: {n[len(prefix) :]: w for n, w in weights.items() if n.startswith(prefix)}  # noqa: E731
         self.backbone = Stack(config.backbone, sub("backbone."), config.max_seq_len)
@@ -202,14 +209,14 @@ class CSMModel:
         k, vocab, dec = self.config.num_codebooks, self.config.audio_vocab_size, self.decoder
         code = sample(torch.mm(hidden, self.codebook0_head))
         codes = [code]
-        x = torch.mm(torch.cat([hidden, F.embedding(code, self.audio_embeddings)]), self.projection)
+        x = torch.cat([torch.mm(hidden, self.projection), F.embedding(code, self.decoder_inputs)])
         out = dec.forward(x, dec.positions[:2], 2)
         for i in range(1, k):
             last = out[-1:]
             code = sample(torch.mm(last, self.audio_head[i - 1]).mul_(rms_scale(last, dec.cfg.norm_eps)))
             codes.append(code)
             if i + 1 < k:
-                x = torch.mm(F.embedding(code + i * vocab, self.audio_embeddings), self.projection)
+                x = F.embedding(code + i * vocab, self.decoder_inputs)
                 out = dec.forward(x, dec.positions[i + 1 : i + 2], i + 2)
         return torch.cat(codes)
 

@@ -2,8 +2,8 @@
 
 A checkpoint is a directory (or hub repository) holding `config.json` and `*.safetensors`. The layout is
 told by the config: transformers' `CsmConfig` (with `depth_decoder_config`) or Sesame's `ModelArgs`
-(with `backbone_flavor`). Both are converted to the names and form `model.py` uses (norm weights folded
-into the matrices after them).
+(with `backbone_flavor`). Both are converted to the names and form `model.py` uses: each RMSNorm's weight
+and the sqrt(dim) of its mean folded into the matrix after it, and the attention's 1/sqrt(head_dim) into q.
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def _from_layout(
     out = {key: top(key) for key in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection")}
     out["backbone.norm"] = take(names["backbone"] + names["norm"])
     decoder_norm = take(names["decoder"] + names["norm"])
-    out["audio_head"] = (top("audio_head") * decoder_norm[:, None]).transpose(1, 2).contiguous()  # [K-1, vocab, dim]
+    root = lambda cfg: cfg.dim**0.5  # noqa: E731  model.rms_scale leaves a norm's 1/sqrt(dim) to the matrix after it
+    out["audio_head"] = (top("audio_head") * (decoder_norm * root(config.decoder))[:, None]).transpose(1, 2).contiguous()
     for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
         prefix = names[stack]
         for i in range(cfg.layers):
@@ -145,9 +146,11 @@ def _from_layout(
             if interleaved:
                 q, k = interleaved_to_half(q, cfg.heads), interleaved_to_half(k, cfg.kv_heads)
             ours = f"{stack}.layers.{i}."
-            out[ours + "qkv"] = torch.cat([q, k, take(p + names["v"])]) * take(p + names["attn_norm"])
+            qkv = torch.cat([q * cfg.head_dim**-0.5, k, take(p + names["v"])])
+            out[ours + "qkv"] = qkv * (take(p + names["attn_norm"]) * root(cfg))
             out[ours + "o"] = take(p + names["o"])
-            out[ours + "gate_up"] = torch.cat([take(p + names["gate"]), take(p + names["up"])]) * take(p + names["mlp_norm"])
+            gate_up = torch.cat([take(p + names["gate"]), take(p + names["up"])])
+            out[ours + "gate_up"] = gate_up * (take(p + names["mlp_norm"]) * root(cfg))
             out[ours + "down"] = take(p + names["down"])
     return out
 
