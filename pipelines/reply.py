@@ -202,7 +202,7 @@ class Reply:
                         codes.append(chunk.codes)
             except Exception as error:  # a failing engine ends this reply, not the assistant
                 self._report("speech", f"speech generation failed: {type(error).__name__}: {error}")
-                del self._pieces[index:]
+                del self._pieces[index + bool(codes) :]  # a sentence cut off mid-way keeps the text of what was heard
                 break
             if codes:
                 spoken.append(Segment(self._voice.speaker, piece, codes=torch.cat(codes, dim=1)))

@@ -29,12 +29,16 @@ class FakeChunk:
 
 @dataclass
 class FakeSpeechEngine:
-    """Speaks `frames_per_text` frames per text, one per `frame_s`; frame codes count up from 1."""
+    """Speaks `frames_per_text` frames per text, one per `frame_s`; frame codes count up from 1.
+
+    The text `fail_on` raises after `fail_after_frames` of its frames.
+    """
 
     frames_per_text: int = 3
     frame_s: float = 0.0
     codebooks: int = 4
     fail_on: str | None = None
+    fail_after_frames: int = 0
     calls: list[tuple[str, list[Segment]]] = field(default_factory=list)
     cancelled: int = 0
     _next_code: int = 1
@@ -45,10 +49,10 @@ class FakeSpeechEngine:
         chunk_frames: int = 1,
     ) -> AsyncIterator[FakeChunk]:
         self.calls.append((text, list(context)))
-        if text == self.fail_on:
-            raise RuntimeError("the fake engine was told to fail")
         try:
-            for _ in range(self.frames_per_text):
+            for n in range(self.frames_per_text):
+                if text == self.fail_on and n == self.fail_after_frames:
+                    raise RuntimeError("the fake engine was told to fail")
                 await asyncio.sleep(self.frame_s)
                 if cancel is not None and cancel.is_set():
                     self.cancelled += 1

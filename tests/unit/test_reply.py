@@ -119,6 +119,16 @@ async def test_a_failing_engine_ends_the_reply_and_is_reported(tmp_path) -> None
     assert errors.queue.get_nowait().source == "speech"
 
 
+async def test_an_engine_failing_mid_sentence_keeps_the_heard_part(tmp_path) -> None:
+    bus, clock = EventBus(), TurnClock()
+    errors = bus.subscribe(ErrorEvent)
+    engine = FakeSpeechEngine(fail_on="It may rain later, or not at all.", fail_after_frames=2)
+    spoken = await reply(FakeBackend(TWO_SENTENCES), engine, FileSink(tmp_path / "a.wav"), bus, clock).run()
+    assert spoken.text == "The sky is blue today. It may rain later, or not at all."  # its first 2 frames were heard
+    assert spoken.codes[0].tolist() == [1, 2, 3, 4, 5]
+    assert errors.queue.get_nowait().source == "speech"
+
+
 async def test_text_only_replies_need_no_engine() -> None:
     bus, clock = EventBus(), TurnClock()
     spoken = await Reply(1, lambda cancel: FakeBackend(TWO_SENTENCES).stream([], cancel), bus, clock).run()
