@@ -9,7 +9,8 @@ in both). Ours is timed on the model loop (prefill + frames, what `generate` of 
 time to first audio and the real-time factor come from `CSMEngine.stream`, Mimi decoding included.
 The floor is the time the same matmuls take on the same weights with nothing else around them: after
 each of our frames the floor's frame runs, and `ours_vs_floor` compares the best frame of each, so that
-other load on a shared machine weighs on both alike.
+other load on a shared machine weighs on both alike; `ours_vs_floor_paired_median` is the median over frames of
+each frame's ratio to the floor's frame run right after it (steadier where the memory bandwidth drifts).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -202,6 +204,7 @@ def main() -> None:
         "best_frame_ms": round(best_ours * 1000, 2),
         "floor_frame_ms": round(best_floor * 1000, 2),
         "ours_vs_floor": round(best_ours / best_floor, 3),
+        "ours_vs_floor_paired_median": round(statistics.median(o / f for o, f in zip(our_frames[:-1], floor_frames)), 3),
         "wall_s": round(time.perf_counter() - START, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
