@@ -136,8 +136,9 @@ def _from_layout(
     out = {key: top(key) for key in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection")}
     out["backbone.norm"] = take(names["backbone"] + names["norm"])
     decoder_norm = take(names["decoder"] + names["norm"])
-    root = lambda cfg: cfg.dim**0.5  # noqa: E731  model.rms_scale leaves a norm's 1/sqrt(dim) to the matrix after it
-    out["audio_head"] = (top("audio_head") * (decoder_norm * root(config.decoder))[:, None]).transpose(1, 2).contiguous()
+    # model.rms_scale leaves each norm's weight and its sqrt(dim) to the matrix after it
+    audio_head = top("audio_head") * (decoder_norm * config.decoder.dim**0.5)[:, None]
+    out["audio_head"] = audio_head.transpose(1, 2).contiguous()  # [K-1, vocab, dim]
     for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
         prefix = names[stack]
         for i in range(cfg.layers):
@@ -147,10 +148,10 @@ def _from_layout(
                 q, k = interleaved_to_half(q, cfg.heads), interleaved_to_half(k, cfg.kv_heads)
             ours = f"{stack}.layers.{i}."
             qkv = torch.cat([q * cfg.head_dim**-0.5, k, take(p + names["v"])])
-            out[ours + "qkv"] = qkv * (take(p + names["attn_norm"]) * root(cfg))
+            out[ours + "qkv"] = qkv * (take(p + names["attn_norm"]) * cfg.dim**0.5)
             out[ours + "o"] = take(p + names["o"])
             gate_up = torch.cat([take(p + names["gate"]), take(p + names["up"])])
-            out[ours + "gate_up"] = gate_up * (take(p + names["mlp_norm"]) * root(cfg))
+            out[ours + "gate_up"] = gate_up * (take(p + names["mlp_norm"]) * cfg.dim**0.5)
             out[ours + "down"] = take(p + names["down"])
     return out
 
