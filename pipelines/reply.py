@@ -1,9 +1,8 @@
 """One assistant reply: text deltas -> sentence chunks -> CSM audio -> the sink, cancellable at any moment.
 
-The chunks go to one engine stream as the chunker makes them, so the engine starts each sentence as soon
-as the one before is generated (no hand-off between them), while the sink plays what came before. The
-sink's `played` count says what the user actually heard: an interrupted reply keeps only the frames that
-went out and the text of the chunks they belong to.
+Audio goes to the sink as soon as the engine yields it, so the engine works on the next chunk while
+the sink plays this one. The sink's `played` count says what the user actually heard: an
+interrupted reply keeps only the frames that went out and the text of the chunks they belong to.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,16 +34,14 @@ Deltas = Callable[[asyncio.Event], AsyncIterator[str]]
 class SpokenChunk(Protocol):
     audio: np.ndarray  # float32, 24 kHz
     codes: torch.Tensor  # [num_codebooks, frames]
-    piece: int  # which of the streamed texts
 
 
 class SpeechEngine(Protocol):
-    """What a reply needs of the CSM engine (`assistant.tts.csm.CSMEngine`): each text spoken with the
-    ones before it as context."""
+    """What a reply needs of the CSM engine (`assistant.tts.csm.CSMEngine`)."""
 
     def stream(
         self,
-        text: str | AsyncIterable[str],
+        text: str,
         speaker: int = ...,
         context: Sequence[Segment] = ...,
         temperature: float = ...,
@@ -184,38 +181,39 @@ class Reply:
             chunks.put_nowait(None)
 
     async def _speak(self, chunks: asyncio.Queue[str | None]) -> None:
-        texts = self._texts(chunks)
-        if self._engine is None or self._sink is None:
-            async for _ in texts:
-                pass
-            return
+        spoken: list[Segment] = []
         end = None
-        try:
-            context = await self._context if self._context is not None else []
-            async with contextlib.aclosing(self._engine.stream(
-                texts, self._voice.speaker, context, self._voice.temperature, self._voice.topk,
-                self._voice.seed, self._voice.max_audio_ms, self._cancel, self._voice.chunk_frames,
-            )) as stream:
-                async for chunk in stream:
-                    end = self._place(chunk)
-        except Exception as error:  # a failing engine ends this reply, not the assistant; what was heard is kept
-            self._report("speech", f"speech generation failed: {type(error).__name__}: {error}")
-        if end is not None:
-            await self._sink.wait_played(end)
-
-    async def _texts(self, chunks: asyncio.Queue[str | None]) -> AsyncIterator[str]:
-        """The chunks to speak, each published as it goes to the engine."""
         while (piece := await chunks.get()) is not None:
             self._clock.mark("first_chunk")
+            index = len(self._pieces)
             self._pieces.append(piece)
             self._bus.publish(ReplyText(text=piece, turn=self.turn))
-            yield piece
+            if self._engine is None or self._sink is None:
+                continue
+            try:
+                context = (await self._context if self._context is not None else []) + spoken
+                codes = []
+                async with contextlib.aclosing(self._engine.stream(
+                    piece, self._voice.speaker, context, self._voice.temperature, self._voice.topk,
+                    self._voice.seed, self._voice.max_audio_ms, self._cancel, self._voice.chunk_frames,
+                )) as stream:
+                    async for chunk in stream:
+                        end = self._place(index, chunk)
+                        codes.append(chunk.codes)
+            except Exception as error:  # a failing engine ends this reply, not the assistant
+                self._report("speech", f"speech generation failed: {type(error).__name__}: {error}")
+                del self._pieces[index + bool(codes) :]  # a sentence cut off mid-way keeps the text of what was heard
+                break
+            if codes:
+                spoken.append(Segment(self._voice.speaker, piece, codes=torch.cat(codes, dim=1)))
+        if end is not None and self._sink is not None:
+            await self._sink.wait_played(end)
 
-    def _place(self, chunk: SpokenChunk) -> int:
+    def _place(self, piece: int, chunk: SpokenChunk) -> int:
         assert self._sink is not None
         self._clock.mark("first_audio")
         end = self._sink.play(chunk.audio)
-        placed = _Placed(chunk.piece, chunk.codes, end - len(chunk.audio), end)
+        placed = _Placed(piece, chunk.codes, end - len(chunk.audio), end)
         if not self._placed:
             self._tasks.append(asyncio.create_task(self._watch_first_played(placed.start + 1)))
         self._placed.append(placed)

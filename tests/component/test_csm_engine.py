@@ -147,57 +147,6 @@ async def test_stream_equals_generate_and_starts_after_one_frame(engine, earlier
     assert np.abs(streamed - whole.audio).max() < 1e-4
 
 
-async def test_texts_streamed_as_they_are_written_are_each_spoken_after_the_ones_before(engine):
-    """A reply's sentences reach one stream as the LLM writes them: the first is spoken (and its last chunk
-    delivered) while the second is not written yet, and each is generated as `generate` would with the
-    ones before it as context."""
-    context = [Segment(0, "Hello there.", codes=torch.randint(1, 30, (K, 3)))]
-    second_written = asyncio.Event()
-    chunks = []
-
-    async def sentences():
-        yield "First one."
-        await until(lambda: chunks and chunks[-1].piece == 0 and sum(c.codes.shape[1] for c in chunks) == 4)
-        second_written.set()
-        yield "And the second."
-
-    async for chunk in engine.stream(sentences(), context=context, temperature=0, max_audio_ms=320, chunk_frames=2):
-        assert chunk.piece == 0 or second_written.is_set()
-        chunks.append(chunk)
-    assert [(c.piece, c.codes.shape[1]) for c in chunks] == [(0, 1), (0, 2), (0, 1), (1, 2), (1, 2)]  # a text's last chunk is not held back
-    first = engine.generate("First one.", context=context, temperature=0, max_audio_ms=320)
-    spoken = [torch.cat([c.codes for c in chunks if c.piece == n], dim=1) for n in (0, 1)]
-    assert torch.equal(spoken[0], first.codes)
-    after = context + [Segment(1, "First one.", codes=first.codes)]
-    second = engine.generate("And the second.", context=after, temperature=0, max_audio_ms=320)
-    assert torch.equal(spoken[1], second.codes)
-
-
-async def test_closing_a_stream_waiting_for_its_next_text_frees_the_engine(engine):
-    async def one_then_never():
-        yield "Only this."
-        await asyncio.Event().wait()  # an LLM that never writes the next sentence
-
-    async with aclosing(engine.stream(one_then_never(), seed=0, max_audio_ms=160)) as chunks:
-        assert sum([c.codes.shape[1] async for c in _first(chunks, 2)]) == 2
-    assert engine.generate("Next.", seed=0, max_audio_ms=160).codes.shape == (K, 2)
-
-
-async def _first(chunks, frames: int):
-    seen = 0
-    async for chunk in chunks:
-        yield chunk
-        seen += chunk.codes.shape[1]
-        if seen >= frames:
-            return
-
-
-async def until(condition, timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 async def test_cancel_stops_within_one_frame_and_engine_is_reusable(engine, monkeypatch):
     decoded = []
     original = engine.model.decode_frame

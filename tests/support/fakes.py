@@ -7,7 +7,7 @@ them; end-to-end tests use the real parts instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,16 +25,13 @@ FRAME = 1920
 class FakeChunk:
     audio: np.ndarray
     codes: torch.Tensor
-    piece: int = 0
 
 
 @dataclass
 class FakeSpeechEngine:
     """Speaks `frames_per_text` frames per text, one per `frame_s`; frame codes count up from 1.
 
-    Like CSMEngine, a stream of several texts speaks each with the ones before it as context; `calls`
-    records each text with the context it was spoken after. The text `fail_on` raises after
-    `fail_after_frames` of its frames.
+    The text `fail_on` raises after `fail_after_frames` of its frames.
     """
 
     frames_per_text: int = 3
@@ -47,44 +44,25 @@ class FakeSpeechEngine:
     _next_code: int = 1
 
     async def stream(
-        self, text: str | AsyncIterable[str], speaker: int = 1, context: Sequence[Segment] = (),
-        temperature: float = 0.9, topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None,
-        cancel: Any = None, chunk_frames: int = 1,
+        self, text: str, speaker: int = 1, context: Sequence[Segment] = (), temperature: float = 0.9,
+        topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None, cancel: Any = None,
+        chunk_frames: int = 1,
     ) -> AsyncIterator[FakeChunk]:
-        context = list(context)
+        self.calls.append((text, list(context)))
         try:
-            async for piece, words in _aenumerate(_as_texts(text)):
-                self.calls.append((words, list(context)))
-                codes = []
-                for n in range(self.frames_per_text):
-                    if words == self.fail_on and n == self.fail_after_frames:
-                        raise RuntimeError("the fake engine was told to fail")
-                    await asyncio.sleep(self.frame_s)
-                    if cancel is not None and cancel.is_set():
-                        self.cancelled += 1
-                        return
-                    codes.append(torch.full((self.codebooks, 1), self._next_code, dtype=torch.long))
-                    self._next_code += 1
-                    yield FakeChunk(np.full(FRAME, 0.1, np.float32), codes[-1], piece)
-                context.append(Segment(speaker, words, codes=torch.cat(codes, dim=1)))
+            for n in range(self.frames_per_text):
+                if text == self.fail_on and n == self.fail_after_frames:
+                    raise RuntimeError("the fake engine was told to fail")
+                await asyncio.sleep(self.frame_s)
+                if cancel is not None and cancel.is_set():
+                    self.cancelled += 1
+                    return
+                codes = torch.full((self.codebooks, 1), self._next_code, dtype=torch.long)
+                self._next_code += 1
+                yield FakeChunk(np.full(FRAME, 0.1, np.float32), codes)
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             raise
-
-
-async def _as_texts(text: str | AsyncIterable[str]) -> AsyncIterator[str]:
-    if isinstance(text, str):
-        yield text
-    else:
-        async for piece in text:
-            yield piece
-
-
-async def _aenumerate(items: AsyncIterable[str]) -> AsyncIterator[tuple[int, str]]:
-    index = 0
-    async for item in items:
-        yield index, item
-        index += 1
 
 
 class ManualSink:

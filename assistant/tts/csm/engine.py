@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,13 +42,12 @@ class GenerationResult:
 class AudioChunk:
     audio: np.ndarray  # float32, 24 kHz: 1920 samples per frame
     codes: torch.Tensor  # the frames behind it, LongTensor [num_codebooks, frames]
-    piece: int = 0  # which of the streamed texts it speaks (0 for a single text); a chunk never spans two
     sample_rate: int = SAMPLE_RATE
 
 
 @dataclass(frozen=True)
 class _Request:
-    texts: Iterable[str]  # in the worker thread, it may block until the next text is written
+    text: str
     speaker: int
     context: Sequence[Segment]
     temperature: float
@@ -117,15 +114,15 @@ class CSMEngine:
         cancel: CancelSignal | None = None,
     ) -> GenerationResult:
         """Speak `text` as `speaker` after `context`; returns all frames and their one-shot decoded audio."""
-        request = _Request([text], speaker, tuple(context), temperature, topk, seed, max_audio_ms)
+        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
         with self._lock:
-            frames = [frame for _, frame in self._frames(request, _stopper(cancel)) if frame is not None]
+            frames = list(self._frames(request, _stopper(cancel)))
             codes = self._stack(frames)
             return GenerationResult(codes, self.codec.decode(codes))
 
     async def stream(
         self,
-        text: str | AsyncIterable[str],
+        text: str,
         speaker: int = 1,
         context: Sequence[Segment] = (),
         temperature: float = 0.9,
@@ -137,34 +134,26 @@ class CSMEngine:
     ) -> AsyncIterator[AudioChunk]:
         """Yield audio as it is generated: the first chunk after the first frame, then `chunk_frames` at a time.
 
-        `text` may also be an async iterable of texts (a reply's sentences as an LLM writes them): they are
-        spoken one after another by one worker, each with the ones before it as context, and `max_audio_ms`
-        caps each. The worker takes a text as soon as it is written, so there is no hand-off between them;
-        each chunk's `piece` says which text it speaks.
-
         The model runs in a worker thread; setting `cancel`, or closing the iterator (`contextlib.aclosing`
-        when leaving a loop early), stops it within one frame and frees the engine. While the worker waits
-        for the next text, closing the iterator (or the texts ending) frees it.
+        when leaving a loop early), stops it within one frame and frees the engine.
         """
-        texts: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None: no more texts
-        request = _Request(iter(texts.get, None), speaker, tuple(context), temperature, topk, seed, max_audio_ms)
+        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
         closed = threading.Event()
         done = object()
 
         def produce() -> None:
             try:
                 for chunk in self._chunks(request, _stopper(cancel, closed), chunk_frames):
-                    loop.call_soon_threadsafe(chunks.put_nowait, chunk)
-                loop.call_soon_threadsafe(chunks.put_nowait, done)
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                loop.call_soon_threadsafe(queue.put_nowait, done)
             except BaseException as error:  # handed to the consumer
-                loop.call_soon_threadsafe(chunks.put_nowait, error)
+                loop.call_soon_threadsafe(queue.put_nowait, error)
 
-        feeder = asyncio.create_task(_feed(text, texts))
         worker = loop.run_in_executor(None, produce)
         try:
-            while (item := await chunks.get()) is not done:
+            while (item := await queue.get()) is not done:
                 if isinstance(item, BaseException):
                     raise item
                 if cancel is not None and cancel.is_set():
@@ -172,68 +161,55 @@ class CSMEngine:
                 yield item
         finally:
             closed.set()
-            feeder.cancel()
-            texts.put(None)  # wakes a worker waiting for the next text
             await worker
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder  # an error of the texts' iterable comes out here
 
     def _chunks(self, request: _Request, stop: Callable[[], bool], chunk_frames: int) -> Iterator[AudioChunk]:
-        """Frames decoded as they come, in chunks that end with each text (not held while the next is awaited)."""
         with self._lock, self.codec.stream() as decode:
             codes: list[torch.Tensor] = []
             audio: list[np.ndarray] = []
             size = 1
-            for piece, frame in self._frames(request, stop):
-                if frame is not None:
-                    codes.append(frame)
-                    audio.append(decode(frame))
-                if codes and (frame is None or len(codes) >= size):
-                    yield AudioChunk(np.concatenate(audio), self._stack(codes), piece)
+            for frame in self._frames(request, stop):
+                codes.append(frame)
+                audio.append(decode(frame))
+                if len(codes) >= size:
+                    yield AudioChunk(np.concatenate(audio), self._stack(codes))
                     codes, audio, size = [], [], max(1, chunk_frames)
+            if codes:
+                yield AudioChunk(np.concatenate(audio), self._stack(codes))
 
-    def _frames(self, request: _Request, stop: Callable[[], bool]) -> Iterator[tuple[int, torch.Tensor | None]]:
-        """The generation loop: (text index, frame `[K]`) until the all-zero frame, the length cap, or `stop()`,
-        then (index, None) at the end of each text."""
+    def _frames(self, request: _Request, stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
+        """The generation loop: frames `[K]` until the all-zero frame, the length cap, or `stop()`."""
         steps, budget = self.steps, self.budget
         if request.seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(request.seed)
         sampler = self.sampler(request.temperature, request.topk)
+        count = lambda piece: len(self.text.encode(piece, request.speaker))  # noqa: E731
+        pieces = [request.text] if budget.fits(count(request.text)) else split_sentences(request.text, count, budget.fits)
         context = list(request.context)
+        remaining = budget.frames(0, request.max_audio_ms or budget.absolute_ms)
         with torch.inference_mode():  # once for the loop: entering it per call cost more than a tiny model's step
-            for index, text in enumerate(request.texts):
-                remaining = budget.frames(0, request.max_audio_ms or budget.absolute_ms)
-                for piece in self._fitting(text, request.speaker):
+            for piece in pieces:
+                ids = self.text.encode(piece, request.speaker)
+                frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
+                tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
+                hidden = steps.prefill(tokens, mask)
+                spoken: list[torch.Tensor] = []
+                for n in range(frames):
                     if stop():
                         return
-                    ids = self.text.encode(piece, request.speaker)
-                    frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
-                    tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
-                    hidden = steps.prefill(tokens, mask)
-                    spoken: list[torch.Tensor] = []
-                    for n in range(frames):
-                        if stop():
-                            return
-                        codes = steps.decode_frame(hidden, sampler)
-                        if not codes.any():  # the all-zero frame ends the utterance
-                            break
-                        spoken.append(codes)
-                        yield index, codes
-                        if n + 1 < frames:
-                            hidden = steps.append_frame(codes)
-                    if spoken:
-                        context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
-                    remaining -= len(spoken)
-                    if remaining <= 0:
+                    codes = steps.decode_frame(hidden, sampler)
+                    if not codes.any():  # the all-zero frame ends the utterance
                         break
-                yield index, None
-
-    def _fitting(self, text: str, speaker: int) -> list[str]:
-        """`text`, or its sentences grouped into pieces that fit the budget (ValueError when one cannot)."""
-        count = lambda piece: len(self.text.encode(piece, speaker))  # noqa: E731
-        return [text] if self.budget.fits(count(text)) else split_sentences(text, count, self.budget.fits)
+                    spoken.append(codes)
+                    yield codes
+                    if n + 1 < frames:
+                        hidden = steps.append_frame(codes)
+                remaining -= len(spoken)
+                if remaining <= 0:
+                    return
+                context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
 
     def sampler(self, temperature: float, topk: int) -> TopKSampler:
         """A sampler drawing from this engine's generator (the one its CUDA graphs were captured with)."""
@@ -276,18 +252,6 @@ class CSMEngine:
         if not frames:
             return torch.zeros(self.model.config.num_codebooks, 0, dtype=torch.long)
         return torch.stack(frames, dim=1).cpu()
-
-
-async def _feed(text: str | AsyncIterable[str], texts: queue.SimpleQueue[str | None]) -> None:
-    """Hand the texts to the worker as they come, then the end."""
-    try:
-        if isinstance(text, str):
-            texts.put(text)
-        else:
-            async for piece in text:
-                texts.put(piece)
-    finally:
-        texts.put(None)
 
 
 def _stopper(*signals: CancelSignal | None) -> Callable[[], bool]:
