@@ -25,7 +25,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.tts.csm import CSMEngine  # noqa: E402
 from assistant.tts.csm.model import CSMModel  # noqa: E402
+from assistant.tts.csm.weights import convert_checkpoint  # noqa: E402
 from tests.support.random_models import CSM_1B, CsmSpec, MimiSpec, build_random_csm, build_random_mimi  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it naps in the warm afternoon sun."
@@ -139,13 +139,12 @@ def build(spec: CsmSpec, config: str, device: torch.device, dtype: torch.dtype, 
         mimi = loaders.get_mimi(None, device="cpu", num_codebooks=spec.num_codebooks).eval()
     else:
         mimi = build_random_mimi(MimiSpec(num_codebooks=spec.num_codebooks), seed=0)
-    shm = Path("/dev/shm")  # a RAM disk where there is one: the round trip through a checkpoint is not what is timed
-    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as tmp:
-        hf.save_pretrained(tmp)
-        engine = CSMEngine.from_pretrained(
-            tmp, mimi=mimi.to(device), tokenizer=word_tokenizer(TEXT, spec.text_vocab_size), device=device,
-            dtype=dtype, cuda_graphs=cuda_graphs,
-        )
+    # The loader's conversion of transformers' weights, from memory: a save_pretrained round trip took 26 s of the
+    # `small` run's minute on the 2-core machine, and tests/component/test_csm_oracle.py covers loading from disk.
+    config, weights = convert_checkpoint(hf.config.to_dict(), hf.state_dict(), "transformers' model")
+    engine = CSMEngine.from_weights(
+        config, weights, mimi.to(device), word_tokenizer(TEXT, spec.text_vocab_size), device, dtype, cuda_graphs
+    )
     hf = hf.to(device)
     special = torch.arange(spec.audio_vocab_size - 3, spec.audio_vocab_size, device=device)
     suppress = lambda module, args, output: output.index_fill(-1, special, float("-inf"))  # noqa: E731

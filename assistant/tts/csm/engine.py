@@ -17,6 +17,7 @@ from assistant.segment import Segment
 
 from .budget import Budget, split_sentences
 from .codec import SAMPLE_RATE, MimiCodec, load_mimi
+from .config import CSMConfig
 from .graphs import CUDAGraphFrames
 from .hugepages import in_huge_pages
 from .model import CSMModel
@@ -91,16 +92,31 @@ class CSMEngine:
 
         `dtype` defaults to bfloat16 on CUDA and float32 elsewhere. `cuda_graphs` applies on CUDA devices only.
         """
-        device = torch.device(device)
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         directory = resolve_checkpoint(model)
         config, weights = read_checkpoint(directory)
+        tokenizer = tokenizer if tokenizer is not None else directory / "tokenizer.json"
+        return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, cuda_graphs)
+
+    @classmethod
+    def from_weights(
+        cls,
+        config: CSMConfig,
+        weights: dict[str, torch.Tensor],
+        mimi: Any,
+        tokenizer: Tokenizer | str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool = True,
+    ) -> CSMEngine:
+        """An engine from weights already converted (`weights.convert_checkpoint`); the rest as in `from_pretrained`."""
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         weights = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
         if device.type == "cpu":  # embeddings too: on a VM a 32-row gather took 4-14 ms from 4 KiB pages, 0.4 from 2 MiB
             weights = in_huge_pages(weights)
-        text = TextEncoder(tokenizer if tokenizer is not None else directory / "tokenizer.json")
         codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
-        return cls(CSMModel(config, weights), text, codec, cuda_graphs=cuda_graphs and device.type == "cuda")
+        graphs = cuda_graphs and device.type == "cuda"
+        return cls(CSMModel(config, weights), TextEncoder(tokenizer), codec, cuda_graphs=graphs)
 
     def generate(
         self,

@@ -52,6 +52,14 @@ def read_checkpoint(directory: Path) -> tuple[CSMConfig, dict[str, torch.Tensor]
             tensors.update(load_file(file))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file} is not a readable safetensors file ({e}); re-download it") from e
+    return convert_checkpoint(raw, tensors, directory)
+
+
+def convert_checkpoint(
+    raw: dict, tensors: dict[str, torch.Tensor], where: Path | str
+) -> tuple[CSMConfig, dict[str, torch.Tensor]]:
+    """A checkpoint's config (as in its config.json) and tensors, in either layout, converted to this engine's
+    names; `where` names their source in errors."""
     if "depth_decoder_config" in raw:
         config = CSMConfig.from_transformers(raw)
         if raw.get("tie_codebooks_embeddings") is False:
@@ -61,8 +69,8 @@ def read_checkpoint(directory: Path) -> tuple[CSMConfig, dict[str, torch.Tensor]
         config = CSMConfig.from_sesame(raw)
         weights = _from_layout(tensors, config, SESAME_NAMES, interleaved=True)
     else:
-        raise CheckpointError(f"{config_path} is neither a transformers CsmConfig nor Sesame's ModelArgs")
-    _check_shapes(weights, config, directory)
+        raise CheckpointError(f"the config of {where} is neither a transformers CsmConfig nor Sesame's ModelArgs")
+    _check_shapes(weights, config, where)
     return config, weights
 
 
@@ -156,7 +164,7 @@ def _from_layout(
     return out
 
 
-def _check_shapes(weights: dict[str, torch.Tensor], config: CSMConfig, where: Path) -> None:
+def _check_shapes(weights: dict[str, torch.Tensor], config: CSMConfig, where: Path | str) -> None:
     k, v = config.num_codebooks, config.audio_vocab_size
     b, d = config.backbone, config.decoder
     expected = {
