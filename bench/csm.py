@@ -139,8 +139,8 @@ def build(spec: CsmSpec, config: str, device: torch.device, dtype: torch.dtype, 
         mimi = loaders.get_mimi(None, device="cpu", num_codebooks=spec.num_codebooks).eval()
     else:
         mimi = build_random_mimi(MimiSpec(num_codebooks=spec.num_codebooks), seed=0)
-    # The loader's conversion of transformers' weights, from memory: a save_pretrained round trip took 26 s of the
-    # `small` run's minute on the 2-core machine, and tests/component/test_csm_oracle.py covers loading from disk.
+    # The loader's conversion of transformers' weights, from memory: a save_pretrained round trip took ~18 s of the
+    # `small` run (16 to save, 2 to read back) on the 2-core machine; test_csm_oracle.py covers loading from disk.
     config, weights = convert_checkpoint(hf.config.to_dict(), hf.state_dict(), "transformers' model")
     engine = CSMEngine.from_weights(
         config, weights, mimi.to(device), word_tokenizer(TEXT, spec.text_vocab_size), device, dtype, cuda_graphs
