@@ -11,6 +11,8 @@ The floor is the time the same matmuls take on the same weights with nothing els
 each of our frames the floor's frame runs, and `ours_vs_floor` compares the best frame of each, so that
 other load on a shared machine weighs on both alike; `ours_vs_floor_paired_median` is the median over frames of
 each frame's ratio to the floor's frame run right after it (steadier where the memory bandwidth drifts).
+The timed runs of ours and transformers alternate `--repeats` times; the rates and the speedup are the medians
+(`speedup_each_run` lists them all: a run of a fraction of a second moves with the host's load).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ CONFIGS = {
     "csm-1b": CSM_1B,
 }
 FRAMES = {"tiny": 20, "small": 4, "csm-1b": 100}
+REPEATS = {"tiny": 5, "small": 1, "csm-1b": 3}  # small's runs take seconds each and would break the minute
 
 
 def word_tokenizer(text: str, vocab_size: int):
@@ -158,6 +161,7 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", type=int, default=None, help=f"at least 2; default: {FRAMES}")
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed runs of each; default: {REPEATS}")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, run the per-frame work eagerly")
     args = parser.parse_args()
     spec, device = CONFIGS[args.config], torch.device(args.device)
@@ -179,12 +183,20 @@ def main() -> None:
 
     floor = Floor(engine.model)
     our_loop(engine, tokens, mask, 2, floor)  # warm-up
-    ours, ours_s, our_frames, floor_frames = our_loop(engine, tokens, mask, frames, floor)
     run_hf(1)  # warm-up
-    theirs, theirs_s = run_hf(frames)
+    ours_fps, theirs_fps, identical, our_frames, floor_frames = [], [], [], [], []
+    for _ in range(max(1, args.repeats or REPEATS[args.config])):
+        ours, ours_s, ours_each, floors_each = our_loop(engine, tokens, mask, frames, floor)
+        theirs, theirs_s = run_hf(frames)
+        ours_fps.append(frames / ours_s)
+        theirs_fps.append(theirs.shape[0] / theirs_s)
+        identical.append(theirs.shape == ours.shape and torch.equal(theirs, ours))
+        our_frames += ours_each[:-1]  # whole frames: decode and feed back
+        floor_frames += floors_each[:-1]
     asyncio.run(first_audio_and_total(engine, 1))  # warm-up (Mimi's streaming state)
     ttfa, stream_s, streamed = asyncio.run(first_audio_and_total(engine, frames))
-    best_ours, best_floor = min(our_frames[:-1]), min(floor_frames[:-1])  # whole frames: decode and feed back
+    speedups = [o / t for o, t in zip(ours_fps, theirs_fps)]
+    best_ours, best_floor = min(our_frames), min(floor_frames)
     report = {
         "bench": "csm",
         "config": args.config,
@@ -193,17 +205,19 @@ def main() -> None:
         "dtype": str(dtype).removeprefix("torch."),
         "cuda_graphs": cuda_graphs,
         "frames": frames,
-        "ours_frames_per_s": round(frames / ours_s, 2),
-        "transformers_frames_per_s": round(theirs.shape[0] / theirs_s, 2),
-        "speedup": round((frames / ours_s) / (theirs.shape[0] / theirs_s), 2),
+        "repeats": len(speedups),
+        "ours_frames_per_s": round(statistics.median(ours_fps), 2),
+        "transformers_frames_per_s": round(statistics.median(theirs_fps), 2),
+        "speedup": round(statistics.median(speedups), 2),
+        "speedup_each_run": [round(x, 2) for x in speedups],
         "time_to_first_audio_ms": round(ttfa * 1000, 1),
         "real_time_factor": round(stream_s / (streamed * 0.08), 3),
-        "greedy_frames_identical": bool(theirs.shape == ours.shape and torch.equal(theirs, ours)),
+        "greedy_frames_identical": all(identical),
         "weight_bytes_per_frame": floor.weight_bytes,
         "best_frame_ms": round(best_ours * 1000, 2),
         "floor_frame_ms": round(best_floor * 1000, 2),
         "ours_vs_floor": round(best_ours / best_floor, 3),
-        "ours_vs_floor_paired_median": round(statistics.median(o / f for o, f in zip(our_frames[:-1], floor_frames)), 3),
+        "ours_vs_floor_paired_median": round(statistics.median(o / f for o, f in zip(our_frames, floor_frames)), 3),
         "wall_s": round(time.perf_counter() - START, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
