@@ -134,7 +134,7 @@ async def first_audio_and_total(engine: CSMEngine, frames: int) -> tuple[float, 
 
 
 def build(spec: CsmSpec, config: str, device: torch.device, dtype: torch.dtype, cuda_graphs: bool):
-    """transformers' model with random weights, and our engine loaded from its `save_pretrained` output."""
+    """transformers' model with random weights, and our engine on the same weights (the loader's conversion)."""
     hf = build_random_csm(spec, seed=0, dtype=dtype)
     if config == "csm-1b":  # moshi's full-size Mimi (random weights), so that decoding costs what it will
         from moshi.models import loaders
