@@ -45,7 +45,7 @@ CONFIGS = {
     "csm-1b": CSM_1B,
 }
 FRAMES = {"tiny": 20, "small": 4, "csm-1b": 100}
-REPEATS = {"tiny": 5, "small": 1, "csm-1b": 3}  # small's runs take seconds each and would break the minute
+REPEATS = {"tiny": 5, "small": 3, "csm-1b": 3}
 
 
 def word_tokenizer(text: str, vocab_size: int):
@@ -65,39 +65,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def layer_matmuls(stack, rows: int) -> list[tuple[torch.Tensor, int]]:
-    return [(w, rows) for layer in stack.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+def layer_matrices(stack) -> list[torch.Tensor]:
+    return [w for layer in stack.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
 
 
 class Floor:
-    """Every weight matrix one frame multiplies, in order and with the same input shapes, and nothing else:
-    the frame's decoding (codebook-0 head, projection of the backbone's state, depth decoder and one audio head
-    per codebook; the codes' projected embeddings are looked up, as the model does), then
-    feeding it back (the backbone). The model holds them as `[in, out]` views for `torch.mm`."""
+    """Every weight matrix one frame multiplies, in order, each by one row as the model does, and nothing else:
+    the frame's decoding (codebook-0 head, projection of the backbone's state, then the depth decoder's layers at
+    each of its K positions, each after the first followed by its audio head; the codes' projected embeddings are
+    looked up, as the model does), then feeding it back (the backbone). The model holds them as `[in, out]` views
+    for `torch.mm`. The decoder's RoPE rotations (`[head_dim, head_dim]` matmuls) are not weights and are left out."""
 
     def __init__(self, model: CSMModel):
         k = model.config.num_codebooks
-        self.decode = [(model.codebook0_head, 1), (model.projection, 1)] + layer_matmuls(model.decoder, 2)
+        self.decode = [model.codebook0_head, model.projection] + layer_matrices(model.decoder)
         for i in range(1, k):
-            self.decode.append((model.audio_head[i - 1], 1))
-            if i + 1 < k:
-                self.decode += layer_matmuls(model.decoder, 1)
-        self.append = layer_matmuls(model.backbone, 1)
+            self.decode += layer_matrices(model.decoder) + [model.audio_head[i - 1]]
+        self.append = layer_matrices(model.backbone)
         self.inputs = {
-            (rows, w.shape[0]): torch.randn(rows, w.shape[0], dtype=w.dtype, device=w.device)
-            for w, rows in self.decode + self.append
+            w.shape[0]: torch.randn(1, w.shape[0], dtype=w.dtype, device=w.device) for w in self.decode + self.append
         }
         self.device = model.device
 
     @property
     def weight_bytes(self) -> int:
-        return sum(w.numel() * w.element_size() for w, _ in self.decode + self.append)
+        return sum(w.numel() * w.element_size() for w in self.decode + self.append)
 
     def frame_seconds(self, append: bool) -> float:
         start = time.perf_counter()
         with torch.inference_mode():
-            for w, rows in self.decode + (self.append if append else []):
-                torch.mm(self.inputs[rows, w.shape[0]], w)
+            for w in self.decode + (self.append if append else []):
+                torch.mm(self.inputs[w.shape[0]], w)
         synchronize(self.device)
         return time.perf_counter() - start
 

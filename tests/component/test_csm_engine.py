@@ -57,6 +57,21 @@ def test_greedy_ignores_the_seed(engine):
     assert torch.equal(a, b)
 
 
+def test_the_caches_are_allocated_once(engine):
+    """The backbone's KV cache and the depth decoder's buffers are made at load and reused by every frame."""
+    model = engine.model
+    dec = model.decoder
+    buffers = lambda: [  # noqa: E731
+        t.data_ptr()
+        for t in (model.backbone.k_cache, model.backbone.v_cache, dec.x, dec.normed, dec.attn, dec.gate_up)
+        + tuple(t for step in dec.views for at in step for t in (at.qkv, at.rotated, at.scores))
+    ]
+    before = buffers()
+    first = engine.generate("Once, then again.", temperature=0, max_audio_ms=400).codes
+    assert buffers() == before
+    assert torch.equal(engine.generate("Once, then again.", temperature=0, max_audio_ms=400).codes, first)
+
+
 def test_topk_one_is_greedy(engine):
     a = engine.generate("Top one.", temperature=0.9, topk=1, seed=1, max_audio_ms=320).codes
     b = engine.generate("Top one.", temperature=0, max_audio_ms=320).codes

@@ -144,7 +144,7 @@ def _from_layout(
     out = {key: top(key) for key in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection")}
     out["backbone.norm"] = take(names["backbone"] + names["norm"])
     decoder_norm = take(names["decoder"] + names["norm"])
-    # model.rms_scale leaves each norm's weight and its sqrt(dim) to the matrix after it
+    # stack.rms_scale and DepthDecoder.normalized leave each norm's weight and its sqrt(dim) to the matrix after it
     audio_head = top("audio_head") * (decoder_norm * config.decoder.dim**0.5)[:, None]
     out["audio_head"] = audio_head.transpose(1, 2).contiguous()  # [K-1, vocab, dim]
     for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
