@@ -7,6 +7,8 @@ allocation (softmax's output), against ~40 through `Stack.forward`. On a CPU tho
 are what cost between the matmuls: each runs cache-cold after the audio head's matmul has streamed through.
 
 There is no cache to reset between frames: step p writes row p of the history before reading rows 0..p.
+Positions 0 and 1 could share one pass over the weights as two rows; as two steps they cost csm-1b one more pass
+of its decoder a frame (2.5 % of the frame's weight bytes; docs/benchmarks.md), for one code path.
 """
 
 from __future__ import annotations
