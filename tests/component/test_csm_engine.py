@@ -72,6 +72,19 @@ def test_the_caches_are_allocated_once(engine):
     assert torch.equal(engine.generate("Once, then again.", temperature=0, max_audio_ms=400).codes, first)
 
 
+def test_bfloat16_runs_the_same_engine(tiny_csm_dir, tiny_mimi, llama3_tokenizer_json):
+    """CUDA's dtype on the CPU: the buffers, RoPE matrices and norms all take bfloat16 (the CUDA path's dtype
+    handling is checked here too; that path itself needs a GPU)."""
+    bf16 = torch.bfloat16
+    engine = CSMEngine.from_pretrained(tiny_csm_dir, mimi=tiny_mimi, tokenizer=llama3_tokenizer_json, dtype=bf16)
+    dec = engine.model.decoder
+    assert {t.dtype for t in (dec.x, dec.rotations, dec.layers[0].qkv, engine.model.backbone.k_cache)} == {bf16}
+    result = engine.generate("Hello there!", speaker=0, temperature=0, max_audio_ms=480)
+    assert result.codes.shape == (K, 6) and int(result.codes.max()) < 2048
+    assert np.isfinite(result.audio).all() and np.abs(result.audio).max() > 0
+    assert torch.equal(engine.generate("Hello there!", speaker=0, temperature=0, max_audio_ms=480).codes, result.codes)
+
+
 def test_topk_one_is_greedy(engine):
     a = engine.generate("Top one.", temperature=0.9, topk=1, seed=1, max_audio_ms=320).codes
     b = engine.generate("Top one.", temperature=0, max_audio_ms=320).codes
