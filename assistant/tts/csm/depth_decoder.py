@@ -79,7 +79,7 @@ class DepthDecoder:
             torch.mm(at.qk, self.rotations[p], out=at.rotated)
             torch.bmm(at.q, at.keys, out=at.scores)
             probs = torch.softmax(at.scores, dim=-1, dtype=torch.float32)
-            torch.bmm(probs if probs.dtype == at.values.dtype else probs.to(at.values.dtype), at.values, out=self.attn)
+            torch.bmm(probs.to(at.values.dtype), at.values, out=self.attn)  # .to: a no-op in float32
             x.addmm_(self.attn_row, layer.o)
             torch.mm(self.normalized(), layer.gate_up, out=self.gate_up)
             x.addmm_(F.silu(self.gate, inplace=True).mul_(self.up), layer.down)

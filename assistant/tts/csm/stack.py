@@ -120,4 +120,4 @@ class Stack:
         if visible is not None:
             scores.masked_fill_(~visible, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-        return torch.bmm(probs if probs.dtype == v.dtype else probs.to(v.dtype), v).view(1, nq * hd)
+        return torch.bmm(probs.to(v.dtype), v).view(1, nq * hd)
