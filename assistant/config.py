@@ -119,6 +119,7 @@ class CsmConfig(Section):
     max_audio_ms: int | None = Field(None, gt=0, le=120_000, description="null = derived from the text's length.")
     chunk_frames: int = Field(2, ge=1, le=50, description="80 ms frames per streamed audio chunk.")
     cuda_graphs: bool = True
+    fused: bool = Field(False, description="Compile the per-frame work with TorchInductor (slower load, fewer GPU kernels).")
 
 
 class ConversationConfig(Section):

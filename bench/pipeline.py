@@ -171,7 +171,7 @@ def main() -> None:
         sink = FileSink(Path(tmp) / "out.wav")
         voice = VoiceLoop(
             config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
-            encode_audio=engine.codec.encode, sink=sink, segmenter=VadSegmenter(config.vad),
+            encode_audio=engine.encode, sink=sink, segmenter=VadSegmenter(config.vad),
         )
         source = FileSource(conversation_wav(Path(tmp) / "in.wav", args.turns + 1))
         turns = asyncio.run(run_turns(voice, bus, source, timeline))[1:]  # the first turn warms up

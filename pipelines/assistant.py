@@ -199,7 +199,7 @@ class Assistant:
             self.config, self._backend, engine=self._engine is None, transcriber=self._transcriber is None
         )
         if engine is not None:
-            self._engine, self._encode_audio = engine, engine.codec.encode
+            self._engine, self._encode_audio = engine, engine.encode
         if transcriber is not None:
             self._transcriber = transcriber
 

@@ -48,7 +48,8 @@ def load_engine(config: CsmConfig) -> CSMEngine:
     start = time.monotonic()
     try:
         engine = CSMEngine.from_pretrained(
-            config.model, config.mimi, config.tokenizer, device=device, dtype=dtype, cuda_graphs=config.cuda_graphs
+            config.model, config.mimi, config.tokenizer, device=device, dtype=dtype, cuda_graphs=config.cuda_graphs,
+            fused=config.fused,
         )
     except CheckpointError as error:
         raise StartupError(f"cannot load the CSM speech model {config.model!r}: {error}") from None

@@ -106,6 +106,6 @@ def _voice_loop(
 ) -> VoiceLoop:
     segmenter = VadSegmenter(config.vad) if transcriber is not None else None
     return VoiceLoop(
-        config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.codec.encode, sink=sink,
+        config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.encode, sink=sink,
         segmenter=segmenter,
     )

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -45,8 +45,8 @@ from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
 
-AudioEncoder = Callable[[np.ndarray, int], torch.Tensor]
-"""Mono audio at a sample rate -> Mimi codes `[K, frames]` (blocking; run in a thread)."""
+AudioEncoder = Callable[[np.ndarray, int], Awaitable[torch.Tensor]]
+"""Mono audio at a sample rate -> Mimi codes `[K, frames]` (`CSMEngine.encode`, on the engine's own thread)."""
 
 
 class VoiceLoop:
@@ -258,7 +258,7 @@ class VoiceLoop:
         """Start Mimi-encoding the user's audio for CSM's context, alongside ASR."""
         if self.encode_audio is None or self.engine is None or self.sink is None:
             return None
-        return asyncio.ensure_future(asyncio.to_thread(self.encode_audio, audio, sample_rate))
+        return asyncio.ensure_future(self.encode_audio(audio, sample_rate))
 
     async def _speech_context(self, user: Turn | None, codes: asyncio.Future[torch.Tensor] | None) -> list[Segment]:
         if user is not None and codes is not None:

@@ -77,6 +77,9 @@ def test_bfloat16_runs_the_same_engine(tiny_csm_dir, tiny_mimi, llama3_tokenizer
     handling is checked here too; that path itself needs a GPU)."""
     bf16 = torch.bfloat16
     engine = CSMEngine.from_pretrained(tiny_csm_dir, mimi=tiny_mimi, tokenizer=llama3_tokenizer_json, dtype=bf16)
+    # bfloat16's rounding depends on how many rows a matmul runs at once, so a prompt partly taken from the cache
+    # need not give a full prefill's frames (test_reused_cache_gives_a_full_prefills_frames checks float32)
+    engine.reuse_cache = False
     dec = engine.model.decoder
     assert {t.dtype for t in (dec.x, dec.rotations, dec.layers[0].qkv, engine.model.backbone.k_cache)} == {bf16}
     result = engine.generate("Hello there!", speaker=0, temperature=0, max_audio_ms=480)
@@ -185,7 +188,7 @@ async def test_cancel_stops_within_one_frame_and_engine_is_reusable(engine, monk
         received.append(chunk)
         cancel.set()
     assert len(received) == 1
-    assert len(decoded) <= 2  # the frame in flight when cancel was set, at most
+    assert len(decoded) <= 3  # at most the frame in flight when cancel was set and the one queued behind it
     monkeypatch.undo()
     again = engine.generate("Please stop me.", seed=0, max_audio_ms=160)
     assert again.codes.shape == (K, 2) and torch.equal(again.codes[:, :1], received[0].codes)

@@ -145,13 +145,13 @@ def test_logits_and_greedy_frames_match_transformers(oracle, layout, static):
 
     hidden: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
-    decode = engine.model.decode_frame
+    decode = engine.model.decode_codes
 
-    def recording(h: torch.Tensor, sample):
+    def recording(h: torch.Tensor, sample, race):
         hidden.append(h.clone())
-        return decode(h, lambda x: (logits.append(x.clone()), sample(x))[1])
+        return decode(h, lambda x, r: (logits.append(x.clone()), sample(x, r))[1], race)
 
-    engine.model.decode_frame = recording
+    engine.model.decode_codes = recording
     result = engine.generate(TEXT, speaker=1, context=context_segments(k), temperature=0, max_audio_ms=FRAMES * 80)
 
     assert torch.equal(result.codes, oracle["frames"].T)
@@ -161,3 +161,30 @@ def test_logits_and_greedy_frames_match_transformers(oracle, layout, static):
     assert relative_error(torch.cat(hidden), oracle["hidden"]) < 1e-4
     for f in range(FRAMES):
         assert relative_error(per_frame[f, 1:], oracle["decoder_logits"][f]) < 1e-4
+
+
+def test_a_prompt_partly_in_the_cache_gives_transformers_frames(oracle):
+    """A turn after an earlier one: the rows the two prompts share are taken from the backbone's cache, and only
+    the rest is prefilled; the frames are still transformers'."""
+    k = oracle["spec"].num_codebooks
+    engine = CSMEngine.from_pretrained(oracle["dirs"]["transformers"], mimi=oracle["mimi"], tokenizer=oracle["tok"])
+    context = context_segments(k)
+    engine.generate("Something else first.", speaker=1, context=context[:2], temperature=0, max_audio_ms=240)
+    starts: list[int] = []
+    prefill = engine.steps.prefill
+    engine.steps.prefill = lambda tokens, mask, start: (starts.append(start), prefill(tokens, mask, start))[1]
+    result = engine.generate(TEXT, speaker=1, context=context, temperature=0, max_audio_ms=FRAMES * 80)
+    shared = sum(engine._segment_rows(s)[i][0].shape[0] for s in context[:2] for i in range(2))
+    assert starts and starts[0] >= shared
+    assert torch.equal(result.codes, oracle["frames"].T)
+
+
+def test_the_fused_path_gives_transformers_frames(oracle):
+    """`fused` (TorchInductor over the per-frame work) in float32: the same greedy frames as transformers."""
+    if oracle["spec"] != TINY_CSM:
+        pytest.skip("compiling the medium config's frame takes minutes on two cores; the tiny one covers the path")
+    engine = CSMEngine.from_pretrained(oracle["dirs"]["transformers"], mimi=oracle["mimi"], tokenizer=oracle["tok"], fused=True)
+    result = engine.generate(TEXT, speaker=1, context=context_segments(TINY_CSM.num_codebooks), temperature=0,
+                             max_audio_ms=FRAMES * 80)
+    assert engine.model.decode_codes is not engine.model.decode_with
+    assert torch.equal(result.codes, oracle["frames"].T)

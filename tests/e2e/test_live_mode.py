@@ -84,7 +84,7 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
         await speaker.start()
         voice = VoiceLoop(
             config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
-            encode_audio=engine.codec.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
+            encode_audio=engine.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
         )
         started.append((asyncio.create_task(voice.listen(microphone)), microphone, speaker, monitor))
         return Live(voice, speaker, monitor, events.queue)
@@ -167,7 +167,7 @@ async def test_interrupt_while_speaking_silences_within_50_ms_and_keeps_only_wha
             assert (await asking).interrupted
         await asyncio.sleep(0.1)
         assert not live.voice.busy
-        assert not live.voice.engine._lock.locked()  # the engine's worker has stopped
+        assert live.voice.engine.thread.idle()  # the engine's work has stopped
         assert turn_tasks() == ["VoiceLoop.listen"]  # only the loop that listens is left
         if len(measured) == MEASURED:
             break

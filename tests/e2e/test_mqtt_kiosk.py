@@ -56,7 +56,7 @@ async def test_an_mqtt_interrupt_silences_the_speaker_and_keeps_only_what_was_pl
     from_call, from_publish = [], []
     try:
         with MonitorRecording(pulse) as monitor:
-            assistant = Assistant(config, engine=engine, encode_audio=engine.codec.encode, transcriber=transcriber,
+            assistant = Assistant(config, engine=engine, encode_audio=engine.encode, transcriber=transcriber,
                                   sink=speaker)
             interrupts = assistant.subscribe(Interrupted)
             async with controller(broker) as remote, assistant:

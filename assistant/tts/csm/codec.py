@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from assistant.audio.resample import resample
+
+from .engine_thread import EngineThread
 
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # one 80 ms Mimi frame
@@ -52,6 +57,7 @@ class MimiCodec:
         self._streaming = copy.deepcopy(mimi, memo=shared)
         with torch.inference_mode():
             self._streaming.streaming_forever(1)
+        self._worker: EngineThread | None = None  # decodes beside the model on a CPU (made on first use)
 
     @torch.inference_mode()
     def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -68,15 +74,109 @@ class MimiCodec:
         return self.mimi.decode(codes.to(self.device)[None])[0, 0].float().cpu().numpy()
 
     @contextmanager
-    def stream(self) -> Iterator[Any]:
-        """Within this context, `decode_frame(codes [K])` turns each frame into 1920 samples at once.
+    def stream(self, overlap: bool = True) -> Iterator[FrameDecoder]:
+        """Within this context, `decoder.submit(codes [K])` starts turning a frame into its 1920 samples.
 
-        One stream at a time (the engine's lock sees to that); each starts from a fresh decoder state.
+        With `overlap`, the decoding runs beside the caller's next work (on CUDA on a second stream, elsewhere on
+        the codec's own thread) until `result()` is asked for; without it, `submit` decodes at once. The audio is
+        the same either way. One stream at a time (the engine sees to that); each starts from a fresh decoder state.
         """
+        if not overlap:
+            decoder: FrameDecoder = FrameDecoder(self._decode_frame)
+        elif self.device.type == "cuda":
+            decoder = _SideStreamDecoder(self._decode_frame_on_device, self.device)
+        else:
+            if self._worker is None:
+                self._worker = EngineThread("mimi-decode")
+            decoder = _ThreadDecoder(self._decode_frame, self._worker)
+        decoder.reset(self._streaming)
+        try:
+            yield decoder
+        finally:
+            decoder.drain()
+
+    def _decode_frame_on_device(self, codes: torch.Tensor) -> torch.Tensor:
+        # Always one frame per call: on CUDA moshi graphs its streaming calls, which needs a fixed shape.
         with torch.inference_mode():
-            self._streaming.reset_streaming()
-            yield self._decode_frame
+            return self._streaming.decode(codes.to(self.device).view(1, -1, 1))[0, 0]
 
     def _decode_frame(self, codes: torch.Tensor) -> np.ndarray:
-        # Always one frame per call: on CUDA moshi graphs its streaming calls, which needs a fixed shape.
-        return self._streaming.decode(codes.to(self.device).view(1, -1, 1))[0, 0].float().cpu().numpy()
+        return self._decode_frame_on_device(codes).float().cpu().numpy()
+
+
+class Decoded(Protocol):
+    def result(self) -> np.ndarray: ...
+
+
+class FrameDecoder:
+    """Decodes each frame when it is submitted (no overlap)."""
+
+    def __init__(self, decode: Callable[[torch.Tensor], np.ndarray]):
+        self._decode = decode
+
+    def reset(self, streaming: Any) -> None:
+        with torch.inference_mode():
+            streaming.reset_streaming()
+
+    def submit(self, codes: torch.Tensor) -> Decoded:
+        done: Future[np.ndarray] = Future()
+        done.set_result(self._decode(codes))
+        return done
+
+    def drain(self) -> None:
+        """Wait until no submitted frame is still being decoded."""
+
+
+class _ThreadDecoder(FrameDecoder):
+    """Decodes on the codec's own thread, in submission order, while the caller goes on."""
+
+    def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], worker: EngineThread):
+        super().__init__(decode)
+        self._worker = worker
+        self._last: Future[Any] | None = None
+
+    def reset(self, streaming: Any) -> None:
+        self._worker.call(super().reset, streaming)
+
+    def submit(self, codes: torch.Tensor) -> Decoded:
+        self._last = self._worker.submit(self._decode, codes)
+        return self._last
+
+    def drain(self) -> None:
+        if self._last is not None:
+            futures_wait([self._last])
+
+
+class _SideStreamDecoder(FrameDecoder):
+    """Decodes on a second CUDA stream: the next frame's model work, queued on the current stream, runs beside it."""
+
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
+        self._decode_on_device = decode
+        self._side = torch.cuda.Stream(device)
+        self._last: torch.cuda.Event | None = None
+
+    def submit(self, codes: torch.Tensor) -> Decoded:
+        self._side.wait_stream(torch.cuda.current_stream())  # the frame's codes, and the state's reset
+        with torch.cuda.stream(self._side):
+            pcm = self._decode_on_device(codes)  # moshi's static output: copied out before the next frame's decode
+            host = torch.empty(pcm.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(pcm, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._side)
+        self._last = done
+        return _OnDevice(done, host, codes)
+
+    def drain(self) -> None:
+        if self._last is not None:
+            self._last.synchronize()
+
+
+@dataclass
+class _OnDevice:
+    done: torch.cuda.Event
+    host: torch.Tensor
+    codes: torch.Tensor  # kept alive until the side stream has read it
+
+    def result(self) -> np.ndarray:
+        self.done.synchronize()
+        return self.host.numpy().copy()

@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -16,8 +16,10 @@ from tokenizers import Tokenizer
 from assistant.segment import Segment
 
 from .budget import Budget, split_sentences
-from .codec import SAMPLE_RATE, MimiCodec, load_mimi
+from .cached_rows import CachedRows
+from .codec import FRAME_SAMPLES, SAMPLE_RATE, Decoded, MimiCodec, load_mimi
 from .config import CSMConfig
+from .engine_thread import EngineThread
 from .graphs import CUDAGraphFrames
 from .hugepages import in_huge_pages
 from .model import CSMModel
@@ -57,26 +59,65 @@ class _Request:
     max_audio_ms: float | None
 
 
-class CSMEngine:
-    """Sesame's CSM: one generation at a time (calls from several threads queue on a lock).
+T = TypeVar("T")
+WARM_UP_MODES = ((0.9, 50), (0.0, 1))  # Sesame's default sampling, and greedy: the CUDA graphs captured at load
 
-    With `cuda_graphs` (CUDA only) the per-frame work replays CUDA graphs, captured here for Sesame's default
-    sampling and for greedy, and on first use for any other top-k.
+
+class CSMEngine:
+    """Sesame's CSM: one generation at a time, all of it on the engine's own thread (see `engine_thread.py`).
+
+    Construction runs on that thread and ends with a warm-up there (a short stream in each sampling mode of
+    `WARM_UP_MODES`, Mimi's streaming decode, a context encode), so the first turn costs what later ones do.
+    With `cuda_graphs` (CUDA only) the per-frame work and the prompt's prefill replay CUDA graphs, captured at
+    load for those modes and on first use for any other top-k; with `fused` the per-frame work is compiled by
+    TorchInductor first (`CSMModel.fuse`). With `overlap` (default: on CUDA only), decoding a frame to audio runs
+    beside generating the next (the audio is the same). With `reuse_cache`, a prompt that begins with rows the backbone's cache already
+    holds prefills only the rest (`cached_rows.py`).
     """
 
     def __init__(
-        self, model: CSMModel, text: TextEncoder, codec: MimiCodec, budget: Budget | None = None, cuda_graphs: bool = False
+        self,
+        model: CSMModel,
+        text: TextEncoder,
+        codec: MimiCodec,
+        budget: Budget | None = None,
+        cuda_graphs: bool = False,
+        fused: bool = False,
+        overlap: bool | None = None,
+        reuse_cache: bool = True,
+        thread: EngineThread | None = None,
     ):
         self.model = model
         self.text = text
         self.codec = codec
         self.budget = budget or Budget(max_seq_len=model.config.max_seq_len)
+        # On a CPU the decode thread and the model contend for the GIL: measured slower there (docs/benchmarks.md)
+        self.overlap = overlap if overlap is not None else model.device.type == "cuda"
+        self.reuse_cache = reuse_cache
+        self.thread = thread or EngineThread()
         self.generator = torch.Generator(model.device)  # reseeded by every request
         self.steps: CSMModel | CUDAGraphFrames = model
+        self._cache = CachedRows(model.config.num_codebooks + 1)
+        self.thread.call(self._prepare, cuda_graphs, fused)
+
+    def _prepare(self, cuda_graphs: bool, fused: bool) -> None:
+        if fused:
+            self.model.static = True  # one compiled backbone step for every position
+            self.model.fuse()
         if cuda_graphs:
-            self.steps = CUDAGraphFrames(model)
-            self.steps.warm_up(self.sampler(0.9, 50), self.sampler(0, 1))
-        self._lock = threading.Lock()
+            self.steps = CUDAGraphFrames(self.model)
+            self.steps.warm_up(*(self.sampler(t, k) for t, k in WARM_UP_MODES))
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run what a turn runs, on the engine's thread: context encoding, the prompt's prefill, each sampling mode
+        of `WARM_UP_MODES` (compiling or capturing what is lazy), and Mimi's streaming decode (moshi captures its
+        CUDA graphs on the first calls)."""
+        context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
+        for temperature, topk in WARM_UP_MODES:
+            request = _Request("Warming up.", 1, context, temperature, topk, 0, 4 * 80.0)
+            for _ in self._chunks(request, lambda: False, 1):
+                pass
 
     @classmethod
     def from_pretrained(
@@ -87,15 +128,17 @@ class CSMEngine:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cuda_graphs: bool = True,
+        fused: bool = False,
     ) -> CSMEngine:
         """Load a checkpoint directory or hub id (either layout), its tokenizer.json and Mimi.
 
-        `dtype` defaults to bfloat16 on CUDA and float32 elsewhere. `cuda_graphs` applies on CUDA devices only.
+        `dtype` defaults to bfloat16 on CUDA and float32 elsewhere. `cuda_graphs` applies on CUDA devices only;
+        `fused` compiles the per-frame work (see the class).
         """
         directory = resolve_checkpoint(model)
         config, weights = read_checkpoint(directory)
         tokenizer = tokenizer if tokenizer is not None else directory / "tokenizer.json"
-        return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, cuda_graphs)
+        return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, cuda_graphs, fused)
 
     @classmethod
     def from_weights(
@@ -107,16 +150,23 @@ class CSMEngine:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cuda_graphs: bool = True,
+        fused: bool = False,
     ) -> CSMEngine:
-        """An engine from weights already converted (`weights.convert_checkpoint`); the rest as in `from_pretrained`."""
+        """An engine from weights already converted (`weights.convert_checkpoint`); the rest as in `from_pretrained`.
+        Everything from moving the weights on happens on the engine's thread."""
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        weights = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
-        if device.type == "cpu":  # embeddings too: on a VM a 32-row gather took 4-14 ms from 4 KiB pages, 0.4 from 2 MiB
-            weights = in_huge_pages(weights)
-        codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
-        graphs = cuda_graphs and device.type == "cuda"
-        return cls(CSMModel(config, weights), TextEncoder(tokenizer), codec, cuda_graphs=graphs)
+        thread = EngineThread()
+
+        def load() -> CSMEngine:
+            on_device = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
+            if device.type == "cpu":  # embeddings too: on a VM a 32-row gather took 4-14 ms from 4 KiB pages, 0.4 from 2 MiB
+                on_device = in_huge_pages(on_device)
+            codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
+            graphs = cuda_graphs and device.type == "cuda"
+            return cls(CSMModel(config, on_device), TextEncoder(tokenizer), codec, cuda_graphs=graphs, fused=fused, thread=thread)
+
+        return thread.call(load)
 
     def generate(
         self,
@@ -131,10 +181,17 @@ class CSMEngine:
     ) -> GenerationResult:
         """Speak `text` as `speaker` after `context`; returns all frames and their one-shot decoded audio."""
         request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
-        with self._lock:
-            frames = list(self._frames(request, _stopper(cancel)))
-            codes = self._stack(frames)
+
+        def run() -> GenerationResult:
+            codes = self._stack(list(self._frames(request, _stopper(cancel), lambda frame: frame)))
             return GenerationResult(codes, self.codec.decode(codes))
+
+        return self.thread.call(run)
+
+    async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Mimi codes `[K, frames]` (on the CPU) of mono audio at any rate, for a context segment; on the engine's
+        thread, queued behind any generation in progress."""
+        return await self.thread.run(self.codec.encode, audio, sample_rate)
 
     async def stream(
         self,
@@ -150,7 +207,7 @@ class CSMEngine:
     ) -> AsyncIterator[AudioChunk]:
         """Yield audio as it is generated: the first chunk after the first frame, then `chunk_frames` at a time.
 
-        The model runs in a worker thread; setting `cancel`, or closing the iterator (`contextlib.aclosing`
+        The model runs on the engine's thread; setting `cancel`, or closing the iterator (`contextlib.aclosing`
         when leaving a loop early), stops it within one frame and frees the engine.
         """
         request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
@@ -167,7 +224,7 @@ class CSMEngine:
             except BaseException as error:  # handed to the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, error)
 
-        worker = loop.run_in_executor(None, produce)
+        worker = asyncio.wrap_future(self.thread.submit(produce))
         try:
             while (item := await queue.get()) is not done:
                 if isinstance(item, BaseException):
@@ -180,21 +237,24 @@ class CSMEngine:
             await worker
 
     def _chunks(self, request: _Request, stop: Callable[[], bool], chunk_frames: int) -> Iterator[AudioChunk]:
-        with self._lock, self.codec.stream() as decode:
+        with self.codec.stream(self.overlap) as decoder:
             codes: list[torch.Tensor] = []
             audio: list[np.ndarray] = []
             size = 1
-            for frame in self._frames(request, stop):
+            for frame, decoded in self._frames(request, stop, lambda frame: (frame, decoder.submit(frame))):
                 codes.append(frame)
-                audio.append(decode(frame))
+                audio.append(decoded.result())
                 if len(codes) >= size:
                     yield AudioChunk(np.concatenate(audio), self._stack(codes))
                     codes, audio, size = [], [], max(1, chunk_frames)
             if codes:
                 yield AudioChunk(np.concatenate(audio), self._stack(codes))
 
-    def _frames(self, request: _Request, stop: Callable[[], bool]) -> Iterator[torch.Tensor]:
-        """The generation loop: frames `[K]` until the all-zero frame, the length cap, or `stop()`."""
+    def _frames(self, request: _Request, stop: Callable[[], bool], submit: Callable[[torch.Tensor], T]) -> Iterator[T]:
+        """The generation loop: `submit(frame)` for each frame `[K]` until the all-zero frame, the length cap, or
+        `stop()`, yielding what it returns. From the second frame on, that is yielded once the next frame's work
+        has been queued: what the caller then waits for (the frame's audio) runs beside the model on a GPU, and
+        beside it on a CPU too when `submit` hands the work to another thread."""
         steps, budget = self.steps, self.budget
         if request.seed is None:
             self.generator.seed()
@@ -210,22 +270,37 @@ class CSMEngine:
                 ids = self.text.encode(piece, request.speaker)
                 frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
                 tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
-                hidden = steps.prefill(tokens, mask)
+                codes = steps.decode_frame(self._prefill(tokens, mask), sampler)
                 spoken: list[torch.Tensor] = []
                 for n in range(frames):
-                    if stop():
-                        return
-                    codes = steps.decode_frame(hidden, sampler)
-                    if not codes.any():  # the all-zero frame ends the utterance
+                    if stop() or not codes.any():  # the all-zero frame ends the utterance
                         break
                     spoken.append(codes)
-                    yield codes
+                    work = submit(codes)
+                    if n == 0:  # first audio waits for nothing more
+                        yield work
                     if n + 1 < frames:
-                        hidden = steps.append_frame(codes)
+                        self._cache.append(codes)
+                        codes = steps.decode_frame(steps.append_frame(codes), sampler)
+                    if n > 0:
+                        yield work
+                if stop():
+                    return
                 remaining -= len(spoken)
                 if remaining <= 0:
                     return
                 context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
+
+    def forget_cache(self) -> None:
+        """Prefill the next prompt in full: the model's cache was written around the engine (as a benchmark that
+        drives `steps` directly does), or a measurement wants the full cost."""
+        self._cache.clear()
+
+    def _prefill(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        start = self._cache.shared(tokens, mask) if self.reuse_cache else 0
+        hidden = self.steps.prefill(tokens[start:], mask[start:], start)
+        self._cache.hold(tokens, mask)
+        return hidden
 
     def sampler(self, temperature: float, topk: int) -> TopKSampler:
         """A sampler drawing from this engine's generator (the one its CUDA graphs were captured with)."""
@@ -236,7 +311,8 @@ class CSMEngine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's input rows `[T, K+1]` and mask for `text` (one piece) after `context`, as `generate` builds them."""
         ids = self.text.encode(text, speaker)
-        return self._prompt(context, ids, self.budget.max_seq_len - len(ids) - self.budget.frames(len(ids), max_audio_ms))
+        room = self.budget.max_seq_len - len(ids) - self.budget.frames(len(ids), max_audio_ms)
+        return self.thread.call(self._prompt, context, ids, room)  # context audio is encoded on the engine's thread
 
     def _prompt(self, context: Sequence[Segment], ids: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the newest context segments that fit in `room` positions (oldest dropped first), then the text."""

@@ -1,8 +1,9 @@
-"""CUDA graphs over the per-frame work: the backbone step, and codebook 0 plus all depth-decoder steps with sampling.
+"""CUDA graphs over the per-frame work (the backbone step; codebook 0 plus all depth-decoder steps with sampling)
+and over the prompt's prefill, one graph per bucket of row counts.
 
 Between two frames a GPU would otherwise wait on hundreds of small kernel launches from Python; replaying a
-captured graph launches them all at once. The captured code is `CSMModel.decode_frame` and
-`CSMModel.backbone_step` unchanged, with the backbone attending over its whole cache masked by the position
+captured graph launches them all at once. The captured code is `CSMModel.decode_codes`, `CSMModel.backbone_step`
+and `CSMModel.prefill_rows` unchanged, with the backbone attending over its whole cache masked by the position
 tensor (`static`), so their shapes never change; tests run that same form eagerly on the CPU.
 """
 
@@ -16,12 +17,17 @@ import torch
 from .model import CSMModel
 from .sampling import TopKSampler
 
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+"""Row counts a prefill graph is captured for: a prompt's new rows are padded up to the next one."""
+
 
 class CUDAGraphFrames:
-    """`prefill`, `decode_frame` and `append_frame` of a CSMModel on CUDA, the last two replayed from graphs.
+    """`prefill`, `decode_frame` and `append_frame` of a CSMModel on CUDA, replayed from graphs.
 
     One decode graph is captured per sampling mode (greedy, or each top-k with its generator); the
-    temperature lives in a device tensor, so changing it needs no new capture.
+    temperature lives in a device tensor, so changing it needs no new capture. A prefill pads its rows with empty
+    ones (all columns masked) up to its bucket; their keys and values land in positions past the prompt, which
+    nothing reads before a frame overwrites them.
     """
 
     def __init__(self, model: CSMModel):
@@ -29,21 +35,49 @@ class CUDAGraphFrames:
             raise ValueError(f"CUDA graphs need a CUDA device, not {model.device}")
         model.static = True
         self.model = model
-        self.hidden = torch.zeros(1, model.config.backbone.dim, dtype=model.dtype, device=model.device)
-        self.codes = torch.zeros(model.config.num_codebooks, dtype=torch.long, device=model.device)
-        self.temperature = torch.ones((), device=model.device)
+        device, width = model.device, model.config.num_codebooks + 1
+        self.hidden = torch.zeros(1, model.config.backbone.dim, dtype=model.dtype, device=device)
+        self.codes = torch.zeros(model.config.num_codebooks, dtype=torch.long, device=device)
+        self.temperature = torch.ones((), device=device)
         self.pool = torch.cuda.graph_pool_handle()
         self.decoders: dict[tuple[int, torch.Generator | None], torch.cuda.CUDAGraph] = {}
-        # The warm-up runs write scratch frames into the cache; every prefill starts afresh anyway.
+        # The capture runs write scratch rows into the cache; the engine prefills afresh after them.
         self.append = self._capture(lambda: self.hidden.copy_(model.backbone_step(self.codes, None)))
+        buckets = [b for b in PREFILL_BUCKETS if b <= model.config.max_seq_len]
+        self.rows = torch.zeros(buckets[-1], width, dtype=torch.long, device=device)
+        self.row_mask = torch.zeros(buckets[-1], width, dtype=torch.bool, device=device)
+        self.row_pos = torch.zeros(buckets[-1], dtype=torch.long, device=device)
+        self.prefills: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # Largest first, so the smaller ones reuse its memory in the pool. Graphs sharing a pool may overwrite each
+        # other's outputs; each output here is consumed (copied into `hidden` or read) before another graph replays.
+        for bucket in reversed(buckets):
+            out: list[torch.Tensor] = []
+            run = lambda b=bucket: out.append(  # noqa: E731
+                model.prefill_rows(self.rows[:b], self.row_mask[:b], self.row_pos[:b], None)
+            )
+            graph = self._capture(run)
+            self.prefills[bucket] = (graph, out[-1])
 
     def warm_up(self, *samplers: TopKSampler) -> None:
         """Capture the decode graphs of these sampling modes now rather than on their first frame."""
         for sampler in samplers:
             self._decoder(sampler)
 
-    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.prefill(tokens, mask)
+    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+        n, model = tokens.shape[0], self.model
+        bucket = next((b for b in sorted(self.prefills) if b >= n and start + b <= model.config.max_seq_len), None)
+        if bucket is None:  # near the end of the window: run it as it is
+            return model.prefill(tokens, mask, start)
+        graph, out = self.prefills[bucket]
+        self.rows[:n].copy_(tokens, non_blocking=True)
+        self.row_mask[:n].copy_(mask, non_blocking=True)
+        self.rows[n:bucket].zero_()
+        self.row_mask[n:bucket].zero_()
+        torch.arange(start, start + bucket, out=self.row_pos[:bucket])
+        graph.replay()
+        model.position = start + n
+        model.pos.fill_(start + n)
+        return out[n - 1 : n]
 
     def decode_frame(self, hidden: torch.Tensor, sampler: TopKSampler) -> torch.Tensor:
         graph = self._decoder(sampler)

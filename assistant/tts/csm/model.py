@@ -17,16 +17,17 @@ import torch.nn.functional as F
 
 from .config import CSMConfig
 from .depth_decoder import DepthDecoder
+from .sampling import TopKSampler
 from .stack import Stack
 
-Sampler = Callable[[torch.Tensor], torch.Tensor]
-"""Maps logits `[1, vocab]` to one code, a LongTensor `[1]` on the model's device."""
+DecodeCodes = Callable[[torch.Tensor, TopKSampler, "torch.Tensor | None"], torch.Tensor]
 
 
 class CSMModel:
     """Backbone + depth decoder; `prefill` a prompt, then alternate `decode_frame` and `append_frame`.
 
-    With `static` set, `append_frame` attends over the whole backbone cache, masked by the position held in the
+    `prefill(..., start=n)` keeps the cache's first n positions and runs only the rows after them: a new turn
+    whose prompt begins with what the cache already holds pays only for its new rows. With `static` set, `append_frame` attends over the whole backbone cache, masked by the position held in the
     device tensor `pos` (see `Stack.forward`): the form `CUDAGraphFrames` captures, run eagerly.
     """
 
@@ -53,6 +54,7 @@ class CSMModel:
         self.position = 0  # the backbone position the next frame takes
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the same, on the device
         self.static = False
+        self.decode_codes: DecodeCodes = self.decode_with  # `fuse()` swaps in a compiled one
 
     @property
     def device(self) -> torch.device:
@@ -70,16 +72,20 @@ class CSMModel:
         text = F.embedding(tokens[:, k], self.text_embeddings) * mask[:, k, None].to(audio.dtype)
         return audio + text
 
-    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Start a new sequence from prompt rows; returns the backbone's last hidden state `[dim]`."""
-        embeds = self.embed_rows(tokens.to(self.device), mask.to(self.device))
-        n = embeds.shape[0]
+    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Run prompt rows at positions `start`.. after the `start` positions already in the cache (0: a new
+        sequence); returns the backbone's last hidden state `[1, dim]`."""
+        n = start + tokens.shape[0]
         if n > self.config.max_seq_len:
             raise ValueError(f"prompt of {n} positions exceeds the model's {self.config.max_seq_len}")
-        out = self.backbone.forward(embeds, self.backbone.positions[:n], n)
+        out = self.prefill_rows(tokens.to(self.device), mask.to(self.device), self.backbone.positions[start:n], n)
         self.position = n
         self.pos.fill_(n)
-        return self._final_norm(out[-1:])
+        return out[-1:]
+
+    def prefill_rows(self, tokens: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, length: int | None) -> torch.Tensor:
+        """The tensor work of `prefill`: rows at positions `pos`, final-normed (`length` as in `Stack.forward`)."""
+        return self._final_norm(self.backbone.forward(self.embed_rows(tokens, mask), pos, length))
 
     def claim_position(self) -> int:
         """Take the backbone position for the next frame; returns the number of positions then in use."""
@@ -100,23 +106,38 @@ class CSMModel:
         self.pos += 1
         return self._final_norm(out)
 
-    def decode_frame(self, hidden: torch.Tensor, sample: Sampler) -> torch.Tensor:
-        """Predict one frame `[K]` from the backbone's last hidden state `[1, dim]`: codebook 0, then the depth decoder
-        at positions 0 (the projected state) to K-1 (each code so far, projected), each predicting the next code.
+    def decode_frame(self, hidden: torch.Tensor, sample: TopKSampler) -> torch.Tensor:
+        """Predict one frame `[K]` from the backbone's last hidden state `[1, dim]` (see `decode_with`)."""
+        return self.decode_codes(hidden, sample, sample.race(self.config.num_codebooks, self.device))
 
-        Every shape here is fixed, so a CUDA graph can capture it as it is.
+    def decode_with(self, hidden: torch.Tensor, sample: TopKSampler, race: torch.Tensor | None) -> torch.Tensor:
+        """Codebook 0, then the depth decoder at positions 0 (the projected state) to K-1 (each code so far,
+        projected), each predicting the next code; code i uses row i of the frame's sampling noise `race`.
+
+        Every shape here is fixed and no random state is touched, so a CUDA graph can capture it as it is and
+        `torch.compile` can fuse it.
         """
         dec = self.decoder
-        code = sample(torch.mm(hidden, self.codebook0_head))
+        row = (lambda i: None) if race is None else race.__getitem__  # noqa: E731
+        code = sample(torch.mm(hidden, self.codebook0_head), row(0))
         codes = [code]
         torch.mm(hidden, self.projection, out=dec.x)
         dec.step(0)
         for i in range(1, self.config.num_codebooks):
             torch.index_select(self.decoder_inputs[i - 1], 0, code, out=dec.x)
             dec.step(i)
-            code = sample(torch.mm(dec.normalized(), self.audio_head[i - 1]))
+            code = sample(torch.mm(dec.normalized(), self.audio_head[i - 1]), row(i))
             codes.append(code)
         return torch.cat(codes)
+
+    def fuse(self) -> None:
+        """Compile the per-frame work with TorchInductor: the norms, softmaxes, activations and sampling between
+        the matmuls become a few generated kernels (on a GPU, far fewer launches per frame). Compiles on first use
+        of each sampling mode; greedy frames stay those of the plain path."""
+        # No FX graph cache: with it, a greedy graph was served another compile's inputs (torch 2.9, "expected size").
+        compile = lambda fn: torch.compile(fn, fullgraph=True, dynamic=False, options={"fx_graph_cache": False})  # noqa: E731
+        self.decode_codes = compile(self.decode_with)
+        self.backbone_step = compile(self.backbone_step)  # type: ignore[method-assign]
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (self.config.backbone.dim,), self.backbone_norm, self.config.backbone.norm_eps)
