@@ -88,6 +88,18 @@ def test_bfloat16_runs_the_same_engine(tiny_csm_dir, tiny_mimi, llama3_tokenizer
     assert torch.equal(engine.generate("Hello there!", speaker=0, temperature=0, max_audio_ms=480).codes, result.codes)
 
 
+def test_the_fused_norm_cuda_uses_is_the_norm_the_folded_weights_expect(engine):
+    """On CUDA the depth decoder and backbone norm with aten's RMSNorm and a constant weight of 1/sqrt(dim); on the
+    CPU with three ops. Both must give x / sqrt(sum(x^2) + dim * eps)."""
+    dec, dim, eps = engine.model.decoder, engine.model.config.decoder.dim, engine.model.config.decoder.norm_eps
+    assert dec.norm_weight is None and engine.model.backbone.norm_weight is None  # the CPU's form here
+    x = torch.randn(1, dim, generator=torch.Generator().manual_seed(0)) * 3
+    dec.x.copy_(x)
+    fused = torch.nn.functional.rms_norm(x, (dim,), torch.full((dim,), dim**-0.5), eps)
+    assert torch.allclose(dec.normalized(), fused, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(fused, x / (x.pow(2).sum() + dim * eps).sqrt(), rtol=1e-5, atol=1e-7)
+
+
 def test_topk_one_is_greedy(engine):
     a = engine.generate("Top one.", temperature=0.9, topk=1, seed=1, max_audio_ms=320).codes
     b = engine.generate("Top one.", temperature=0, max_audio_ms=320).codes

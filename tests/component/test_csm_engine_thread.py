@@ -1,5 +1,5 @@
 """The engine's own thread: loading, warm-up, generation, streaming and context encoding all run on it, never on
-the event loop's shared executor; decoding audio beside the next frame (overlap) changes nothing heard."""
+the event loop's shared executor. (Mimi beside the next frame, on a second CUDA stream: test_csm_graphs.)"""
 
 from __future__ import annotations
 
@@ -66,19 +66,3 @@ def test_generate_from_many_threads_queues_on_the_one_thread(engine):
         results = list(pool.map(lambda s: engine.generate("Queued.", seed=s % 2, max_audio_ms=240).codes, range(8)))
     assert all(torch.equal(r, results[i % 2]) for i, r in enumerate(results))
     assert engine.thread.idle()
-
-
-@pytest.mark.parametrize("chunk_frames", [1, 3])
-async def test_overlapped_decoding_gives_the_same_audio(engine, chunk_frames):
-    async def speak(overlap: bool):
-        engine.overlap = overlap
-        try:
-            return [c async for c in engine.stream("The same words twice.", seed=2, max_audio_ms=800,
-                                                    chunk_frames=chunk_frames)]
-        finally:
-            engine.overlap = True
-
-    overlapped, plain = await speak(True), await speak(False)
-    assert [c.codes.shape[1] for c in overlapped] == [c.codes.shape[1] for c in plain]
-    assert torch.equal(torch.cat([c.codes for c in overlapped], 1), torch.cat([c.codes for c in plain], 1))
-    assert np.array_equal(np.concatenate([c.audio for c in overlapped]), np.concatenate([c.audio for c in plain]))

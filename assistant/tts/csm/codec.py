@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,6 @@ import numpy as np
 import torch
 
 from assistant.audio.resample import resample
-
-from .engine_thread import EngineThread
 
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # one 80 ms Mimi frame
@@ -57,7 +54,6 @@ class MimiCodec:
         self._streaming = copy.deepcopy(mimi, memo=shared)
         with torch.inference_mode():
             self._streaming.streaming_forever(1)
-        self._worker: EngineThread | None = None  # decodes beside the model on a CPU (made on first use)
 
     @torch.inference_mode()
     def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -77,19 +73,17 @@ class MimiCodec:
     def stream(self, overlap: bool = True) -> Iterator[FrameDecoder]:
         """Within this context, `decoder.submit(codes [K])` starts turning a frame into its 1920 samples.
 
-        With `overlap`, the decoding runs beside the caller's next work (on CUDA on a second stream, elsewhere on
-        the codec's own thread) until `result()` is asked for; without it, `submit` decodes at once. The audio is
-        the same either way. One stream at a time (the engine sees to that); each starts from a fresh decoder state.
+        On CUDA with `overlap`, the decoding runs on a second stream, beside whatever the caller queues next, until
+        `result()` is asked for; otherwise `submit` decodes at once (on a CPU a decoding thread would contend with
+        the model for the GIL). The audio is the same either way. One stream at a time (the engine sees to that);
+        each starts from a fresh decoder state.
         """
-        if not overlap:
-            decoder: FrameDecoder = FrameDecoder(self._decode_frame)
-        elif self.device.type == "cuda":
-            decoder = _SideStreamDecoder(self._decode_frame_on_device, self.device)
+        if overlap and self.device.type == "cuda":
+            decoder: FrameDecoder = _SideStream(self._decode_frame_on_device, self.device)
         else:
-            if self._worker is None:
-                self._worker = EngineThread("mimi-decode")
-            decoder = _ThreadDecoder(self._decode_frame, self._worker)
-        decoder.reset(self._streaming)
+            decoder = _AtOnce(self._decode_frame)
+        with torch.inference_mode():
+            self._streaming.reset_streaming()
         try:
             yield decoder
         finally:
@@ -108,15 +102,18 @@ class Decoded(Protocol):
     def result(self) -> np.ndarray: ...
 
 
-class FrameDecoder:
-    """Decodes each frame when it is submitted (no overlap)."""
+class FrameDecoder(Protocol):
+    def submit(self, codes: torch.Tensor) -> Decoded: ...
+
+    def drain(self) -> None:
+        """Wait until no submitted frame is still being decoded."""
+
+
+class _AtOnce:
+    """Decodes each frame when it is submitted."""
 
     def __init__(self, decode: Callable[[torch.Tensor], np.ndarray]):
         self._decode = decode
-
-    def reset(self, streaming: Any) -> None:
-        with torch.inference_mode():
-            streaming.reset_streaming()
 
     def submit(self, codes: torch.Tensor) -> Decoded:
         done: Future[np.ndarray] = Future()
@@ -124,31 +121,16 @@ class FrameDecoder:
         return done
 
     def drain(self) -> None:
-        """Wait until no submitted frame is still being decoded."""
+        pass
 
 
-class _ThreadDecoder(FrameDecoder):
-    """Decodes on the codec's own thread, in submission order, while the caller goes on."""
+class _SideStream:
+    """Decodes on a second CUDA stream, beside the model's next frame on the current one.
 
-    def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], worker: EngineThread):
-        super().__init__(decode)
-        self._worker = worker
-        self._last: Future[Any] | None = None
-
-    def reset(self, streaming: Any) -> None:
-        self._worker.call(super().reset, streaming)
-
-    def submit(self, codes: torch.Tensor) -> Decoded:
-        self._last = self._worker.submit(self._decode, codes)
-        return self._last
-
-    def drain(self) -> None:
-        if self._last is not None:
-            futures_wait([self._last])
-
-
-class _SideStreamDecoder(FrameDecoder):
-    """Decodes on a second CUDA stream: the next frame's model work, queued on the current stream, runs beside it."""
+    A submitted frame's codes must be complete, as they are once the host has read them (the engine checks each
+    frame for the end frame first): the side stream does not wait for the current one, which by then holds the
+    next frame's work.
+    """
 
     def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
         self._decode_on_device = decode
@@ -156,11 +138,10 @@ class _SideStreamDecoder(FrameDecoder):
         self._last: torch.cuda.Event | None = None
 
     def submit(self, codes: torch.Tensor) -> Decoded:
-        self._side.wait_stream(torch.cuda.current_stream())  # the frame's codes, and the state's reset
         with torch.cuda.stream(self._side):
             pcm = self._decode_on_device(codes)  # moshi's static output: copied out before the next frame's decode
             host = torch.empty(pcm.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(pcm, non_blocking=True)
+            host.copy_(pcm.float(), non_blocking=True)
             done = torch.cuda.Event()
             done.record(self._side)
         self._last = done

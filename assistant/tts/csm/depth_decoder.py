@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TransformerConfig
-from .stack import load_layers, rope_tables
+from .stack import load_layers, norm_weight, rope_tables
 
 
 @dataclass
@@ -54,6 +54,7 @@ class DepthDecoder:
         self.normed = new(1, cfg.dim)
         self.norm = new(1, 1, dtype=torch.float32)
         self.eps = torch.tensor((cfg.dim * cfg.norm_eps) ** 0.5, device=ref.device)
+        self.eps_value, self.norm_weight = cfg.norm_eps, norm_weight(cfg.dim, ref)
         self.attn = new(nkv, nq // nkv, hd)
         self.attn_row = self.attn.view(1, nq * hd)
         self.gate_up = new(1, 2 * cfg.intermediate)
@@ -78,15 +79,18 @@ class DepthDecoder:
             torch.mm(self.normalized(), layer.qkv, out=at.qkv)
             torch.mm(at.qk, self.rotations[p], out=at.rotated)
             torch.bmm(at.q, at.keys, out=at.scores)
-            probs = torch.softmax(at.scores, dim=-1, dtype=torch.float32)
-            torch.bmm(probs.to(at.values.dtype), at.values, out=self.attn)  # .to: a no-op in float32
+            probs = torch.softmax(at.scores, dim=-1)  # float accumulation inside, in bfloat16 too
+            torch.bmm(probs, at.values, out=self.attn)
             x.addmm_(self.attn_row, layer.o)
             torch.mm(self.normalized(), layer.gate_up, out=self.gate_up)
             x.addmm_(F.silu(self.gate, inplace=True).mul_(self.up), layer.down)
         return x
 
     def normalized(self) -> torch.Tensor:
-        """`x` over its RMS times sqrt(dim) (the matrix after it holds the norm's weight and sqrt(dim)), in 3 ops:
-        sqrt(sum(x^2) + dim * eps) is the hypotenuse of the norm and sqrt(dim * eps)."""
+        """`x` over its RMS times sqrt(dim) (the matrix after it holds the norm's weight and sqrt(dim)): on CUDA
+        one fused RMSNorm kernel; elsewhere 3 ops, sqrt(sum(x^2) + dim * eps) being the hypotenuse of the norm and
+        sqrt(dim * eps)."""
+        if self.norm_weight is not None:
+            return F.rms_norm(self.x, self.norm_weight.shape, self.norm_weight, self.eps_value)
         norm = torch.linalg.vector_norm(self.x, dim=-1, keepdim=True, dtype=torch.float32, out=self.norm)
         return torch.div(self.x, torch.hypot(norm, self.eps, out=norm), out=self.normed)

@@ -17,7 +17,7 @@ from assistant.segment import Segment
 
 from .budget import Budget, split_sentences
 from .cached_rows import CachedRows
-from .codec import FRAME_SAMPLES, SAMPLE_RATE, Decoded, MimiCodec, load_mimi
+from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, load_mimi
 from .config import CSMConfig
 from .engine_thread import EngineThread
 from .graphs import CUDAGraphFrames
@@ -70,8 +70,8 @@ class CSMEngine:
     `WARM_UP_MODES`, Mimi's streaming decode, a context encode), so the first turn costs what later ones do.
     With `cuda_graphs` (CUDA only) the per-frame work and the prompt's prefill replay CUDA graphs, captured at
     load for those modes and on first use for any other top-k; with `fused` the per-frame work is compiled by
-    TorchInductor first (`CSMModel.fuse`). With `overlap` (default: on CUDA only), decoding a frame to audio runs
-    beside generating the next (the audio is the same). With `reuse_cache`, a prompt that begins with rows the backbone's cache already
+    TorchInductor first (`CSMModel.fuse`). With `overlap` (CUDA only), decoding a frame to audio runs on a second
+    CUDA stream beside generating the next (the audio is the same). With `reuse_cache`, a prompt that begins with rows the backbone's cache already
     holds prefills only the rest (`cached_rows.py`).
     """
 
@@ -83,7 +83,7 @@ class CSMEngine:
         budget: Budget | None = None,
         cuda_graphs: bool = False,
         fused: bool = False,
-        overlap: bool | None = None,
+        overlap: bool = True,
         reuse_cache: bool = True,
         thread: EngineThread | None = None,
     ):
@@ -91,8 +91,7 @@ class CSMEngine:
         self.text = text
         self.codec = codec
         self.budget = budget or Budget(max_seq_len=model.config.max_seq_len)
-        # On a CPU the decode thread and the model contend for the GIL: measured slower there (docs/benchmarks.md)
-        self.overlap = overlap if overlap is not None else model.device.type == "cuda"
+        self.overlap = overlap
         self.reuse_cache = reuse_cache
         self.thread = thread or EngineThread()
         self.generator = torch.Generator(model.device)  # reseeded by every request
@@ -252,9 +251,10 @@ class CSMEngine:
 
     def _frames(self, request: _Request, stop: Callable[[], bool], submit: Callable[[torch.Tensor], T]) -> Iterator[T]:
         """The generation loop: `submit(frame)` for each frame `[K]` until the all-zero frame, the length cap, or
-        `stop()`, yielding what it returns. From the second frame on, that is yielded once the next frame's work
-        has been queued: what the caller then waits for (the frame's audio) runs beside the model on a GPU, and
-        beside it on a CPU too when `submit` hands the work to another thread."""
+        `stop()`, yielding what it returns. From the second frame on, a frame is submitted once the next frame's
+        work has been queued: on a GPU, what `submit` starts (decoding the frame's audio on a second stream) runs
+        beside the model, and the host's time launching it is hidden too. The first frame is submitted at once,
+        for the first audio."""
         steps, budget = self.steps, self.budget
         if request.seed is None:
             self.generator.seed()
@@ -276,14 +276,14 @@ class CSMEngine:
                     if stop() or not codes.any():  # the all-zero frame ends the utterance
                         break
                     spoken.append(codes)
-                    work = submit(codes)
                     if n == 0:  # first audio waits for nothing more
-                        yield work
+                        yield submit(codes)
+                    done = codes
                     if n + 1 < frames:
                         self._cache.append(codes)
                         codes = steps.decode_frame(steps.append_frame(codes), sampler)
                     if n > 0:
-                        yield work
+                        yield submit(done)
                 if stop():
                     return
                 remaining -= len(spoken)

@@ -44,6 +44,12 @@ def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x.pow(2).sum(-1, keepdim=True).add_(x.shape[-1] * eps).rsqrt_()
 
 
+def norm_weight(dim: int, like: torch.Tensor) -> torch.Tensor | None:
+    """On CUDA, the constant weight 1/sqrt(dim) that makes aten's fused RMSNorm (one kernel where the CPU's form
+    is several) give `x / sqrt(sum(x^2) + dim * eps)`, what the folded matrices expect; None elsewhere."""
+    return torch.full((dim,), dim**-0.5, dtype=like.dtype, device=like.device) if like.is_cuda else None
+
+
 @dataclass
 class Layer:
     """A layer's matrices as `[in, out]` views, ready for `torch.mm`."""
@@ -72,6 +78,7 @@ class Stack:
         self.v_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.positions = torch.arange(max_len, device=ref.device)
         self.max_len = max_len
+        self.norm_weight = norm_weight(cfg.dim, ref)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, length: int | None) -> torch.Tensor:
         """Run rows `x [M, dim]` at positions `pos [M]`, writing their keys and values into the cache.
@@ -81,14 +88,14 @@ class Stack:
         position, which is what a CUDA graph replayed at every position needs. Returns the rows before the final norm.
         """
         c = self.cfg
-        m, nq, nkv, hd, eps = x.shape[0], c.heads, c.kv_heads, c.head_dim, c.norm_eps
+        m, nq, nkv, hd = x.shape[0], c.heads, c.kv_heads, c.head_dim
         rope = self.rope.index_select(0, pos)
         cos, sin = rope[:, :1], rope[:, 1:]
         slots = slice(None) if length is None else slice(length)
         masked = length is None or m > 1
         visible = self.positions[slots] <= pos[:, None] if masked else None
         for i, layer in enumerate(self.layers):
-            qkv = torch.mm(x, layer.qkv).mul_(rms_scale(x, eps))
+            qkv = self._normed_mm(x, layer.qkv)
             qk = qkv[:, : (nq + nkv) * hd].view(m, nq + nkv, hd)
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
             v = qkv[:, (nq + nkv) * hd :].view(m, nkv, hd)
@@ -97,10 +104,17 @@ class Stack:
             v_cache.index_copy_(1, pos, v.transpose(0, 1))
             attn = self._attend(qk[:, :nq], k_cache[:, slots], v_cache[:, slots], visible)
             x = torch.addmm(x, attn, layer.o)
-            gate_up = torch.mm(x, layer.gate_up).mul_(rms_scale(x, eps))
+            gate_up = self._normed_mm(x, layer.gate_up)
             half = gate_up.shape[1] // 2
             x = torch.addmm(x, F.silu(gate_up[:, :half]).mul_(gate_up[:, half:]), layer.down)
         return x
+
+    def _normed_mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """RMSNorm of `x` (weight folded into `w`), then `x @ w`: on a CPU the rows are scaled after the matmul
+        (fewer ops), on CUDA normed first by one fused kernel."""
+        if self.norm_weight is not None:
+            return torch.mm(F.rms_norm(x, self.norm_weight.shape, self.norm_weight, self.cfg.norm_eps), w)
+        return torch.mm(x, w).mul_(rms_scale(x, self.cfg.norm_eps))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
         """Attention of `q [M, heads, hd]` over `k, v [kv_heads, L, hd]`; returns `[M, heads * hd]`.
@@ -119,5 +133,4 @@ class Stack:
         scores = torch.bmm(q.view(nkv, nq // nkv, hd), k.transpose(1, 2))
         if visible is not None:
             scores.masked_fill_(~visible, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-        return torch.bmm(probs.to(v.dtype), v).view(1, nq * hd)
+        return torch.bmm(torch.softmax(scores, dim=-1), v).view(1, nq * hd)  # float accumulation inside
