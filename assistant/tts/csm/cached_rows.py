@@ -19,7 +19,7 @@ class CachedRows:
     def __init__(self, width: int):
         self._tokens = torch.zeros(0, width, dtype=torch.long)
         self._mask = torch.zeros(0, width, dtype=torch.bool)
-        self._frames: list[torch.Tensor] = []  # fed back after the rows, still on the device: read at the next prompt
+        self._frames: list[torch.Tensor] = []  # fed back after the rows, one `[K]` each: made rows at the next prompt
 
     def clear(self) -> None:
         """Nothing in the cache can be trusted (it was written by something other than these rows)."""

@@ -182,7 +182,7 @@ class CSMEngine:
         request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
 
         def run() -> GenerationResult:
-            codes = self._stack(list(self._frames(request, _stopper(cancel), lambda frame: frame)))
+            codes = self._stack(list(self._frames(request, _stopper(cancel), lambda frame, read: read)))
             return GenerationResult(codes, self.codec.decode(codes))
 
         return self.thread.call(run)
@@ -240,7 +240,7 @@ class CSMEngine:
             codes: list[torch.Tensor] = []
             audio: list[np.ndarray] = []
             size = 1
-            for frame, decoded in self._frames(request, stop, lambda frame: (frame, decoder.submit(frame))):
+            for frame, decoded in self._frames(request, stop, lambda frame, read: (read, decoder.submit(frame))):
                 codes.append(frame)
                 audio.append(decoded.result())
                 if len(codes) >= size:
@@ -249,12 +249,15 @@ class CSMEngine:
             if codes:
                 yield AudioChunk(np.concatenate(audio), self._stack(codes))
 
-    def _frames(self, request: _Request, stop: Callable[[], bool], submit: Callable[[torch.Tensor], T]) -> Iterator[T]:
-        """The generation loop: `submit(frame)` for each frame `[K]` until the all-zero frame, the length cap, or
-        `stop()`, yielding what it returns. From the second frame on, a frame is submitted once the next frame's
-        work has been queued: on a GPU, what `submit` starts (decoding the frame's audio on a second stream) runs
-        beside the model, and the host's time launching it is hidden too. The first frame is submitted at once,
-        for the first audio."""
+    def _frames(
+        self, request: _Request, stop: Callable[[], bool], submit: Callable[[torch.Tensor, torch.Tensor], T]
+    ) -> Iterator[T]:
+        """The generation loop: `submit(frame, read)` for each frame `[K]` (on the model's device, and as read on
+        the host) until the all-zero frame, the length cap, or `stop()`, yielding what it returns. From the second
+        frame on, a frame is submitted once the next frame's work has been queued: on a GPU, what `submit` starts
+        (decoding the frame's audio on a second stream) runs beside the model, the host's time launching it is
+        hidden too, and nothing the caller does with `read` waits for the model. The first frame is submitted at
+        once, for the first audio."""
         steps, budget = self.steps, self.budget
         if request.seed is None:
             self.generator.seed()
@@ -273,17 +276,20 @@ class CSMEngine:
                 codes = steps.decode_frame(self._prefill(tokens, mask), sampler)
                 spoken: list[torch.Tensor] = []
                 for n in range(frames):
-                    if stop() or not codes.any():  # the all-zero frame ends the utterance
+                    if stop():
                         break
-                    spoken.append(codes)
+                    read = codes.cpu()  # waits for this frame, and no more
+                    if not read.any():  # the all-zero frame ends the utterance
+                        break
+                    spoken.append(read)
                     if n == 0:  # first audio waits for nothing more
-                        yield submit(codes)
+                        yield submit(codes, read)
                     done = codes
                     if n + 1 < frames:
-                        self._cache.append(codes)
+                        self._cache.append(read)
                         codes = steps.decode_frame(steps.append_frame(codes), sampler)
                     if n > 0:
-                        yield submit(done)
+                        yield submit(done, read)
                 if stop():
                     return
                 remaining -= len(spoken)
