@@ -42,7 +42,9 @@ class VadConfig(Section):
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 lenient .. 3 strict.")
     frame_ms: Literal[10, 20, 30] = 30
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before speech onset.")
-    end_silence_ms: int = Field(600, ge=30, le=5000, description="Silence that ends a turn.")
+    end_silence_ms: int = Field(
+        600, ge=30, le=5000, description="Silence that ends a turn whose words do not decide it (see turn)."
+    )
     min_speech_ms: int = Field(250, ge=0, le=5000, description="Shorter bursts (clicks, coughs) are dropped.")
     max_utterance_s: float = Field(30.0, gt=0, le=300)
 
@@ -51,6 +53,41 @@ class VadConfig(Section):
         if self.end_silence_ms < 3 * self.frame_ms:
             raise ValueError(
                 f"end_silence_ms ({self.end_silence_ms}) must cover at least three VAD frames (3 x {self.frame_ms} ms)"
+            )
+        return self
+
+
+HOLD_WORDS = (
+    "and", "or", "but", "so", "because", "cause", "um", "uh", "er", "erm", "hmm", "like", "if", "then", "that",
+    "which", "who", "when", "while", "with", "to", "of", "for", "the", "a", "an", "my", "your", "is", "are", "was",
+    "i", "we", "you", "also", "although", "though", "unless", "until", "whether", "about", "in", "on", "at",
+)
+
+
+class TurnConfig(Section):
+    """When the user's turn is over: decided from the words said so far (`assistant/turn_end.py`)."""
+
+    speculate_ms: int = Field(
+        200, ge=0, le=5000,
+        description="Silence after which the words so far are transcribed and the reply is prepared; 0 = off.",
+    )
+    complete_ms: int = Field(250, ge=30, le=5000, description="Silence that ends a turn ending in a finished sentence.")
+    incomplete_ms: int = Field(1200, ge=30, le=10_000, description="Silence that ends a turn ending mid-clause.")
+    hold_words: list[str] = Field(
+        default_factory=lambda: list(HOLD_WORDS), description="Last words that mark an unfinished clause."
+    )
+
+    @field_validator("hold_words")
+    @classmethod
+    def _lower(cls, words: list[str]) -> list[str]:
+        return [w.strip().lower() for w in words if w.strip()]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TurnConfig:
+        if self.speculate_ms and not self.speculate_ms <= self.complete_ms <= self.incomplete_ms:
+            raise ValueError(
+                f"need speculate_ms ({self.speculate_ms}) <= complete_ms ({self.complete_ms}) <= incomplete_ms "
+                f"({self.incomplete_ms})"
             )
         return self
 
@@ -183,6 +220,7 @@ class LoggingConfig(Section):
 class Config(Section):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     vad: VadConfig = Field(default_factory=VadConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
     asr: AsrConfig = Field(default_factory=AsrConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     csm: CsmConfig = Field(default_factory=CsmConfig)
@@ -190,6 +228,16 @@ class Config(Section):
     barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _speculation_covers_frames(self) -> Config:
+        # the audio transcribed at a pause must be what the turn keeps when it ends (3 frames of trailing silence)
+        if self.turn.speculate_ms and self.turn.speculate_ms < 3 * self.vad.frame_ms:
+            raise ValueError(
+                f"turn.speculate_ms ({self.turn.speculate_ms}) must cover at least three VAD frames "
+                f"(3 x vad.frame_ms = {3 * self.vad.frame_ms} ms), or be 0"
+            )
+        return self
 
 
 def secret(env_name: str | None) -> str | None:

@@ -75,9 +75,12 @@ class Interrupted(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class TurnLatency(Event):
-    """Seconds from the end of the user's speech to each stage of the reply (None: stage not reached)."""
+    """Seconds from the end of the user's speech (its last voiced frame) to each stage of the reply (None: stage not
+    reached). `endpoint_s` is the silence the turn was given before it was judged over (None for typed turns); with a
+    pause's speculation the transcript can be in before that."""
 
     turn: int
+    endpoint_s: float | None = None
     transcript_s: float | None = None
     first_token_s: float | None = None
     first_chunk_s: float | None = None

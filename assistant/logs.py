@@ -31,7 +31,7 @@ def format_turn(heard: str | None, reply: ReplyText | None, latency: TurnLatency
     mark = " [interrupted]" if reply and reply.interrupted else ""
     return (
         f"turn {latency.turn}: heard {heard or ''!r} -> said {said!r}{mark} | ms after end of speech: "
-        f"asr {_ms(latency.transcript_s)}, llm {_ms(latency.first_token_s)}, "
+        f"endpoint {_ms(latency.endpoint_s)}, asr {_ms(latency.transcript_s)}, llm {_ms(latency.first_token_s)}, "
         f"csm-in {_ms(latency.first_chunk_s)}, audio {_ms(latency.first_audio_s)}, "
         f"played {_ms(latency.first_played_s)}"
     )

@@ -4,6 +4,10 @@ The segmenter classifies fixed frames as speech or not and runs a small state ma
 silence -> (a speech frame) -> candidate -> (enough voiced time) -> speaking -> (enough silence) -> turn.
 A candidate that never gathers `min_speech_ms` of voiced frames (a click, a cough) is dropped.
 `preroll_ms` of audio from before the first speech frame is kept, so the first syllable survives.
+
+With `pause_ms`, a confirmed turn that falls silent that long is announced as a `Pause` (the turn so far, as it
+would end there), and `SpeechResumed` follows if speech comes back before the turn ends. Whoever listens may then
+`wait` a different silence for this turn (judged from its words) or `commit` it at once.
 """
 
 from __future__ import annotations
@@ -28,16 +32,35 @@ class SpeechOnset:
 
 @dataclass(frozen=True)
 class Utterance:
-    """A finished user turn: the audio from pre-roll to the end of speech, at the segmenter's rate."""
+    """A finished user turn: the audio from pre-roll to the end of speech, at the segmenter's rate.
+
+    `end_sample` is where its last voiced frame ends, counted from the stream's start: the end of the user's speech.
+    """
 
     audio: np.ndarray
     sample_rate: int
     voiced_ms: int
+    end_sample: int
     truncated: bool = False
 
     @property
     def duration_s(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The user has been silent `pause_ms` in a turn: `utterance` is the turn as it ends if the silence goes on."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back after a `Pause`: the turn goes on."""
+
+
+SegmenterEvent = SpeechOnset | Pause | SpeechResumed | Utterance
 
 
 def webrtc_classifier(aggressiveness: int, sample_rate: int) -> SpeechClassifier:
@@ -57,7 +80,9 @@ class VadSegmenter:
 
     SUPPORTED_RATES = (8000, 16000, 32000, 48000)
 
-    def __init__(self, config: VadConfig, sample_rate: int = 16000, classifier: SpeechClassifier | None = None):
+    def __init__(
+        self, config: VadConfig, sample_rate: int = 16000, classifier: SpeechClassifier | None = None, pause_ms: int = 0
+    ):
         if sample_rate not in self.SUPPORTED_RATES:
             raise ValueError(f"webrtcvad needs one of {self.SUPPORTED_RATES} Hz, got {sample_rate}")
         self.config = config
@@ -66,7 +91,8 @@ class VadSegmenter:
         self._is_speech = classifier or webrtc_classifier(config.aggressiveness, sample_rate)
         self._pending = np.zeros(0, np.float32)
         self._preroll: deque[np.ndarray] = deque(maxlen=config.preroll_ms // config.frame_ms)
-        self._samples_seen = 0
+        self.pause_ms = pause_ms
+        self.samples_seen = 0
         self.reset()
 
     def reset(self) -> None:
@@ -75,6 +101,9 @@ class VadSegmenter:
         self._voiced = 0
         self._silent_run = 0
         self._onset_sent = False
+        self._paused = False
+        self._end_ms = self.config.end_silence_ms
+        self._last_voiced_end = 0
         self._preroll.clear()
 
     @property
@@ -86,24 +115,35 @@ class VadSegmenter:
         """Voiced time in the turn now in progress (0 outside speech)."""
         return self._voiced * self.config.frame_ms if self._frames else 0
 
-    def feed(self, audio: np.ndarray) -> list[SpeechOnset | Utterance]:
+    @property
+    def silence_ms(self) -> int:
+        """Silence so far in the turn now in progress (0 outside speech)."""
+        return self._silent_run * self.config.frame_ms if self._frames else 0
+
+    def wait(self, silence_ms: int) -> Utterance | None:
+        """End the turn in progress after `silence_ms` of silence instead (until speech resumes after a pause).
+        If it is in a pause that has lasted that long already, it ends now and is returned."""
+        self._end_ms = silence_ms
+        if self._paused and self.silence_ms >= silence_ms:
+            return self._close(truncated=False)
+        return None
+
+    def feed(self, audio: np.ndarray) -> list[SegmenterEvent]:
         self._pending = np.concatenate([self._pending, np.asarray(audio, np.float32)])
-        events: list[SpeechOnset | Utterance] = []
+        events: list[SegmenterEvent] = []
         while len(self._pending) >= self.frame:
             frame, self._pending = self._pending[: self.frame], self._pending[self.frame :]
-            self._samples_seen += self.frame
-            event = self._step(frame)
-            if event is not None:
-                events.append(event)
+            self.samples_seen += self.frame
+            events += self._step(frame)
         return events
 
-    def _step(self, frame: np.ndarray) -> SpeechOnset | Utterance | None:
+    def _step(self, frame: np.ndarray) -> list[SegmenterEvent]:
         cfg = self.config
         speech = self._is_speech(frame)
         if not self._frames:
             if not speech:
                 self._preroll.append(frame)
-                return None
+                return []
             self._frames = [*self._preroll, frame]
             self._preroll.clear()
             self._voiced, self._silent_run = 1, 0
@@ -111,20 +151,34 @@ class VadSegmenter:
             self._frames.append(frame)
             self._voiced += speech
             self._silent_run = 0 if speech else self._silent_run + 1
+        events: list[SegmenterEvent] = []
+        if speech:
+            self._last_voiced_end = self.samples_seen
+            if self._paused:
+                self._paused, self._end_ms = False, cfg.end_silence_ms
+                events.append(SpeechResumed())
         voiced_ms = self._voiced * cfg.frame_ms
         if not self._onset_sent and voiced_ms >= cfg.min_speech_ms:
             self._onset_sent = True
-            return SpeechOnset(at_sample=self._samples_seen)
+            events.append(SpeechOnset(at_sample=self.samples_seen))
+        silence_ms = self._silent_run * cfg.frame_ms
+        if self.pause_ms and self._onset_sent and not self._paused and silence_ms >= self.pause_ms:
+            self._paused = True
+            events.append(Pause(self._utterance(truncated=False)))
         too_long = len(self._frames) * cfg.frame_ms >= cfg.max_utterance_s * 1000
-        if self._silent_run * cfg.frame_ms >= cfg.end_silence_ms or too_long:
-            return self._close(truncated=too_long and self._silent_run == 0)
-        return None
+        if silence_ms >= self._end_ms or too_long:
+            if (utterance := self._close(truncated=too_long and self._silent_run == 0)) is not None:
+                events.append(utterance)
+        return events
+
+    def _utterance(self, truncated: bool) -> Utterance:
+        keep = len(self._frames) - self._silent_run + min(self._silent_run, 3)  # a little trailing silence
+        return Utterance(
+            audio=np.concatenate(self._frames[:keep]), sample_rate=self.sample_rate,
+            voiced_ms=self._voiced * self.config.frame_ms, end_sample=self._last_voiced_end, truncated=truncated,
+        )
 
     def _close(self, truncated: bool) -> Utterance | None:
-        keep = len(self._frames) - self._silent_run + min(self._silent_run, 3)  # a little trailing silence
-        audio = np.concatenate(self._frames[:keep])
-        voiced_ms, confirmed = self._voiced * self.config.frame_ms, self._onset_sent
+        utterance, confirmed = self._utterance(truncated), self._onset_sent
         self.reset()
-        if not confirmed:
-            return None
-        return Utterance(audio=audio, sample_rate=self.sample_rate, voiced_ms=voiced_ms, truncated=truncated)
+        return utterance if confirmed else None

@@ -8,12 +8,15 @@ from typing import Literal
 
 from assistant.events import TurnLatency
 
-Stage = Literal["transcript", "first_token", "first_chunk", "first_audio", "first_played"]
+Stage = Literal["endpoint", "transcript", "first_token", "first_chunk", "first_audio", "first_played"]
 
 
 @dataclass
 class TurnClock:
-    """`origin` is time.monotonic() at the end of the user's turn (the VAD closing it, or a typed line)."""
+    """`origin` is time.monotonic() at the end of the user's speech (the last voiced frame, or a typed line).
+
+    The turn's `endpoint` is when it was judged over; with a pause's speculation, `transcript` may come before it.
+    """
 
     origin: float = field(default_factory=time.monotonic)
     stages: dict[Stage, float] = field(default_factory=dict)

@@ -39,8 +39,10 @@ from assistant.events import (
 )
 from assistant.llm.backend import ChatBackend
 from assistant.segment import Segment
-from assistant.vad import SpeechOnset, Utterance, VadSegmenter
+from assistant.turn_end import silence_to_end
+from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 from pipelines.reply import Deltas, Reply, SpeechEngine, Spoken, Voice
+from pipelines.speculation import Speculation
 from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class VoiceLoop:
         self.encode_audio = encode_audio
         self.sink = sink
         self.segmenter = segmenter
+        if segmenter is not None:  # pauses this long start a speculative transcript and reply
+            segmenter.pause_ms = config.turn.speculate_ms
         csm = config.csm
         self.voice = Voice(csm.speaker, csm.temperature, csm.topk, csm.seed, csm.max_audio_ms, csm.chunk_frames)
         user_speaker = 0 if csm.speaker != 0 else 1
@@ -78,6 +82,8 @@ class VoiceLoop:
         self._reply: Reply | None = None
         self._turn_id: int | None = None
         self._quiet_until = 0.0  # off-mode barge-in: the microphone is ignored until then
+        self._speculation: Speculation | None = None  # what the current pause in the user's speech started
+        self._heard = (0.0, 0)  # time.monotonic() when the last block came, and the segmenter's samples then
         self.muted = False  # nothing heard becomes a turn (see set_muted)
         self.frames_spoken = 0  # CSM frames the user heard, over the whole session
 
@@ -93,6 +99,8 @@ class VoiceLoop:
         self._state("listening")
         async for block in source.blocks():
             self._hear(block)
+            if sequential and self._speculation is not None:  # read faster than spoken: judge a pause where it is
+                await asyncio.wait([self._speculation.transcript])
             if sequential and self._turn is not None:
                 await _finished(self._turn)
                 self._quiet_until = 0.0  # a recording holds no echo of the reply, and is read faster than real time
@@ -113,8 +121,8 @@ class VoiceLoop:
     def set_muted(self, muted: bool) -> None:
         """Muted, the microphone's audio is dropped here: nothing said is heard, transcribed or interrupts."""
         self.muted = muted
-        if muted and self.segmenter is not None:
-            self.segmenter.reset()  # speech under way when muted is dropped too
+        if muted:
+            self._forget_speech()  # speech under way when muted is dropped too
         log.info("microphone %s", "muted" if muted else "unmuted")
         self.bus.publish(MuteChanged(muted=muted))
 
@@ -151,23 +159,80 @@ class VoiceLoop:
             return
         barge_in = self.config.barge_in
         if barge_in.mode == "off" and (self.busy or time.monotonic() < self._quiet_until):
-            self.segmenter.reset()  # the assistant's own voice (or its echo) is not a turn
+            self._forget_speech()  # the assistant's own voice (or its echo) is not a turn
             return
         for event in self.segmenter.feed(block):
+            self._heard = (time.monotonic(), self.segmenter.samples_seen)
             if isinstance(event, SpeechOnset):
                 self.bus.publish(SpeechStarted())
+            elif isinstance(event, Pause):
+                self._speculate(event.utterance)
+            elif isinstance(event, SpeechResumed):
+                self._drop_speculation()
             else:
                 self._on_utterance(event)
         if barge_in.mode == "vad" and self._reply is not None and self.segmenter.voiced_ms >= barge_in.min_speech_ms:
             self.interrupt("barge-in")
 
-    def _on_utterance(self, utterance: Utterance) -> None:
-        ended_at = time.monotonic()
-        self.bus.publish(UtteranceEnded(duration_s=utterance.duration_s))
-        if self.busy and not (self._reply is not None and self._reply.interrupted):
-            log.info("ignored %.1f s of speech that came while replying without interrupting", utterance.duration_s)
+    def _answering(self) -> bool:
+        """Whether a turn ending now would be answered: nothing is being answered, or that reply was interrupted."""
+        return not self.busy or (self._reply is not None and self._reply.interrupted)
+
+    def _clock(self, utterance: Utterance) -> TurnClock:
+        """A turn's clock, started at the end of the user's speech (the last voiced frame), not when the VAD
+        decided the turn was over: that wait is the turn's `endpoint` stage."""
+        at, seen = self._heard
+        return TurnClock(at - (seen - utterance.end_sample) / utterance.sample_rate)
+
+    def _speculate(self, utterance: Utterance) -> None:
+        """A pause: transcribe and encode the turn so far and, once it has words, start the LLM on them; decide from
+        the words how long a silence ends this turn (until then, the longest)."""
+        assert self.segmenter is not None and self.transcriber is not None
+        self._drop_speculation()
+        if not self._answering():
             return
-        self._start(self._voice_turn(utterance, ended_at))
+        self.segmenter.wait(self.config.turn.incomplete_ms)
+        codes = self._encode(utterance.audio, utterance.sample_rate)
+        self._speculation = Speculation(utterance, self._clock(utterance), self.transcriber, codes, self._judge)
+
+    def _judge(self, speculation: Speculation) -> None:
+        """The pause's transcript is in: set the silence that ends the turn, end it if that has passed, and start the
+        LLM on the words (nothing is published or remembered before the turn ends)."""
+        assert self.segmenter is not None
+        if speculation is not self._speculation:
+            return
+        transcript = speculation.transcript.result()
+        if not transcript.is_empty:
+            messages = self.conversation.messages() + [{"role": "user", "content": transcript.text}]
+            speculation.start_reply(self.backend, messages)
+        wait = silence_to_end(transcript.text, self.config.turn, self.config.vad.end_silence_ms)
+        if (utterance := self.segmenter.wait(wait)) is not None:  # that much silence has passed already
+            self._on_utterance(utterance)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
+
+    def _forget_speech(self) -> None:
+        assert self.segmenter is not None
+        self.segmenter.reset()
+        self._drop_speculation()
+
+    def _on_utterance(self, utterance: Utterance) -> None:
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None and not speculation.matches(utterance):
+            speculation.cancel()
+            speculation = None
+        self.bus.publish(UtteranceEnded(duration_s=utterance.duration_s))
+        if not self._answering():
+            log.info("ignored %.1f s of speech that came while replying without interrupting", utterance.duration_s)
+            if speculation is not None:
+                speculation.cancel()
+            return
+        clock = speculation.clock if speculation is not None else self._clock(utterance)
+        clock.mark("endpoint")
+        self._start(self._voice_turn(utterance, clock, speculation))
 
     def _start(self, turn: Coroutine[Any, Any, Spoken | None]) -> asyncio.Task[Spoken | None]:
         """Make `turn` the current turn; it runs once the one before it has finished."""
@@ -195,24 +260,35 @@ class VoiceLoop:
         self._state("thinking")
         return clock, turn
 
-    async def _voice_turn(self, utterance: Utterance, ended_at: float) -> Spoken | None:
+    async def _voice_turn(self, utterance: Utterance, clock: TurnClock, speculation: Speculation | None) -> Spoken | None:
+        """Answer a turn that ended; what its last pause started (`speculation`) is taken over where it still fits."""
         transcriber = self.transcriber
         assert transcriber is not None
-        clock, turn = self._begin(TurnClock(ended_at))
-        codes = self._encode(utterance.audio, utterance.sample_rate)
+        _, turn = self._begin(clock)
+        if speculation is not None:
+            codes, transcribing = speculation.codes, speculation.transcript
+        else:
+            codes = self._encode(utterance.audio, utterance.sample_rate)
+            transcribing = asyncio.ensure_future(asyncio.to_thread(transcriber.transcribe, utterance.audio))
         try:
-            transcript = await asyncio.to_thread(transcriber.transcribe, utterance.audio)
+            transcript = await transcribing
         except Exception as error:
             self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
-            return self._done(codes)
+            return self._done(codes, speculation)
         finally:
             clock.mark("transcript")
         if transcript.is_empty:
             log.info("turn %d: no words in %.1f s of audio; not replying", turn, utterance.duration_s)
-            return self._done(codes)
+            return self._done(codes, speculation)
         self.bus.publish(UserTranscript(text=transcript.text, turn=turn))
         user = self.conversation.add_user(transcript.text, utterance.audio, utterance.sample_rate)
-        return await self._respond(turn, clock, self._speech_context(user, codes))
+        deltas = None
+        if speculation is not None and speculation.reply is not None:
+            if speculation.reply.messages == self.conversation.messages():
+                deltas = speculation.reply.deltas()
+            else:  # the conversation moved on since the pause (a typed turn, a reset): ask again
+                speculation.reply.cancel()
+        return await self._respond(turn, clock, self._speech_context(user, codes), deltas)
 
     async def _text_turn(self, text: str) -> Spoken | None:
         clock, turn = self._begin(TurnClock())
@@ -269,9 +345,11 @@ class VoiceLoop:
                 user.audio = None
         return self.conversation.speech_context()
 
-    def _done(self, codes: asyncio.Future[torch.Tensor] | None) -> None:
+    def _done(self, codes: asyncio.Future[torch.Tensor] | None, speculation: Speculation | None = None) -> None:
         if codes is not None:
             codes.cancel()
+        if speculation is not None:
+            speculation.cancel()
         self._state("listening")
         return None
 

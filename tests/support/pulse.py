@@ -138,6 +138,8 @@ class _FifoWriter:
         self.rate = rate
         self._block = rate * block_ms // 1000
         self._pending = np.zeros(0, np.float32)
+        self._fed = 0  # samples of sent audio taken from the queue so far (silence between sends not counted)
+        self._writes: list[tuple[int, float]] = []  # (first sent sample of a block, when it was written), recent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._fd = os.open(fifo, os.O_WRONLY)
@@ -147,15 +149,31 @@ class _FifoWriter:
 
     def send(self, audio: np.ndarray) -> float:
         """Queue mono float32 audio at the mic's rate; returns its duration in seconds."""
-        with self._lock:
-            self._pending = np.concatenate([self._pending, np.asarray(audio, np.float32)])
+        self.send_at(audio)
         return len(audio) / self.rate
+
+    def send_at(self, audio: np.ndarray) -> int:
+        """Queue mono float32 audio; returns the index its first sample will have in the fed stream."""
+        with self._lock:
+            start = self._fed + len(self._pending)
+            self._pending = np.concatenate([self._pending, np.asarray(audio, np.float32)])
+        return start
+
+    def written_at(self, sample: int) -> float | None:
+        """time.monotonic() when the block holding stream sample `sample` was written (None: not yet)."""
+        with self._lock:
+            for start, at in reversed(self._writes):
+                if start <= sample < start + self._block:
+                    return at
+        return None
 
     def _pump(self) -> None:
         next_at = time.monotonic()
         while not self._stop.is_set():
             with self._lock:
                 block, self._pending = self._pending[: self._block], self._pending[self._block :]
+                start = self._fed
+                self._fed += len(block)
             data = (np.clip(np.pad(block, (0, self._block - len(block))), -1, 1) * 32767).astype("<i2").tobytes()
             try:
                 while data and not self._stop.is_set():
@@ -165,6 +183,10 @@ class _FifoWriter:
                         time.sleep(0.005)
             except BrokenPipeError:  # the server went away
                 return
+            if len(block):
+                with self._lock:
+                    self._writes.append((start, time.monotonic()))
+                    del self._writes[:-2000]
             next_at += self._block / self.rate
             time.sleep(max(0.0, next_at - time.monotonic()))
 

@@ -63,12 +63,12 @@ async def test_one_log_line_per_turn(caplog: pytest.LogCaptureFixture) -> None:
     bus.publish(UserTranscript(text="what time is it", turn=7))
     bus.publish(ReplyText(text="It is noon.", turn=7))  # a chunk, not the final text
     bus.publish(ReplyText(text="It is noon.", turn=7, final=True, interrupted=True))
-    bus.publish(TurnLatency(turn=7, transcript_s=0.21, first_token_s=0.4, first_audio_s=0.61))
+    bus.publish(TurnLatency(turn=7, endpoint_s=0.25, transcript_s=0.21, first_token_s=0.4, first_audio_s=0.61))
     for _ in range(5):
         await asyncio.sleep(0)
     task.cancel()
     lines = [r.getMessage() for r in caplog.records if r.name == "assistant.turns"]
     assert lines == [
         "turn 7: heard 'what time is it' -> said 'It is noon.' [interrupted] | ms after end of speech: "
-        "asr 210, llm 400, csm-in -, audio 610, played -"
+        "endpoint 250, asr 210, llm 400, csm-in -, audio 610, played -"
     ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from assistant.config import VadConfig
-from assistant.vad import SpeechOnset, Utterance, VadSegmenter
+from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 
 RATE = 16000
 
@@ -96,3 +96,39 @@ def test_zero_preroll_starts_at_the_first_speech_frame() -> None:
 def test_unsupported_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="webrtcvad needs"):
         VadSegmenter(VadConfig(), 22050, classifier=fake_energy_classifier)
+
+
+def test_a_pause_announces_the_turn_as_it_would_end_and_speech_resumes_it() -> None:
+    seg = segmenter()
+    seg.pause_ms = 210
+    events = run(seg, signal(("silence", 300), ("speech", 600), ("silence", 240), ("speech", 600), ("silence", 900)))
+    assert [type(e) for e in events] == [SpeechOnset, Pause, SpeechResumed, Pause, Utterance]
+    first_pause, last_pause, turn = events[1], events[3], events[4]
+    assert first_pause.utterance.end_sample == RATE * 900 // 1000  # the end of the first burst of speech
+    assert turn.end_sample == last_pause.utterance.end_sample == RATE * (900 + 240 + 600) // 1000
+    assert np.array_equal(last_pause.utterance.audio, turn.audio)  # what a pause transcribes is what the turn keeps
+    assert len(first_pause.utterance.audio) < len(turn.audio)
+
+
+def test_wait_changes_the_silence_that_ends_this_turn_and_ends_it_if_already_past() -> None:
+    seg = segmenter()
+    seg.pause_ms = 210
+    events = run(seg, signal(("silence", 300), ("speech", 600), ("silence", 270)))
+    assert isinstance(events[-1], Pause)
+    assert seg.wait(1200) is None  # a longer wait: the turn goes on
+    assert run(seg, signal(("silence", 600))) == []
+    ended = seg.wait(300)  # 870 ms of silence have passed
+    assert isinstance(ended, Utterance) and not seg.in_speech
+    seg.pause_ms = 210
+    run(seg, signal(("speech", 600), ("silence", 240)))
+    assert seg.wait(250) is None and seg.silence_ms == 240
+    assert [type(e) for e in run(seg, signal(("silence", 30)))] == [Utterance]
+
+
+def test_speech_after_a_pause_restores_the_configured_end_silence() -> None:
+    seg = segmenter()
+    seg.pause_ms = 210
+    run(seg, signal(("speech", 600), ("silence", 240)))
+    seg.wait(3000)
+    events = run(seg, signal(("speech", 300), ("silence", 640)))
+    assert [type(e) for e in events] == [SpeechResumed, Pause, Utterance]  # ended at end_silence_ms (600) again

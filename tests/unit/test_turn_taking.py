@@ -1,0 +1,140 @@
+"""Turn-taking in the voice loop, with fakes: latency from the last voiced frame, the end of turn decided by the
+words, and the speculative transcript and reply that a pause starts (dropped without a trace when the user goes on)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from assistant.config import Config
+from assistant.events import Event, EventBus, ReplyText, TurnLatency, UserTranscript
+from assistant.vad import VadSegmenter
+from pipelines.voice_loop import VoiceLoop
+from tests.support.fakes import (
+    FRAME,
+    FakeBackend,
+    FakeSpeechEngine,
+    FakeTranscriber,
+    ManualSink,
+    QueueSource,
+    energy_classifier,
+    loud,
+    quiet,
+)
+from tests.unit.test_reply import until
+
+REPLY = ["Sure. ", "Here you go."]
+
+
+def setup(*texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0):
+    config = Config.model_validate({
+        "vad": {"frame_ms": 30, "min_speech_ms": 90, "end_silence_ms": 600, "preroll_ms": 90},
+        "turn": {"speculate_ms": speculate_ms, "complete_ms": 270, "incomplete_ms": 1200},
+        "csm": {"chunk_frames": 1},
+    })
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    transcriber, backend = FakeTranscriber(*texts), FakeBackend(REPLY, delay_s=llm_delay_s)
+    voice = VoiceLoop(
+        config, bus, backend, transcriber=transcriber, engine=FakeSpeechEngine(frames_per_text=2), sink=sink,
+        segmenter=VadSegmenter(config.vad, classifier=energy_classifier),
+    )
+    published = bus.subscribe(UserTranscript, ReplyText, TurnLatency)
+    return voice, source, sink, transcriber, backend, published
+
+
+def drained(subscription) -> list[Event]:
+    events = []
+    while not subscription.queue.empty():
+        events.append(subscription.queue.get_nowait())
+    return events
+
+
+async def test_a_finished_sentence_ends_the_turn_soon_and_the_pause_s_work_is_used() -> None:
+    voice, source, sink, transcriber, backend, published = setup("What time is it?")
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(quiet(0.1))
+    source.put(loud(0.6))
+    source.put(quiet(0.3))  # 300 ms: past the pause (210) and a finished sentence's end (270)
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    assert len(transcriber.heard) == 1 and len(backend.messages) == 1  # transcribed and asked once, at the pause
+    assert [t.text for t in voice.conversation.turns] == ["What time is it?", "Sure. Here you go."]
+    latency = next(e for e in drained(published) if isinstance(e, TurnLatency))
+    assert latency.transcript_s is not None and latency.first_audio_s is not None
+    assert 0.2 <= latency.endpoint_s < latency.first_audio_s  # counted from the last voiced frame, not the commit
+
+
+async def test_a_trailing_and_waits_longer_than_a_finished_sentence() -> None:
+    voice, source, sink, transcriber, backend, published = setup("I'd like a coffee and")
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.9))
+    await until(lambda: len(transcriber.heard) == 1)
+    await asyncio.sleep(0.05)
+    assert not voice.busy and voice.conversation.turns == [] and drained(published) == []
+    source.put(quiet(0.4))  # 1.3 s of silence in all: past incomplete_ms
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    assert [t.text for t in voice.conversation.turns][0] == "I'd like a coffee and"
+    assert len(transcriber.heard) == 1  # the pause's transcript served the turn
+
+
+async def test_speech_after_a_pause_drops_everything_the_pause_started() -> None:
+    voice, source, sink, transcriber, backend, published = setup(
+        "I want to go to the", "I want to go to the beach.", llm_delay_s=0.05
+    )
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.3))  # a pause: "...to the" holds the turn open, and the LLM starts on it
+    await until(lambda: len(backend.messages) == 1)
+    assert backend.messages[0][-1]["content"] == "I want to go to the"
+    source.put(loud(0.5))  # the user goes on
+    await until(lambda: backend.streams_closed == 1)  # the speculative reply was stopped
+    assert drained(published) == [] and voice.conversation.turns == [] and sink.queued == 0
+    source.put(quiet(0.3))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    events = drained(published)
+    assert [e.text for e in events if isinstance(e, UserTranscript)] == ["I want to go to the beach."]
+    assert len([e for e in events if isinstance(e, TurnLatency)]) == 1
+    assert [t.text for t in voice.conversation.turns] == ["I want to go to the beach.", "Sure. Here you go."]
+    assert len(transcriber.heard[1]) > len(transcriber.heard[0])  # the turn that ended holds both bursts
+    assert voice.conversation.turns[0].audio is not None and len(voice.conversation.turns[0].audio) == len(transcriber.heard[1])
+    assert backend.messages[1][-1]["content"] == "I want to go to the beach."
+    assert sink.queued == 4 * FRAME  # only the reply to the whole turn was ever played
+
+
+async def test_a_conversation_that_moved_on_since_the_pause_asks_the_llm_again() -> None:
+    voice, source, sink, transcriber, backend, published = setup("Is it raining?", llm_delay_s=0.02)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.24))  # past the pause, not yet the end
+    await until(lambda: len(backend.messages) == 1)
+    voice.conversation.add_user("typed meanwhile")  # as a typed turn or a reset would
+    source.put(quiet(0.1))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    assert len(backend.messages) == 2 and backend.messages[1][-2]["content"] == "typed meanwhile"
+
+
+async def test_without_speculation_the_turn_ends_at_the_vad_s_silence_and_counts_from_the_last_word() -> None:
+    voice, source, sink, transcriber, backend, published = setup("What time is it?", speculate_ms=0)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.5))
+    await asyncio.sleep(0.05)
+    assert transcriber.heard == []  # 500 ms of silence: no turn yet (end_silence_ms 600)
+    source.put(quiet(0.2))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    latency = next(e for e in drained(published) if isinstance(e, TurnLatency))
+    assert latency.endpoint_s >= 0.6 and latency.transcript_s > latency.endpoint_s
