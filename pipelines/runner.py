@@ -66,7 +66,11 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
     from assistant.audio.speaker import Speaker
 
     audio = config.audio
-    async with Speaker(audio.output_device, playback_rate=audio.playback_rate, on_error=device_reporter(bus)) as speaker:
+    speaker = Speaker(
+        audio.output_device, playback_rate=audio.playback_rate, on_error=device_reporter(bus),
+        latency_ms=audio.output_latency_ms,
+    )
+    async with speaker:
         engine, _ = await load_models(config, backend, transcriber=False)
         assert engine is not None
         voice = _voice_loop(config, bus, backend, speaker, engine)

@@ -30,7 +30,7 @@ class Microphone(DeviceStream):
 
     direction = "input"
     role = "microphone"
-    latency = "high"  # larger host buffers, fewer overruns; capture latency matters less
+    latency: float | str = "high"  # larger host buffers, fewer overruns (`latency_ms` asks for less)
 
     def __init__(
         self,
@@ -39,8 +39,11 @@ class Microphone(DeviceStream):
         capture_rate: int | None = None,
         on_error: Callable[[str], None] | None = None,
         retry_s: float = 1.0,
+        latency_ms: int | None = None,
     ) -> None:
         super().__init__(device, block_ms, capture_rate, on_error, retry_s)
+        if latency_ms is not None:
+            self.latency = latency_ms / 1000
         self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()  # None: closed
         self._queued = 0  # samples in the queue (soxr gives blocks of uneven size)
         self._behind = False

@@ -64,7 +64,7 @@ class Speaker(DeviceStream):
     direction = "output"
     role = "speaker"
     flushable = True
-    latency: float = 0.4  # seconds the device holds (see above)
+    latency: float = 0.4  # seconds the device holds (see above); `latency_ms` changes it
 
     def __init__(
         self,
@@ -72,8 +72,11 @@ class Speaker(DeviceStream):
         block_ms: int = 10,
         playback_rate: int | None = None,
         on_error: Callable[[str], None] | None = None,
+        latency_ms: int | None = None,
     ) -> None:
         super().__init__(device, block_ms, playback_rate, on_error, retry_s=1.0)
+        if latency_ms is not None:
+            self.latency = latency_ms / 1000
         self._lock = threading.Lock()  # guards the queue and the run, shared with the audio thread
         self._queue: deque[np.ndarray] = deque()  # 24 kHz audio not yet resampled
         self._ready = _EMPTY  # the current run's resampled audio, not yet handed out
