@@ -14,8 +14,9 @@ silence the turn was given, `TurnLatency.endpoint_s`); each stage; and the model
 voice less the endpoint wait and the model compute on the critical path (Whisper after the endpoint, CSM's first
 chunk; the scripted LLM computes nothing), split into capture (from the microphone's fifo to the loop), the pipeline
 (from the end of the turn to its first audio, less that compute) and playback (from the first audio queued to the
-speaker's monitor). A pause-set turn is a false cut-off when the pipeline ended the turn before the words after
-the pause were written; its reply came inside the pause, so it has no voice-to-voice. Medians and p90s.
+speaker's monitor). A pause-set utterance is falsely cut off when the pipeline ended its turn before the words after
+the pause were written, or its words became two turns (a turn that ended as they were being captured); such a
+turn has no voice-to-voice. Medians and p90s.
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, voice: VoiceLoo
     heard, times = monitor.recorded()
     loud = np.flatnonzero((times > voiced_at) & (np.abs(heard) > SOUND))
     cut = None
-    if utterance.resumes_at is not None:  # the turn ended before the words after the pause were written
-        cut = ended < mic.written_at(start + utterance.resumes_at)
+    if utterance.resumes_at is not None:  # ended before the words after the pause were written, or split in two
+        cut = ended < mic.written_at(start + utterance.resumes_at) or len(transcripts) > 1
     turn = {"name": utterance.name, "latency": latency, "transcripts": transcripts, "cut": cut,
             "voice_to_voice": times[loud[0]] - voiced_at if len(loud) and not cut else None}
     if turn["voice_to_voice"] is not None:

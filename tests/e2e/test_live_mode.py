@@ -19,7 +19,7 @@ from assistant.audio.microphone import Microphone
 from assistant.audio.speaker import Speaker
 from assistant.audio.wavfile import read_wav
 from assistant.config import Config
-from assistant.events import Event, EventBus, Interrupted, ReplyText, StateChanged, UserTranscript
+from assistant.events import Event, EventBus, Interrupted, ReplyText, StateChanged, TurnLatency, UserTranscript
 from assistant.llm.scripted import ScriptedBackend
 from assistant.tts.csm import CSMEngine
 from assistant.vad import VadSegmenter
@@ -121,6 +121,27 @@ async def test_speech_into_the_microphone_becomes_a_turn_and_the_reply_is_heard(
     # The reply's audio came out of the speaker: about as long as its frames (silent samples happen).
     assert 0.5 * frames * 0.08 < live.sound_since(speaking.at - 0.1) <= frames * 0.08 + 0.1
     assert [t.role for t in live.voice.conversation.turns] == ["user", "assistant"]
+
+
+async def test_a_pause_after_and_keeps_the_turn_open_and_its_speculation_leaves_no_trace(
+    pulse: PulseAudio, live_loop, espeak_wav
+) -> None:
+    """'I would like a coffee and' - 700 ms - 'a glass of water.': the pause is transcribed and the LLM started
+    on it unseen (real Whisper at the pause), the trailing 'and' holds the turn open, and the words after the
+    pause drop that work. One turn is published, with both halves, and its latency counts from the last word."""
+    live = await live_loop("off")
+    before, _ = read_wav(espeak_wav("I would like a coffee and"), pulse.rate)
+    after, _ = read_wav(espeak_wav("a glass of water."), pulse.rate)
+    gap = np.zeros(int(0.7 * pulse.rate), np.float32)
+    pulse.microphone().send(np.concatenate([before, gap, after, np.zeros(pulse.rate, np.float32)]))
+    heard = await live.next(UserTranscript)
+    assert "coffee" in heard.text.lower() and "water" in heard.text.lower()
+    await live.next(ReplyText, lambda e: e.final)
+    latency = await live.next(TurnLatency)
+    assert latency.turn == heard.turn and latency.endpoint_s is not None and latency.first_audio_s is not None
+    assert [t.text for t in live.voice.conversation.turns] == [heard.text, STORY]
+    while not live.events.empty():  # nothing else was published: no second turn, no trace of the pause
+        assert not isinstance(live.events.get_nowait(), (UserTranscript, TurnLatency))
 
 
 async def assert_only_the_played_part_is_kept(live: Live, played: int) -> None:
