@@ -83,6 +83,11 @@ class TurnConfig(Section):
     hold_words: list[str] = Field(
         default_factory=lambda: list(HOLD_WORDS), description="Last words that mark an unfinished clause."
     )
+    detector: Literal["words", "model"] = Field(
+        "words", description="What decides a pause: the rules on its words, or the Smart Turn model on its audio."
+    )
+    model: str | None = Field(None, description="Smart Turn ONNX file for detector 'model'; null = pipecat-ai's copy.")
+    model_threshold: float = Field(0.5, gt=0, lt=1, description="Model probability above which a turn is complete.")
 
     @field_validator("hold_words")
     @classmethod

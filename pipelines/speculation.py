@@ -78,6 +78,7 @@ class Speculation:
         self.clock = clock
         self.codes = codes
         self.reply: PrefetchedReply | None = None
+        self.others: list[asyncio.Future[Any]] = []  # more work started at the pause (the end-of-turn model)
         self.transcript: asyncio.Task[Transcript] = asyncio.create_task(self._transcribe(transcriber))
         self.transcript.add_done_callback(lambda task: task.cancelled() or task.exception() or on_transcript(self))
 
@@ -97,6 +98,8 @@ class Speculation:
     def cancel(self) -> None:
         """Drop everything: nothing of it may be heard, published or remembered."""
         self.transcript.cancel()
+        for work in self.others:
+            work.cancel()
         if self.codes is not None:
             self.codes.cancel()
         if self.reply is not None:

@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -47,6 +47,12 @@ from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
 
+class TurnDetector(Protocol):
+    """An end-of-turn model (`assistant.turn_model.SmartTurn`): the probability that a turn's audio so far is all."""
+
+    def complete(self, audio: np.ndarray) -> float: ...
+
+
 AudioEncoder = Callable[[np.ndarray, int], Awaitable[torch.Tensor]]
 """Mono audio at a sample rate -> Mimi codes `[K, frames]` (`CSMEngine.encode`, on the engine's own thread)."""
 
@@ -63,6 +69,7 @@ class VoiceLoop:
         encode_audio: AudioEncoder | None = None,
         sink: AudioSink | None = None,
         segmenter: VadSegmenter | None = None,
+        turn_model: TurnDetector | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -72,6 +79,7 @@ class VoiceLoop:
         self.encode_audio = encode_audio
         self.sink = sink
         self.segmenter = segmenter
+        self.turn_model = turn_model  # with turn.detector "model": it, not the words, decides each pause
         if segmenter is not None:  # pauses this long start a speculative transcript and reply
             segmenter.pause_ms = config.turn.speculate_ms
         csm = config.csm
@@ -100,7 +108,7 @@ class VoiceLoop:
         async for block in source.blocks():
             self._hear(block)
             if sequential and self._speculation is not None:  # read faster than spoken: judge a pause where it is
-                await asyncio.wait([self._speculation.transcript])
+                await asyncio.wait([self._speculation.transcript, *self._speculation.others])
             if sequential and self._turn is not None:
                 await _finished(self._turn)
                 self._quiet_until = 0.0  # a recording holds no echo of the reply, and is read faster than real time
@@ -193,21 +201,41 @@ class VoiceLoop:
             return
         self.segmenter.wait(self.config.turn.incomplete_ms)
         codes = self._encode(utterance.audio, utterance.sample_rate)
-        self._speculation = Speculation(utterance, self._clock(utterance), self.transcriber, codes, self._judge)
+        self._speculation = speculation = Speculation(
+            utterance, self._clock(utterance), self.transcriber, codes, self._on_transcript
+        )
+        if self.turn_model is not None:
+            listening = asyncio.ensure_future(asyncio.to_thread(self.turn_model.complete, utterance.audio))
+            listening.add_done_callback(lambda done: self._on_model(speculation, done))
+            speculation.others.append(listening)
 
-    def _judge(self, speculation: Speculation) -> None:
-        """The pause's transcript is in: set the silence that ends the turn, end it if that has passed, and start the
-        LLM on the words (nothing is published or remembered before the turn ends)."""
+    def _on_model(self, speculation: Speculation, done: asyncio.Future[float]) -> None:
+        """The end-of-turn model has listened to the pause: a turn it finds complete ends at `turn.complete_ms`."""
+        if speculation is not self._speculation or done.cancelled():
+            return
+        if (error := done.exception()) is not None:  # decide by the words instead
+            self._report("turn", f"the end-of-turn model failed: {type(error).__name__}: {error}")
+            self.turn_model = None
+            return
+        turn = self.config.turn
+        self._end_turn_after(turn.complete_ms if done.result() >= turn.model_threshold else turn.incomplete_ms)
+
+    def _end_turn_after(self, silence_ms: int) -> None:
         assert self.segmenter is not None
+        if (utterance := self.segmenter.wait(silence_ms)) is not None:  # that much silence has passed already
+            self._on_utterance(utterance)
+
+    def _on_transcript(self, speculation: Speculation) -> None:
+        """The pause's transcript is in: start the LLM on the words (nothing is published or remembered before the
+        turn ends) and, unless the end-of-turn model decides, set the silence that ends the turn by them."""
         if speculation is not self._speculation:
             return
         transcript = speculation.transcript.result()
         if not transcript.is_empty:
             messages = self.conversation.messages() + [{"role": "user", "content": transcript.text}]
             speculation.start_reply(self.backend, messages)
-        wait = silence_to_end(transcript.text, self.config.turn, self.config.vad.end_silence_ms)
-        if (utterance := self.segmenter.wait(wait)) is not None:  # that much silence has passed already
-            self._on_utterance(utterance)
+        if self.turn_model is None:
+            self._end_turn_after(silence_to_end(transcript.text, self.config.turn, self.config.vad.end_silence_ms))
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:

@@ -37,6 +37,9 @@ extras=""
 ((with_tests)) && extras="[test]"
 echo "==> pip install -e .$extras (first time: torch with CUDA, a few GB)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# Smart Turn's weights (turn.detector: model) ship inside pipecat-ai; only that file is used, so none of its
+# dependencies are installed (assistant/turn_model.py finds it without importing pipecat).
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "pipecat-ai==1.14.0" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 if ((with_tests)); then
     # Meta's Llama-3 tokenizer, used by the tests only (its licence forbids committing it).

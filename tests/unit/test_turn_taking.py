@@ -25,17 +25,29 @@ from tests.unit.test_reply import until
 REPLY = ["Sure. ", "Here you go."]
 
 
-def setup(*texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0):
+class FakeTurnModel:
+    """An end-of-turn model that always gives the same probability, recording what it heard."""
+
+    def __init__(self, probability: float) -> None:
+        self.probability, self.heard = probability, []
+
+    def complete(self, audio) -> float:
+        self.heard.append(audio)
+        return self.probability
+
+
+def setup(*texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0, turn_model: FakeTurnModel | None = None):
     config = Config.model_validate({
         "vad": {"frame_ms": 30, "min_speech_ms": 90, "end_silence_ms": 600, "preroll_ms": 90},
-        "turn": {"speculate_ms": speculate_ms, "complete_ms": 270, "incomplete_ms": 1200},
+        "turn": {"speculate_ms": speculate_ms, "complete_ms": 270, "incomplete_ms": 1200,
+                 "detector": "model" if turn_model else "words"},
         "csm": {"chunk_frames": 1},
     })
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
     transcriber, backend = FakeTranscriber(*texts), FakeBackend(REPLY, delay_s=llm_delay_s)
     voice = VoiceLoop(
         config, bus, backend, transcriber=transcriber, engine=FakeSpeechEngine(frames_per_text=2), sink=sink,
-        segmenter=VadSegmenter(config.vad, classifier=energy_classifier),
+        segmenter=VadSegmenter(config.vad, classifier=energy_classifier), turn_model=turn_model,
     )
     published = bus.subscribe(UserTranscript, ReplyText, TurnLatency)
     return voice, source, sink, transcriber, backend, published
@@ -138,3 +150,31 @@ async def test_without_speculation_the_turn_ends_at_the_vad_s_silence_and_counts
     await listening
     latency = next(e for e in drained(published) if isinstance(e, TurnLatency))
     assert latency.endpoint_s >= 0.6 and latency.transcript_s > latency.endpoint_s
+
+
+async def test_with_the_end_of_turn_model_its_judgement_and_not_the_words_decides() -> None:
+    unsure = FakeTurnModel(0.1)  # a finished question, but the model hears an unfinished turn: wait long
+    voice, source, sink, transcriber, backend, published = setup("What time is it?", turn_model=unsure)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.9))
+    await until(lambda: len(unsure.heard) == 1 and len(transcriber.heard) == 1)
+    await asyncio.sleep(0.05)
+    assert voice.conversation.turns == [] and drained(published) == []
+    assert len(unsure.heard[0]) == len(transcriber.heard[0])  # both got the turn as it would end at the pause
+    source.put(quiet(0.4))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+
+    sure = FakeTurnModel(0.9)  # a trailing "and", but the model hears a finished turn: end it soon
+    voice, source, sink, transcriber, backend, published = setup("I'd like a coffee and", turn_model=sure)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.3))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    assert [t.text for t in voice.conversation.turns][0] == "I'd like a coffee and"
