@@ -78,6 +78,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--no-speech goes with --text")
     if args.input is not None and not args.input.is_file():
         parser.error(f"--input {args.input}: no such file")
+    if args.output is not None:  # checked before any work: a reply that cannot be written is lost
+        if args.output.is_dir():
+            parser.error(f"--output {args.output}: is a folder; name the wav file to write")
+        if not args.output.parent.is_dir():
+            parser.error(f"--output {args.output}: the folder {args.output.parent} does not exist")
 
     import asyncio
     import logging

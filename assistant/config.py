@@ -7,6 +7,7 @@ Secrets never live in the YAML: a section names the environment variable that ho
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,24 @@ PositiveMs = Annotated[int, Field(gt=0, le=60_000)]
 
 class ConfigError(Exception):
     """A configuration problem, already phrased as the one line a user should see."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans, only true and false: YAML 1.1 also reads on/off/yes/no as booleans, which
+    string settings such as `barge_in.mode: off` must get as typed (pydantic still reads those words for booleans)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
 
 
 class Section(BaseModel):
@@ -264,7 +283,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(path):
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -294,7 +313,8 @@ def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
 def _describe(error: ValidationError, data: dict[str, Any], file: Path, overrides: dict[tuple[str, ...], str]) -> str:
     first = error.errors()[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    origin = next((text for path, text in overrides.items() if loc[: len(path)] == path), None)
+    # an override may name a key below the one at fault (--set nosuch.key=1 is an unknown 'nosuch')
+    origin = next((text for path, text in overrides.items() if loc[: len(path)] == path or path[: len(loc)] == loc), None)
     source = f"{file} (--set {origin})" if origin else f"{file}"
     key = ".".join(str(p) for p in loc) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -312,9 +332,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """
     file = Path(path) if path is not None else DEFAULT_CONFIG
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = _yaml(file.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{file}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: a folder, not a config file (the presets are the .yaml files in it)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}): is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read it: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

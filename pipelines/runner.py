@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from assistant.audio.streams import PLAYBACK_RATE, AudioSink, FileSink, FileSource
 from assistant.config import Config
-from assistant.events import EventBus
+from assistant.audio.wavfile import WavError
+from assistant.events import EventBus, UtteranceEnded
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.logs import log_turns
@@ -86,11 +87,15 @@ async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
     engine, transcriber, turn_model = await load_models(config, backend)
     assert engine is not None
     voice = _voice_loop(config, bus, backend, sink, engine, transcriber, turn_model)
+    heard = bus.subscribe(UtteranceEnded)
     try:
         await voice.listen(source, sequential=True)
     finally:
         await voice.aclose()
         await sink.aclose()
+    if heard.queue.empty():  # an empty reply file would look like an answer
+        mode.output_wav.unlink(missing_ok=True)
+        raise WavError(f"{mode.input_wav}: no speech found in it, so nothing to answer (no {mode.output_wav} written)")
     log.info(
         "wrote %d frames (%.2f s) of reply audio to %s", voice.frames_spoken, sink.played / PLAYBACK_RATE, mode.output_wav
     )

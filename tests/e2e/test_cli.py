@@ -50,6 +50,20 @@ def test_out_of_range_override_exits_2_with_one_line() -> None:
     assert "default.yaml (--set csm.topk=0): csm.topk = 0: Input should be greater than or equal to 1" in lines[0]
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path) -> None:
+    question = tmp_path / "q.wav"
+    question.write_bytes(b"")  # never read: the output is checked first
+    for output, why in ((tmp_path / "missing" / "a.wav", "does not exist"), (tmp_path, "is a folder")):
+        result = cli("--input", str(question), "--output", str(output))
+        assert result.returncode == 2 and why in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_folder_as_config_is_a_config_error() -> None:
+    result = cli("--config", "configs", "--text")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["config error: configs: a folder, not a config file (the presets are the .yaml files in it)"]
+
+
 def test_mismatched_mode_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert cli("--input", str(tmp_path / "q.wav")).returncode == 2
     missing = cli("--input", str(tmp_path / "q.wav"), "--output", str(tmp_path / "a.wav"))

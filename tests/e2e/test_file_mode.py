@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from assistant.audio.wavfile import read_wav
+import numpy as np
+
+from assistant.audio.wavfile import read_wav, write_wav
 from tests.e2e.test_cli import cli
 from tests.support.speech import Clip
 
@@ -34,3 +36,16 @@ def test_a_recording_in_gives_a_spoken_reply_out(
     assert max(clip.text.split(), key=len) in turn.lower() and "-> said 'Sure, I can help with that.'" in turn
     stages = re.search(r"asr (\S+), llm (\S+), csm-in (\S+), audio (\S+), played (\S+)", turn).groups()
     assert all(s.isdigit() for s in stages), turn  # every stage was reached and timed
+
+
+def test_a_recording_without_speech_is_an_error_and_leaves_no_reply(
+    tmp_path: Path, whisper_tiny_en: Path, tiny_csm_dir: Path, random_mimi_file: Path, llama3_tokenizer_json: Path,
+) -> None:
+    silence, out = tmp_path / "silence.wav", tmp_path / "reply.wav"
+    write_wav(silence, np.zeros(16_000 * 2, np.float32), 16_000)
+    result = cli(
+        "--input", str(silence), "--output", str(out),
+        *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json), timeout_s=600,
+    )
+    assert result.returncode == 2 and "no speech found" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -116,3 +116,29 @@ def test_the_interrupt_key_is_one_key() -> None:
     assert load_config(None, ["barge_in.key=q"]).barge_in.key == "q"
     with pytest.raises(ConfigError, match=r"barge_in.key = 'ctrl-q': must be one character, or one of space"):
         load_config(None, ["barge_in.key=ctrl-q"])
+
+
+@pytest.mark.parametrize("word", ["off", "vad"])
+def test_string_settings_take_on_off_yes_no_as_typed(tmp_path: Path, word: str) -> None:
+    assert load_config(None, [f"barge_in.mode={word}"]).barge_in.mode == word
+    assert load_config(write(tmp_path, f"barge_in:\n  mode: {word}\n")).barge_in.mode == word
+
+
+@pytest.mark.parametrize(("word", "value"), [("yes", True), ("on", True), ("true", True), ("no", False), ("off", False)])
+def test_boolean_settings_still_read_yes_no_on_off(word: str, value: bool) -> None:
+    assert load_config(None, [f"mqtt.enabled={word}"]).mqtt.enabled is value
+
+
+def test_an_unknown_key_from_set_blames_the_set() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["nosuch.key=1"])
+    assert str(info.value) == f"{DEFAULT_CONFIG} (--set nosuch.key=1): unknown key 'nosuch'"
+
+
+def test_a_folder_or_a_binary_file_as_config_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        load_config(CONFIG_DIR)
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"vad:\n  frame_ms: 30\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(binary)
