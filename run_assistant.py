@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -104,14 +105,36 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     setup_logging(config.logging.level)
     mode = Mode(text=args.text, speech=not args.no_speech, input_wav=args.input, output_wav=args.output)
+    terminated = False
+
+    async def until_stopped() -> None:
+        """SIGTERM (what `systemctl stop` sends) stops the run as Ctrl-C does: everything is closed in order (a
+        file's reply is kept, MQTT says offline), and the exit is 0, a stop that was asked for."""
+        main = asyncio.current_task()
+        assert main is not None
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            main.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        try:
+            await run(config, mode)
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+
     try:
-        asyncio.run(run(config, mode))
+        asyncio.run(until_stopped())
     except (BackendUnavailable, WavError) as exc:
         logging.getLogger("assistant").error("%s", exc)
         return EXIT_USAGE
     except (StartupError, AudioDeviceError) as exc:
         logging.getLogger("assistant").error("cannot start: %s", exc)
         return EXIT_FAILURE
+    if terminated:
+        print("\nStopped.", file=sys.stderr)
     return 0
 
 

@@ -134,6 +134,17 @@ class AsrConfig(Section):
 
 class OpenAIBackendConfig(Section):
     base_url: str | None = Field(None, description="null = https://api.openai.com/v1")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is not None:
+            parts = urlsplit(value.strip())
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http(s) URL, like http://localhost:11434/v1")
+        return value
     model: str = "gpt-4o-mini"
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(0.7, ge=0, le=2)
@@ -184,7 +195,10 @@ class CsmConfig(Section):
     temperature: float = Field(0.9, ge=0, le=5)
     topk: int = Field(50, ge=1, le=2051)
     seed: int | None = None
-    max_audio_ms: int | None = Field(None, gt=0, le=120_000, description="null = derived from the text's length.")
+    max_audio_ms: int | None = Field(
+        None, gt=0, le=120_000,
+        description="Cap on each spoken chunk (the first clause, then each sentence), not the whole reply; null = derived from the chunk's length.",
+    )
     chunk_frames: int = Field(2, ge=1, le=50, description="80 ms frames per streamed audio chunk.")
     cuda_graphs: bool = True
     fused: bool = Field(False, description="Compile the per-frame work with TorchInductor (slower load, fewer GPU kernels).")
@@ -230,6 +244,15 @@ class MqttConfig(Section):
     def _backoff_order(self) -> MqttConfig:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError(f"reconnect_min_s ({self.reconnect_min_s}) is above reconnect_max_s ({self.reconnect_max_s})")
+        return self
+
+    @model_validator(mode="after")
+    def _password_is_there(self) -> MqttConfig:
+        # checked with the rest of the config, before any model loads, not when the bridge first connects
+        if self.enabled and self.password_env and self.password() is None:
+            raise ValueError(
+                f"password_env names ${self.password_env}, which is not set (the broker password goes there)"
+            )
         return self
 
     @field_validator("topic_prefix", "site_id")

@@ -78,13 +78,17 @@ class OpenAICompatibleBackend:
                 model=config.model, messages=messages, stream=True, temperature=config.temperature,  # type: ignore[arg-type]
                 max_tokens=config.max_tokens,
             )
+            finished = False
             async with stream:
                 async for chunk in stream:
                     for choice in chunk.choices or ():
                         if choice.delta is not None and choice.delta.content:
                             feed.put(choice.delta.content)
+                        finished |= choice.finish_reason is not None
                         if choice.finish_reason == "length":
                             log.info("the reply reached llm.openai.max_tokens (%d) and was cut there", config.max_tokens)
+            if not finished:  # the body ended without a finish reason: a cut the HTTP layer could not see
+                raise StreamEndedEarly("the stream ended without a finish reason")
             feed.put(None)
         except Exception as error:
             feed.put(error)
@@ -96,6 +100,8 @@ class OpenAICompatibleBackend:
             if said:
                 return f"{server} stopped sending mid-reply (nothing for {config.stall_timeout_s:g} s, llm.openai.stall_timeout_s)"
             return f"{server} sent no reply within {config.timeout_s:g} s (llm.openai.timeout_s)"
+        if isinstance(error, StreamEndedEarly):
+            return f"{server} ended the reply stream before it was finished (no finish reason; the connection closed)"
         if isinstance(error, openai.APIConnectionError):
             if said:
                 return f"{server} broke off the reply mid-stream ({_cause(error)})"
@@ -126,8 +132,12 @@ class OpenAICompatibleBackend:
         return f"put the key in the environment variable {variable} (llm.openai.api_key_env)"
 
 
+class StreamEndedEarly(Exception):
+    """A reply stream whose body ended before any chunk gave a finish reason."""
+
+
 def _retryable(error: Exception) -> bool:
-    return isinstance(error, (TimeoutError, openai.APIConnectionError, openai.InternalServerError))
+    return isinstance(error, (TimeoutError, StreamEndedEarly, openai.APIConnectionError, openai.InternalServerError))
 
 
 def _causes(error: BaseException) -> list[BaseException]:

@@ -82,8 +82,8 @@ class Topics:
 
     @property
     def commands(self) -> str:
-        """The subscription that receives every command."""
-        return f"{self.base}/command/+"
+        """The subscription that receives every command, and anything deeper (answered as unknown commands)."""
+        return f"{self.base}/command/#"
 
     def event(self, name: str) -> str:
         return f"{self.base}/event/{name}"

@@ -138,6 +138,19 @@ async def test_a_disconnect_mid_stream_is_reported_with_what_was_said() -> None:
     assert len(server.requests) == 1
 
 
+async def test_a_stream_that_ends_without_a_finish_reason_is_a_broken_reply() -> None:
+    with ChatServer(Script(reply=LONG_REPLY, end_after=4)) as server:
+        deltas, error = await collect(backend(server.url, max_retries=3))
+    assert deltas == tokens(LONG_REPLY)[:4]  # what was said is kept, under the mid-reply rule
+    assert error is not None and not error.before_first_token
+    assert "ended the reply stream before it was finished" in str(error)
+    assert len(server.requests) == 1
+    with ChatServer(Script(reply=LONG_REPLY, end_after=0), Script(reply="All good now.")) as server:
+        deltas, error = await collect(backend(server.url, max_retries=3))
+    assert error is None and "".join(deltas) == "All good now."  # nothing said yet: tried again
+    assert len(server.requests) == 2
+
+
 async def test_cancel_mid_stream_ends_quietly_and_closes_the_http_stream() -> None:
     cancel = asyncio.Event()
     with ChatServer(Script(reply=LONG_REPLY, delay_s=0.2)) as server:

@@ -155,6 +155,7 @@ BAD = [
     ("ask", b"[" * 1000, "payload is not JSON"),
     ("ask", b"\xff\xfe", "payload is not JSON"),
     ("shutdown", b"{}", "unknown command 'shutdown'"),
+    ("say/extra", b'{"text": "hi"}', "unknown command 'say/extra'"),  # a deeper topic is no command either
 ]
 
 

@@ -98,7 +98,8 @@ def test_text_mode_answers_each_line() -> None:
     assert len(turns) == 2 and "heard 'hello' -> said 'Hi there!'" in turns[0]
 
 
-def test_ctrl_c_stops_cleanly_without_a_traceback() -> None:
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_ctrl_c_and_sigterm_stop_cleanly_without_a_traceback(stop: signal.Signals, status: int) -> None:
     process = subprocess.Popen(
         [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -107,11 +108,11 @@ def test_ctrl_c_stops_cleanly_without_a_traceback() -> None:
         process.stdin.write("hello\n")
         process.stdin.flush()
         assert process.stdout.readline().startswith("assistant:")  # it is up and waiting for more
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 130
+    assert process.returncode == status
     assert "Traceback" not in stderr
     assert stderr.rstrip().endswith("Stopped.")
 

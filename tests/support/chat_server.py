@@ -28,6 +28,7 @@ class Script:
     delay_s: float = 0.0  # between tokens
     stall_after: int | None = None  # tokens sent, then silence until the client leaves
     drop_after: int | None = None  # tokens sent, then the connection is cut mid-stream
+    end_after: int | None = None  # tokens sent unchunked, then the connection closed cleanly: no finish, no [DONE]
     status: int = 200  # anything else answers with an error body, like a server that fails the request
 
 
@@ -151,12 +152,13 @@ async def _send_error(writer: asyncio.StreamWriter, status: int, message: str, c
     return "finished"
 
 
-def _event(model: str, delta: dict[str, str], finish: str | None = None) -> bytes:
+def _event(model: str, delta: dict[str, str], finish: str | None = None, chunked: bool = True) -> bytes:
     chunk = {
         "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
-    return _chunked(f"data: {json.dumps(chunk)}\n\n".encode())
+    data = f"data: {json.dumps(chunk)}\n\n".encode()
+    return _chunked(data) if chunked else data
 
 
 def _chunked(data: bytes) -> bytes:
@@ -172,6 +174,13 @@ async def _client_stays(reader: asyncio.StreamReader, seconds: float | None) -> 
 
 
 async def _stream(script: Script, model: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    if script.end_after is not None:  # a body that ends with the connection: the HTTP layer cannot tell a cut
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        for piece in tokens(script.reply)[: script.end_after]:
+            writer.write(_event(model, {"content": piece}, chunked=False))
+        await writer.drain()
+        writer.close()
+        return "ended early"
     writer.write(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + _event(model, {"role": "assistant", "content": ""})

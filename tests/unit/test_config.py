@@ -142,3 +142,21 @@ def test_a_folder_or_a_binary_file_as_config_is_one_line(tmp_path: Path) -> None
     binary.write_bytes(b"vad:\n  frame_ms: 30\n\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_config(binary)
+
+
+@pytest.mark.parametrize("url", ["not a url", "localhost:11434/v1", "ftp://host/v1", "http://"])
+def test_the_llm_server_address_must_be_an_http_url(url: str) -> None:
+    with pytest.raises(ConfigError, match="llm.openai.base_url .*must be an http"):
+        load_config(None, [f"llm.openai.base_url={url}"])
+    assert load_config(None, ["llm.openai.base_url=http://127.0.0.1:8080/v1"]).llm.openai.base_url
+
+
+def test_an_unset_broker_password_variable_is_found_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_PASSWORD_VAR", raising=False)
+    settings = ["mqtt.enabled=true", "mqtt.password_env=NO_SUCH_PASSWORD_VAR"]
+    with pytest.raises(ConfigError, match=r"mqtt: .*\$NO_SUCH_PASSWORD_VAR, which is not set"):
+        load_config(None, settings)
+    monkeypatch.setenv("NO_SUCH_PASSWORD_VAR", "secret")
+    assert load_config(None, settings).mqtt.password() == "secret"
+    monkeypatch.delenv("NO_SUCH_PASSWORD_VAR")
+    assert not load_config(None, ["mqtt.password_env=NO_SUCH_PASSWORD_VAR"]).mqtt.enabled  # off: not needed
