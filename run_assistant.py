@@ -79,6 +79,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--no-speech goes with --text")
     if args.input is not None and not args.input.is_file():
         parser.error(f"--input {args.input}: no such file")
+    if args.input is not None:
+        from assistant.audio.wavfile import WavError, check_audio_file
+
+        try:
+            check_audio_file(args.input)
+        except WavError as exc:
+            parser.error(f"--input {exc}")
     if args.output is not None:  # checked before any work: a reply that cannot be written is lost
         if args.output.is_dir():
             parser.error(f"--output {args.output}: is a folder; name the wav file to write")

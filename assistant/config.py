@@ -105,7 +105,7 @@ class TurnConfig(Section):
     detector: Literal["words", "model"] = Field(
         "words", description="What decides a pause: the rules on its words, or the Smart Turn model on its audio."
     )
-    model: str | None = Field(None, description="Smart Turn ONNX file for detector 'model'; null = pipecat-ai's copy.")
+    model: str | None = Field(None, description="Smart Turn ONNX file for detector 'model'; null = the copy scripts/setup.sh placed.")
     model_threshold: float = Field(0.5, gt=0, lt=1, description="Model probability above which a turn is complete.")
 
     @field_validator("hold_words")

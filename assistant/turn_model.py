@@ -1,21 +1,21 @@
 """An end-of-turn model that listens to the audio: Smart Turn v3 (pipecat-ai's, BSD-2), run with ONNX Runtime.
 
 It reads the last 8 s of the user's turn as Whisper log-mel features and gives the probability that the turn is
-complete. The weights ship inside the `pipecat-ai` wheel (`scripts/setup.sh` installs that package without its
-dependencies, for this file alone), so it works offline. Chosen with `turn.detector: model`; see
+complete. The weights ship inside the `pipecat-ai` wheel; `scripts/setup.sh` copies that one file into the
+virtualenv's `share/csm-assistant/` (pipecat itself is not installed), so it works offline. Chosen with `turn.detector: model`; see
 `assistant/turn_end.py` for the rules that read the words instead, and docs/benchmarks.md for how each did.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 
 RATE = 16_000
 SECONDS = 8
-SHIPPED = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"  # inside the pipecat package
+SHIPPED = Path(sys.prefix) / "share" / "csm-assistant" / "smart-turn-v3.2-cpu.onnx"  # put there by scripts/setup.sh
 
 
 class TurnModelError(RuntimeError):
@@ -23,13 +23,8 @@ class TurnModelError(RuntimeError):
 
 
 def shipped_model() -> Path | None:
-    """The model file in the installed pipecat-ai package, found without importing pipecat (whose own imports
-    need packages this project does not install)."""
-    spec = importlib.util.find_spec("pipecat")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / SHIPPED
-    return path if path.is_file() else None
+    """The model file scripts/setup.sh placed in the virtualenv, if it is there."""
+    return SHIPPED if SHIPPED.is_file() else None
 
 
 class SmartTurn:
@@ -38,7 +33,7 @@ class SmartTurn:
     def __init__(self, path: str | Path | None = None):
         model = Path(path) if path is not None else shipped_model()
         if model is None or not model.is_file():
-            where = f"no file at {model}" if model is not None else "pipecat-ai is not installed"
+            where = f"no file at {model if model is not None else SHIPPED}"
             raise TurnModelError(f"the end-of-turn model is missing ({where}): run scripts/setup.sh, or set turn.model")
         try:
             import onnxruntime

@@ -37,9 +37,22 @@ extras=""
 ((with_tests)) && extras="[test]"
 echo "==> pip install -e .$extras (first time: torch with CUDA, a few GB)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-# Smart Turn's weights (turn.detector: model) ship inside pipecat-ai; only that file is used, so none of its
-# dependencies are installed (assistant/turn_model.py finds it without importing pipecat).
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "pipecat-ai==1.14.0" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# Smart Turn's weights (turn.detector: model, BSD-2) ship inside the pipecat-ai wheel: only that file is taken
+# from it, into the virtualenv's share/ folder (assistant/turn_model.py looks there); pipecat itself is not installed.
+turn_model="$venv/share/csm-assistant/smart-turn-v3.2-cpu.onnx"
+if [[ ! -s "$turn_model" ]]; then
+    echo "==> fetching the Smart Turn end-of-turn model (from the pipecat-ai 1.14.0 wheel)"
+    tmp=$(mktemp -d)
+    "$venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        "pipecat-ai==1.14.0" -d "$tmp" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    mkdir -p "$(dirname "$turn_model")"
+    "$venv/bin/python" - "$tmp"/pipecat_ai-*.whl "$turn_model" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    rm -rf "$tmp"
+fi
 
 if ((with_tests)); then
     # Meta's Llama-3 tokenizer, used by the tests only (its licence forbids committing it).

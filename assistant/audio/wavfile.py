@@ -1,38 +1,56 @@
-"""Mono float32 audio to and from 16-bit PCM wav files (the stdlib `wave` module, no extra codecs)."""
+"""Mono float32 audio from the audio files people have (libsndfile through soundfile: wav of any PCM width, float
+or WAVE_FORMAT_EXTENSIBLE, FLAC, OGG, AIFF), and to 16-bit PCM wav files (the stdlib `wave` module)."""
 
 from __future__ import annotations
 
 import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from assistant.audio.resample import resample
 
+T = TypeVar("T")
+
 
 class WavError(ValueError):
-    """A wav file that cannot be read as PCM audio."""
+    """An audio file that cannot be read, or whose audio cannot be used; the message names the file and why."""
+
+
+def check_audio_file(path: str | Path) -> None:
+    """Raise WavError naming the problem if `path` cannot be read as audio (only its header is read)."""
+    _read(path, _header)
 
 
 def read_wav(path: str | Path, rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Read a PCM wav as mono float32 in [-1, 1] (channels averaged), resampled to `rate` if given."""
-    try:
-        with wave.open(str(path), "rb") as f:
-            width, channels, source_rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
-            raw = f.readframes(f.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise WavError(f"{path}: not a PCM wav file ({exc})") from None
-    if width == 1:
-        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width in (2, 4):
-        dtype = np.int16 if width == 2 else np.int32
-        samples = np.frombuffer(raw, dtype).astype(np.float32) / float(np.iinfo(dtype).max + 1)
-    else:
-        raise WavError(f"{path}: {8 * width}-bit samples are not supported")
-    audio = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    """Read an audio file as mono float32 in [-1, 1] (channels averaged), resampled to `rate` if given."""
+    import soundfile
+
+    data, source_rate = _read(path, lambda p: soundfile.read(p, dtype="float32", always_2d=True))
+    audio = data.mean(axis=1, dtype=np.float32)
     if rate is not None and rate != source_rate:
         return resample(audio, source_rate, rate), rate
     return audio, source_rate
+
+
+def _header(path: str) -> object:
+    import soundfile
+
+    return soundfile.info(path)
+
+
+def _read(path: str | Path, reader: Callable[[str], T]) -> T:
+    import soundfile
+
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise WavError(f"{path}: the file is empty")
+    try:
+        return reader(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        raise WavError(f"{path}: not an audio file that can be read ({exc})") from None
 
 
 def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> None:

@@ -1,4 +1,4 @@
-"""The Smart Turn end-of-turn model, as shipped in the pipecat-ai wheel, on real speech (LibriVox clips)."""
+"""The Smart Turn end-of-turn model (from the pipecat-ai wheel, placed by scripts/setup.sh) on real speech."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.support.speech import Clip
 
 @pytest.fixture(scope="module")
 def model() -> SmartTurn:
-    require(shipped_model() is not None, "pipecat-ai (Smart Turn's weights) not installed")
+    require(shipped_model() is not None, "Smart Turn's weights not in place (scripts/setup.sh puts them there)")
     return SmartTurn()
 
 

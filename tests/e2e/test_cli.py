@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from assistant.audio.wavfile import write_wav
 from tests.conftest import REPO
 from tests.support.pulse import PulseAudio
 
@@ -50,9 +52,17 @@ def test_out_of_range_override_exits_2_with_one_line() -> None:
     assert "default.yaml (--set csm.topk=0): csm.topk = 0: Input should be greater than or equal to 1" in lines[0]
 
 
+def test_an_input_that_is_not_audio_is_named_before_any_work(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio\n")
+    result = cli("--input", str(notes), "--output", str(tmp_path / "a.wav"))
+    assert result.returncode == 2 and f"--input {notes}: not an audio file that can be read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path) -> None:
     question = tmp_path / "q.wav"
-    question.write_bytes(b"")  # never read: the output is checked first
+    write_wav(question, np.zeros(1600, np.float32), 16_000)
     for output, why in ((tmp_path / "missing" / "a.wav", "does not exist"), (tmp_path, "is a folder")):
         result = cli("--input", str(question), "--output", str(output))
         assert result.returncode == 2 and why in result.stderr and "Traceback" not in result.stderr
