@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from assistant.config import AsrConfig, Config, CsmConfig, TurnConfig
 from assistant.llm.backend import ChatBackend, LlmError
+from pipelines.model_check import hub_reachable, missing_models, needed_models
 
 if TYPE_CHECKING:
     from assistant.asr import WhisperTranscriber
@@ -79,7 +80,13 @@ async def load_models(
     config: Config, backend: ChatBackend, *, engine: bool = True, transcriber: bool = True
 ) -> tuple[CSMEngine | None, WhisperTranscriber | None, SmartTurn | None]:
     """CSM and Whisper (those asked for), the end-of-turn model with Whisper, and the LLM backend's model, loaded
-    side by side."""
+    side by side, once every model they need is known to be here or downloadable (`model_check.py`)."""
+    from assistant.llm.local_transformers import LocalBackend
+
+    local_llm = backend.model_name if isinstance(backend, LocalBackend) else None
+    needed = needed_models(config, engine=engine, transcriber=transcriber, local_llm=local_llm)
+    if (problem := await asyncio.to_thread(missing_models, needed, hub_reachable)) is not None:
+        raise StartupError(problem)
     loaded_engine, loaded_transcriber, turn_model, _ = await asyncio.gather(  # asyncio.sleep(0): not asked for is None
         asyncio.to_thread(load_engine, config.csm) if engine else asyncio.sleep(0),
         asyncio.to_thread(load_transcriber, config.asr) if transcriber else asyncio.sleep(0),

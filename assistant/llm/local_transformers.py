@@ -37,6 +37,11 @@ class LocalBackend:
         self.model: Any = None
         self.tokenizer: Any = None
 
+    @property
+    def model_name(self) -> str:
+        """The folder or hub id `llm.local.model` names."""
+        return self._config.model
+
     async def start(self) -> None:
         async with self._loading:
             if self.model is None:

@@ -74,6 +74,29 @@ def test_a_folder_as_config_is_a_config_error() -> None:
     assert result.stderr.strip().splitlines() == ["config error: configs: a folder, not a config file (the presets are the .yaml files in it)"]
 
 
+def test_offline_every_missing_model_is_listed_at_once_before_any_loads(tmp_path: Path) -> None:
+    question = tmp_path / "q.wav"
+    write_wav(question, np.zeros(1600, np.float32), 16_000)
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hub-cache")}
+    result = cli("--input", str(question), "--output", str(tmp_path / "a.wav"), env=offline)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    for setting in ("csm.model = sesame/csm-1b", "csm.mimi = ", "asr.model = tiny.en", "llm.local.model = "):
+        assert setting in line, line
+    csm = tmp_path / "csm"
+    csm.mkdir()  # a folder without tokenizer.json
+    result = cli(
+        "--input", str(question), "--output", str(tmp_path / "a.wav"), "--set", f"csm.model={csm}",
+        "--set", "asr.model=/no/such/whisper", "--set", "csm.mimi=/no/such/mimi.safetensors",
+        "--set", "llm.backend=scripted", env=offline,
+    )
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert f"csm.tokenizer = null, so {csm / 'tokenizer.json'}: no such file or folder" in line
+    assert "asr.model = /no/such/whisper: no such file or folder" in line and "csm.mimi = /no/such/mimi" in line
+    assert "llm.local.model" not in line and "csm.model =" not in line
+
+
 def test_mismatched_mode_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert cli("--input", str(tmp_path / "q.wav")).returncode == 2
     missing = cli("--input", str(tmp_path / "q.wav"), "--output", str(tmp_path / "a.wav"))
