@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks, as one run on a lent CUDA machine (see docs/benchmarks.md): the norm kernels, the csm-1b bench
 # with CUDA graphs, the CUDA tests, then (FUSED_S > 0) the bench with the fused frame. Each step has its own time
-# limit; results go to $OUT. Wheels for what the machine lacks travel in .whl (moshi, transformers 4.x, ...), the
-# test tokenizer in .cache.
+# limit; results go to $OUT. Wheels for what the machine lacks travel in .whl, the test tokenizer in .cache:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     moshi==0.2.13 transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0 soxr sphn pydantic \
+#     pydantic-core annotated-types typing-inspection pytest-asyncio soundfile onnxruntime
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/cuda-check}"
 mkdir -p "$out"
