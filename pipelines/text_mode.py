@@ -1,17 +1,22 @@
 """Text mode: the user types, the assistant answers, speaking the reply when it has a voice.
 
-Each line is one turn, answered in order. A chunk of the reply is printed as it is handed to speech.
+Each line is one turn, answered in order. A chunk of the reply is printed as it is handed to speech. A ready
+line goes to the log once the assistant can answer; at a terminal, a `you: ` prompt asks for each line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from typing import TextIO
 
 from assistant.events import EventBus, ReplyText, Subscription
 from pipelines.voice_loop import VoiceLoop
+
+log = logging.getLogger(__name__)
+PROMPT = "you: "
 
 
 def _read_lines(source: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
@@ -45,9 +50,20 @@ async def run_text_mode(voice: VoiceLoop, bus: EventBus, source: TextIO = sys.st
     # A daemon thread, not the default executor: a blocked readline must not hold up shutdown.
     threading.Thread(target=_read_lines, args=(source, asyncio.get_running_loop(), lines), daemon=True).start()
     started: set[int] = set()
+    interactive = source.isatty()
+    log.info("ready: type a line and press Enter; Ctrl-D or Ctrl-C ends")
+
+    async def prompt() -> None:
+        if interactive:
+            await asyncio.sleep(0)  # the turn's log line (a listener of its last event) comes out first
+            sink.write(PROMPT)
+            sink.flush()
+
     with bus.subscribe(ReplyText) as replies:
+        await prompt()
         while (line := await lines.get()) is not None:
             if not (text := line.strip()):
+                await prompt()
                 continue
             printer = asyncio.create_task(_print_replies(replies, sink, started))
             try:
@@ -56,3 +72,4 @@ async def run_text_mode(voice: VoiceLoop, bus: EventBus, source: TextIO = sys.st
                 printer.cancel()
                 while not replies.queue.empty():  # what the turn published last
                     _show(replies.queue.get_nowait(), sink, started)  # type: ignore[arg-type]
+            await prompt()
