@@ -22,9 +22,14 @@ def resolve_model(model: str, files: Sequence[str], setting: str) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or model.count("/") != 1 or model.startswith((".", "/", "~")):
+    if not is_hub_id(model):
         raise ModelNotFound(f"{setting}={model!r} is neither a folder nor a hub id like 'organisation/name'")
     return _download(model, files, setting)
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether `model` can only mean a hub repository ('organisation/name'), not a local path."""
+    return not Path(model).expanduser().exists() and model.count("/") == 1 and not model.startswith((".", "/", "~"))
 
 
 def _download(repo: str, files: Sequence[str], setting: str) -> Path:

@@ -7,7 +7,7 @@ A candidate that never gathers `min_speech_ms` of voiced frames (a click, a coug
 
 With `pause_ms`, a confirmed turn that falls silent that long is announced as a `Pause` (the turn so far, as it
 would end there), and `SpeechResumed` follows if speech comes back before the turn ends. Whoever listens may then
-`wait` a different silence for this turn (judged from its words) or `commit` it at once.
+`wait` a different silence for this turn (judged from its words), which ends it at once if that much has passed.
 """
 
 from __future__ import annotations
@@ -80,9 +80,7 @@ class VadSegmenter:
 
     SUPPORTED_RATES = (8000, 16000, 32000, 48000)
 
-    def __init__(
-        self, config: VadConfig, sample_rate: int = 16000, classifier: SpeechClassifier | None = None, pause_ms: int = 0
-    ):
+    def __init__(self, config: VadConfig, sample_rate: int = 16000, classifier: SpeechClassifier | None = None):
         if sample_rate not in self.SUPPORTED_RATES:
             raise ValueError(f"webrtcvad needs one of {self.SUPPORTED_RATES} Hz, got {sample_rate}")
         self.config = config
@@ -91,7 +89,7 @@ class VadSegmenter:
         self._is_speech = classifier or webrtc_classifier(config.aggressiveness, sample_rate)
         self._pending = np.zeros(0, np.float32)
         self._preroll: deque[np.ndarray] = deque(maxlen=config.preroll_ms // config.frame_ms)
-        self.pause_ms = pause_ms
+        self.pause_ms = 0  # 0: no Pause events (the voice loop sets its turn.speculate_ms)
         self.samples_seen = 0
         self.reset()
 

@@ -240,7 +240,11 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
     count = lambda kind: sum(t["name"].startswith(kind) for t in paused)  # noqa: E731
     own = [t["voice_to_voice"] - (t["latency"].endpoint_s or 0) - critical_compute(t) for t in turns]
     internal = [(t["latency"].first_audio_s - t["latency"].endpoint_s) - critical_compute(t) for t in turns]
-    stage = lambda name: stats([getattr(t["latency"], f"{name}_s") for t in turns if getattr(t["latency"], f"{name}_s") is not None])  # noqa: E731
+
+    def stage(name: str) -> dict:
+        seconds = [getattr(t["latency"], f"{name}_s") for t in turns]
+        return stats([s for s in seconds if s is not None])
+
     asr_ms = [b - a for a, b in transcriber.calls]
     return {
         "bench": "voice",

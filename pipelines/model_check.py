@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.config import Config
+from assistant.hub import is_hub_id
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ def needed_models(config: Config, *, engine: bool, transcriber: bool, local_llm:
     needed: list[Needed] = []
     if engine:
         csm = config.csm
-        needed.append(Needed("csm.model", csm.model, lambda: _model_here(csm.model, HUB_FILES), _hub_id(csm.model)))
+        found = lambda: _model_here(csm.model, HUB_FILES)  # noqa: E731
+        needed.append(Needed("csm.model", csm.model, found, is_hub_id(csm.model)))
         if csm.tokenizer is not None:
             tokenizer = Path(csm.tokenizer).expanduser()
             needed.append(Needed("csm.tokenizer", csm.tokenizer, tokenizer.is_file, hub=False))
@@ -43,9 +45,11 @@ def needed_models(config: Config, *, engine: bool, transcriber: bool, local_llm:
         needed.append(Needed("csm.mimi", mimi, lambda: _mimi_here(csm.mimi), hub=csm.mimi is None))
     if transcriber:
         asr = config.asr
-        needed.append(Needed("asr.model", asr.model, lambda: _whisper_here(asr.model, asr.download_root), _hub_id(asr.model)))
+        found = lambda: _whisper_here(asr.model, asr.download_root)  # noqa: E731
+        needed.append(Needed("asr.model", asr.model, found, _whisper_id(asr.model)))
     if local_llm is not None:
-        needed.append(Needed("llm.local.model", local_llm, lambda: _model_here(local_llm, MODEL_FILES), _hub_id(local_llm)))
+        found = lambda: _model_here(local_llm, MODEL_FILES)  # noqa: E731
+        needed.append(Needed("llm.local.model", local_llm, found, is_hub_id(local_llm)))
     return needed
 
 
@@ -83,17 +87,16 @@ def hub_reachable(timeout_s: float = 5.0) -> bool:
         return False
 
 
-def _hub_id(model: str) -> bool:
-    """Whether `model` can name a hub repository (or a faster-whisper size): not a local path."""
-    return not Path(model).expanduser().exists() and not model.startswith((".", "/", "~")) and model.count("/") <= 1
+def _whisper_id(model: str) -> bool:
+    """Whether `model` names a faster-whisper size (tiny.en, small, ...) or a hub repository, not a local path."""
+    return is_hub_id(model) or ("/" not in model and not Path(model).expanduser().exists())
 
 
 def _model_here(model: str, files: Sequence[str]) -> bool:
-    path = Path(model).expanduser()
-    if path.is_dir():
+    if Path(model).expanduser().is_dir():
         return True
-    if path.exists() or model.count("/") != 1 or model.startswith((".", "/", "~")):
-        return False  # a path that is not there (resolve_model says so when it loads)
+    if not is_hub_id(model):
+        return False  # a path that is not there
     from huggingface_hub import snapshot_download
 
     try:

@@ -169,8 +169,9 @@ class VoiceLoop:
         if barge_in.mode == "off" and (self.busy or time.monotonic() < self._quiet_until):
             self._forget_speech()  # the assistant's own voice (or its echo) is not a turn
             return
-        for event in self.segmenter.feed(block):
-            self._heard = (time.monotonic(), self.segmenter.samples_seen)
+        events = self.segmenter.feed(block)
+        self._heard = (time.monotonic(), self.segmenter.samples_seen)
+        for event in events:
             if isinstance(event, SpeechOnset):
                 self.bus.publish(SpeechStarted())
             elif isinstance(event, Pause):

@@ -189,3 +189,8 @@ def quiet(seconds: float, rate: int = 16_000) -> np.ndarray:
 def energy_classifier(frame: np.ndarray) -> bool:
     """A stand-in for webrtcvad: loud frames are speech."""
     return float(np.abs(frame).mean()) > 0.1
+
+
+def drain(queue: asyncio.Queue) -> list:
+    """Everything waiting in an event subscription's queue, taken out."""
+    return [queue.get_nowait() for _ in range(queue.qsize())]

@@ -8,7 +8,17 @@ import pytest
 
 from assistant.events import ConversationReset, EventBus, Interrupted, MuteChanged, ReplyText, UserTranscript
 from pipelines import Assistant
-from tests.support.fakes import FRAME, FakeBackend, FakeSpeechEngine, FakeTranscriber, ManualSink, QueueSource, loud, quiet
+from tests.support.fakes import (
+    FRAME,
+    FakeBackend,
+    FakeSpeechEngine,
+    FakeTranscriber,
+    ManualSink,
+    QueueSource,
+    drain,
+    loud,
+    quiet,
+)
 from tests.unit.test_reply import until
 from tests.unit.test_voice_loop import REPLY, config, voice_loop
 
@@ -134,7 +144,3 @@ async def test_muted_speech_is_not_heard_and_unmuting_hears_again() -> None:
     assert [(e.kind, getattr(e, "muted", None)) for e in seen] == [
         ("MuteChanged", True), ("MuteChanged", False), ("UserTranscript", None)
     ]
-
-
-def drain(queue: asyncio.Queue) -> list:
-    return [queue.get_nowait() for _ in range(queue.qsize())]

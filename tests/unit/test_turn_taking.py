@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from assistant.config import Config
-from assistant.events import Event, EventBus, ReplyText, TurnLatency, UserTranscript
+from assistant.events import EventBus, ReplyText, TurnLatency, UserTranscript
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
 from tests.support.fakes import (
@@ -16,6 +16,7 @@ from tests.support.fakes import (
     FakeTranscriber,
     ManualSink,
     QueueSource,
+    drain,
     energy_classifier,
     loud,
     quiet,
@@ -53,11 +54,12 @@ def setup(*texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0, turn_m
     return voice, source, sink, transcriber, backend, published
 
 
-def drained(subscription) -> list[Event]:
-    events = []
-    while not subscription.queue.empty():
-        events.append(subscription.queue.get_nowait())
-    return events
+async def hear_the_reply_and_stop(listening: asyncio.Task, source: QueueSource, sink: ManualSink) -> None:
+    """Wait for the reply's audio, play it all, then end the microphone and the loop."""
+    await until(lambda: sink.queued >= 4 * FRAME)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
 
 
 async def test_a_finished_sentence_ends_the_turn_soon_and_the_pause_s_work_is_used() -> None:
@@ -66,13 +68,10 @@ async def test_a_finished_sentence_ends_the_turn_soon_and_the_pause_s_work_is_us
     source.put(quiet(0.1))
     source.put(loud(0.6))
     source.put(quiet(0.3))  # 300 ms: past the pause (210) and a finished sentence's end (270)
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
+    await hear_the_reply_and_stop(listening, source, sink)
     assert len(transcriber.heard) == 1 and len(backend.messages) == 1  # transcribed and asked once, at the pause
     assert [t.text for t in voice.conversation.turns] == ["What time is it?", "Sure. Here you go."]
-    latency = next(e for e in drained(published) if isinstance(e, TurnLatency))
+    latency = next(e for e in drain(published.queue) if isinstance(e, TurnLatency))
     assert latency.transcript_s is not None and latency.first_audio_s is not None
     assert 0.2 <= latency.endpoint_s < latency.first_audio_s  # counted from the last voiced frame, not the commit
 
@@ -84,12 +83,9 @@ async def test_a_trailing_and_waits_longer_than_a_finished_sentence() -> None:
     source.put(quiet(0.9))
     await until(lambda: len(transcriber.heard) == 1)
     await asyncio.sleep(0.05)
-    assert not voice.busy and voice.conversation.turns == [] and drained(published) == []
+    assert not voice.busy and voice.conversation.turns == [] and drain(published.queue) == []
     source.put(quiet(0.4))  # 1.3 s of silence in all: past incomplete_ms
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
+    await hear_the_reply_and_stop(listening, source, sink)
     assert [t.text for t in voice.conversation.turns][0] == "I'd like a coffee and"
     assert len(transcriber.heard) == 1  # the pause's transcript served the turn
 
@@ -105,13 +101,10 @@ async def test_speech_after_a_pause_drops_everything_the_pause_started() -> None
     assert backend.messages[0][-1]["content"] == "I want to go to the"
     source.put(loud(0.5))  # the user goes on
     await until(lambda: backend.streams_closed == 1)  # the speculative reply was stopped
-    assert drained(published) == [] and voice.conversation.turns == [] and sink.queued == 0
+    assert drain(published.queue) == [] and voice.conversation.turns == [] and sink.queued == 0
     source.put(quiet(0.3))
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
-    events = drained(published)
+    await hear_the_reply_and_stop(listening, source, sink)
+    events = drain(published.queue)
     assert [e.text for e in events if isinstance(e, UserTranscript)] == ["I want to go to the beach."]
     assert len([e for e in events if isinstance(e, TurnLatency)]) == 1
     assert [t.text for t in voice.conversation.turns] == ["I want to go to the beach.", "Sure. Here you go."]
@@ -129,10 +122,7 @@ async def test_a_conversation_that_moved_on_since_the_pause_asks_the_llm_again()
     await until(lambda: len(backend.messages) == 1)
     voice.conversation.add_user("typed meanwhile")  # as a typed turn or a reset would
     source.put(quiet(0.1))
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
+    await hear_the_reply_and_stop(listening, source, sink)
     assert len(backend.messages) == 2 and backend.messages[1][-2]["content"] == "typed meanwhile"
 
 
@@ -144,11 +134,8 @@ async def test_without_speculation_the_turn_ends_at_the_vad_s_silence_and_counts
     await asyncio.sleep(0.05)
     assert transcriber.heard == []  # 500 ms of silence: no turn yet (end_silence_ms 600)
     source.put(quiet(0.2))
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
-    latency = next(e for e in drained(published) if isinstance(e, TurnLatency))
+    await hear_the_reply_and_stop(listening, source, sink)
+    latency = next(e for e in drain(published.queue) if isinstance(e, TurnLatency))
     assert latency.endpoint_s >= 0.6 and latency.transcript_s > latency.endpoint_s
 
 
@@ -160,21 +147,15 @@ async def test_with_the_end_of_turn_model_its_judgement_and_not_the_words_decide
     source.put(quiet(0.9))
     await until(lambda: len(unsure.heard) == 1 and len(transcriber.heard) == 1)
     await asyncio.sleep(0.05)
-    assert voice.conversation.turns == [] and drained(published) == []
+    assert voice.conversation.turns == [] and drain(published.queue) == []
     assert len(unsure.heard[0]) == len(transcriber.heard[0])  # both got the turn as it would end at the pause
     source.put(quiet(0.4))
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
+    await hear_the_reply_and_stop(listening, source, sink)
 
     sure = FakeTurnModel(0.9)  # a trailing "and", but the model hears a finished turn: end it soon
     voice, source, sink, transcriber, backend, published = setup("I'd like a coffee and", turn_model=sure)
     listening = asyncio.create_task(voice.listen(source))
     source.put(loud(0.6))
     source.put(quiet(0.3))
-    await until(lambda: sink.queued >= 4 * FRAME)
-    sink.advance(4 * FRAME)
-    source.end()
-    await listening
+    await hear_the_reply_and_stop(listening, source, sink)
     assert [t.text for t in voice.conversation.turns][0] == "I'd like a coffee and"

@@ -54,6 +54,7 @@ class MimiCodec:
         self._streaming = copy.deepcopy(mimi, memo=shared)
         with torch.inference_mode():
             self._streaming.streaming_forever(1)
+        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # overlapped decoding
 
     @torch.inference_mode()
     def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -78,8 +79,8 @@ class MimiCodec:
         the model for the GIL). The audio is the same either way. One stream at a time (the engine sees to that);
         each starts from a fresh decoder state.
         """
-        if overlap and self.device.type == "cuda":
-            decoder: FrameDecoder = _SideStream(self._decode_frame_on_device, self.device)
+        if overlap and self._side is not None:
+            decoder: FrameDecoder = _SideStream(self._decode_frame_on_device, self._side)
         else:
             decoder = _AtOnce(self._decode_frame)
         with torch.inference_mode():
@@ -132,9 +133,9 @@ class _SideStream:
     next frame's work.
     """
 
-    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], side: torch.cuda.Stream):
         self._decode_on_device = decode
-        self._side = torch.cuda.Stream(device)
+        self._side = side
         self._last: torch.cuda.Event | None = None
 
     def submit(self, codes: torch.Tensor) -> Decoded:

@@ -71,8 +71,8 @@ class CSMEngine:
     With `cuda_graphs` (CUDA only) the per-frame work and the prompt's prefill replay CUDA graphs, captured at
     load for those modes and on first use for any other top-k; with `fused` the per-frame work is compiled by
     TorchInductor first (`CSMModel.fuse`). With `overlap` (CUDA only), decoding a frame to audio runs on a second
-    CUDA stream beside generating the next (the audio is the same). With `reuse_cache`, a prompt that begins with rows the backbone's cache already
-    holds prefills only the rest (`cached_rows.py`).
+    CUDA stream beside generating the next (the audio is the same). With `reuse_cache`, a prompt that begins with
+    rows the backbone's cache already holds prefills only the rest (`cached_rows.py`).
     """
 
     def __init__(
@@ -101,7 +101,6 @@ class CSMEngine:
 
     def _prepare(self, cuda_graphs: bool, fused: bool) -> None:
         if fused:
-            self.model.static = True  # one compiled backbone step for every position
             self.model.fuse()
         if cuda_graphs:
             self.steps = CUDAGraphFrames(self.model)

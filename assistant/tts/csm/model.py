@@ -27,8 +27,9 @@ class CSMModel:
     """Backbone + depth decoder; `prefill` a prompt, then alternate `decode_frame` and `append_frame`.
 
     `prefill(..., start=n)` keeps the cache's first n positions and runs only the rows after them: a new turn
-    whose prompt begins with what the cache already holds pays only for its new rows. With `static` set, `append_frame` attends over the whole backbone cache, masked by the position held in the
-    device tensor `pos` (see `Stack.forward`): the form `CUDAGraphFrames` captures, run eagerly.
+    whose prompt begins with what the cache already holds pays only for its new rows. With `static` set,
+    `append_frame` attends over the whole backbone cache, masked by the position held in the device tensor `pos`
+    (see `Stack.forward`): the form `CUDAGraphFrames` captures, run eagerly.
     """
 
     def __init__(self, config: CSMConfig, weights: dict[str, torch.Tensor]):
@@ -133,7 +134,9 @@ class CSMModel:
     def fuse(self) -> None:
         """Compile the per-frame work with TorchInductor: the norms, softmaxes, activations and sampling between
         the matmuls become a few generated kernels (on a GPU, far fewer launches per frame). Compiles on first use
-        of each sampling mode; greedy frames stay those of the plain path."""
+        of each sampling mode; greedy frames stay those of the plain path. The backbone step takes its fixed-shape
+        form (`static`), so that one compiled step serves every position."""
+        self.static = True
         # No FX graph cache: with it, a greedy graph was served another compile's inputs (torch 2.9, "expected size").
         compile = lambda fn: torch.compile(fn, fullgraph=True, dynamic=False, options={"fx_graph_cache": False})  # noqa: E731
         self.decode_codes = compile(self.decode_with)
