@@ -1,17 +1,18 @@
-"""The MQTT bridge: the bus's events out to a broker, commands from the broker in (aiomqtt, MQTT 3.1.1).
+"""The MQTT bridge: the bus's events out to a broker, commands from the broker in (aiomqtt, MQTT 5).
 
 It only listens to the event bus and drives the assistant through the small `Commands` protocol.
 The connection runs in its own task: losing the broker is reported once (an ErrorEvent and a log
 line) and the assistant goes on without it while the bridge reconnects with capped exponential
 backoff. Events that happen while the broker is away are not sent (they describe moments that
-have passed). Commands are QoS 1 in a persistent session (fixed client id, clean_session off), so
-commands sent while the bridge is away are kept by the broker and handed over when it is back,
-through a broker restart too when the broker persists its sessions. On its first connection the
-bridge clears what the broker kept from an earlier run: stale commands are never carried out.
+have passed). Commands are QoS 1 in a persistent session (fixed client id, no clean start, a session
+that never expires), so commands sent while the bridge is away are kept by the broker and handed over
+when it is back, through a broker restart too when the broker persists its sessions. On its first
+connection the bridge clears what the broker kept from an earlier run: stale commands are never carried
+out. The command subscription asks for retain-as-published, so a retained command is known as one
+whenever it arrives (otherwise brokers clear the flag on messages to a live subscription).
 The retained status is "online" while connected: the bridge follows its own status topic and says
 "online" again should its last will, from a connection the broker noticed lost only after the bridge
 was back, mark it offline.
-MQTT 3.1.1 rather than 5 because mosquitto 2.0 does not restore MQTT 5 sessions after a restart.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from assistant.config import MqttConfig
 from assistant.events import CommandRejected, ErrorEvent, EventBus, Subscription
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 REFUSED_CREDENTIALS = {4, 5, 134, 135}
 """CONNACK codes for a bad user name or password, or not authorised (MQTT 3.1.1 and 5)."""
+NEVER_EXPIRES = 0xFFFFFFFF
+"""MQTT 5's session expiry interval for a session the broker keeps until the client clears it."""
 CANCEL_WAIT_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
 
@@ -121,9 +127,11 @@ class MqttBridge:
 
     def _client_for(self, password: str | None, tls: ssl.SSLContext | None, clean: bool = False) -> aiomqtt.Client:
         """A fresh client per connection: aiomqtt's clients are not meant to reconnect after a lost connection."""
+        session = Properties(PacketTypes.CONNECT)
+        session.SessionExpiryInterval = 0 if clean else NEVER_EXPIRES
         return aiomqtt.Client(
             self.config.host, self.config.port, username=self.config.username, password=password,
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V311, clean_session=clean,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=clean, properties=session,
             keepalive=self.config.keepalive_s, tls_context=tls,
             will=aiomqtt.Will(self.topics.status, "offline", qos=1, retain=True),
         )
@@ -137,7 +145,7 @@ class MqttBridge:
                     async with self._client_for(password, tls, clean=True):  # drops the earlier run's session
                         self._cleared = True
                 async with self._client_for(password, tls) as client:
-                    await client.subscribe(self.topics.commands, qos=1)
+                    await client.subscribe(self.topics.commands, options=SubscribeOptions(qos=1, retainAsPublished=True))
                     await client.subscribe(self.topics.status, qos=1)
                     self._client = client  # connected before "online" can reach anyone
                     await client.publish(self.topics.status, "online", qos=1, retain=True)
@@ -185,7 +193,7 @@ class MqttBridge:
         name = self.topics.command_name(message.topic.value)
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
         try:
-            if message.retain:  # a retained command would be carried out again on every subscription
+            if message.retain:  # it would be carried out again on every subscription
                 raise CommandError("retained commands are not carried out; publish commands without retain")
             command = parse_command(name, payload, self.config.max_payload_bytes)
         except CommandError as error:

@@ -210,7 +210,14 @@ async def test_a_retained_command_is_not_carried_out(broker: Mosquitto, tmp_path
             error = await remote.next("error")
             assert error["command"] == "say" and "retained commands are not carried out" in error["message"]
             assert assistant.conversation.turns == []
-        await remote.send("say", raw=b"", retain=True)  # an empty retained message clears it
+            await remote.send("ask", {"text": "Retained while it listens."}, retain=True)
+            error = await remote.next("error")  # the broker keeps the flag: retain-as-published
+            assert error["command"] == "ask" and "retained commands are not carried out" in error["message"]
+            await remote.send("mute")
+            await remote.next("muted")
+            assert assistant.conversation.turns == []
+        for name in ("say", "ask"):
+            await remote.send(name, raw=b"", retain=True)  # an empty retained message clears it
 
 
 async def test_commands_left_from_an_earlier_run_are_not_carried_out(broker: Mosquitto, tmp_path: Path) -> None:
