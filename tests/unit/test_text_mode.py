@@ -31,3 +31,22 @@ async def test_replies_each_line_with_a_prompt_only_at_a_terminal(terminal: bool
     expected = f"{PROMPT}assistant: Hi there.\n{PROMPT}{PROMPT}assistant: Hi there.\n{PROMPT}" if terminal else replies
     assert sink.getvalue() == expected
     assert any(r.getMessage().startswith("ready: type a line") for r in caplog.records)
+
+
+async def test_a_log_line_during_a_reply_at_a_terminal_gets_a_line_of_its_own() -> None:
+    log_terminal = Terminal()
+    handler = logging.StreamHandler(log_terminal)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        bus = EventBus()
+        voice = VoiceLoop(Config(), bus, FakeBackend(["One. ", "Two. ", "Three."], fail_after=2))
+        sink = Terminal()
+        handler.stream = sink  # stdout and stderr on one terminal
+        await run_text_mode(voice, bus, io.StringIO("hello\n"), sink)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    first, warning, rest = sink.getvalue().splitlines()  # the failure comes while "Two." waits to be spoken
+    assert (first, rest) == ("assistant: One.", "assistant: Two.")
+    assert warning.startswith("WARNING turn ") and warning.endswith("the LLM failed mid-reply: the fake LLM was told to fail")
+    assert not handler.filters  # the terminal's handlers are left as they were
