@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
+from assistant.audio.alsa_messages import route_alsa_messages
+
 Direction = Literal["input", "output"]
 
 
@@ -34,6 +36,7 @@ def sounddevice() -> ModuleType:
         raise AudioDeviceError(
             f"PortAudio is not available ({exc}); install it with: sudo apt-get install libportaudio2"
         ) from None
+    route_alsa_messages()
     return sd
 
 
