@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", type=Path, metavar="WAV", help="headless: answer the speech in this wav file")
     parser.add_argument("--output", type=Path, metavar="WAV", help="headless: write the spoken reply here")
     parser.add_argument(
+        "--voice", type=Path, metavar="FILE",
+        help="speak in this voice: a reference clip (5-15 s; its transcript in a .txt file of the same name, or "
+        "--set voice.text=...) or a voice file the assistant saved",
+    )
+    parser.add_argument("--show-voice", action="store_true", help="say which voice the assistant speaks in, then exit")
+    parser.add_argument(
+        "--reset-voice", action="store_true",
+        help="forget the locked voice (the next run makes a new one), then exit",
+    )
+    parser.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
         help="how much to log (default: logging.level from the config)",
     )
@@ -68,9 +78,44 @@ def _list_devices() -> int:
     return 0
 
 
+def _show_voice(path: str | None, locked: bool) -> int:
+    from assistant.tts.reference_voice import ReferenceVoice, VoiceError, locked_voice_path
+
+    lock = locked_voice_path()
+    if path is not None:
+        print(f"voice: {path} (voice.path)")
+    elif not locked:
+        print("voice: none (voice.locked is false): each run speaks in another voice")
+    if lock.is_file():
+        try:
+            voice = ReferenceVoice.load(lock)
+        except VoiceError as exc:
+            print(f"locked voice: {exc}; --reset-voice removes it")
+            return EXIT_FAILURE
+        print(f"locked voice: {lock} (speaker {voice.speaker}, {voice.seconds:.1f} s: {voice.text!r})"
+              + ("" if path is None and locked else "; not in use"))
+    else:
+        print(f"locked voice: none yet; {'the first run makes it' if path is None and locked else 'not in use'} ({lock})")
+    return 0
+
+
+def _reset_voice() -> int:
+    from assistant.tts.reference_voice import locked_voice_path
+
+    lock = locked_voice_path()
+    if not lock.is_file():
+        print(f"no locked voice to forget ({lock})")
+        return 0
+    lock.unlink()
+    print(f"forgot the locked voice ({lock}); the next run makes a new one")
+    return 0
+
+
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.list_devices:
         return _list_devices()
+    if args.reset_voice:
+        return _reset_voice()
     if (args.input is None) != (args.output is None):
         parser.error("--input and --output go together")
     if args.text and args.input:
@@ -102,6 +147,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.voice is not None:
+        config.voice.path = str(args.voice)
+    if args.show_voice:
+        return _show_voice(config.voice.path, config.voice.locked)
+    if config.voice.path is not None:  # before any model loads
+        from assistant.tts.reference_voice import VoiceError, check_voice_source
+
+        try:
+            check_voice_source(Path(config.voice.path), config.voice.text)
+        except VoiceError as exc:
+            print(f"{'--voice' if args.voice is not None else 'config error: voice.path'}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
 
     from assistant.audio.devices import AudioDeviceError
     from assistant.audio.wavfile import WavError

@@ -204,6 +204,21 @@ class CsmConfig(Section):
     fused: bool = Field(False, description="Compile the per-frame work with TorchInductor (slower load, fewer GPU kernels).")
 
 
+class VoiceConfig(Section):
+    path: str | None = Field(
+        None,
+        description="The assistant's voice: a reference clip (wav, flac, ogg...; any rate, mono or stereo) or a voice "
+        "file (.safetensors) the assistant saved; null = the locked voice.",
+    )
+    text: str | None = Field(None, description="What the clip says, word for word; null = the .txt file beside it.")
+    speaker: int | None = Field(None, ge=0, le=9, description="The speaker id the voice stands for; null = csm.speaker.")
+    locked: bool = Field(
+        True,
+        description="Without a path: make a voice on the first run, keep it in the user's data directory and speak "
+        "in it on every run (false: no reference, another voice each run).",
+    )
+
+
 class ConversationConfig(Section):
     max_turns: int = Field(20, ge=0, le=1000, description="Turns kept for the LLM's messages.")
     max_audio_turns: int = Field(6, ge=0, le=100, description="Most recent turns whose audio CSM hears.")
@@ -278,6 +293,7 @@ class Config(Section):
     asr: AsrConfig = Field(default_factory=AsrConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
     csm: CsmConfig = Field(default_factory=CsmConfig)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)

@@ -28,11 +28,12 @@ from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config, load_config
 from assistant.conversation import Conversation
 from assistant.events import ErrorEvent, Event, EventBus, Subscription
+from assistant.tts.reference_voice import ReferenceVoice
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.mqtt import MqttBridge, MqttSetupError
 from assistant.vad import VadSegmenter
-from pipelines.components import StartupError, load_models
+from pipelines.components import StartupError, load_models, load_voice
 from pipelines.reply import SpeechEngine, Spoken
 from pipelines.voice_loop import AudioEncoder, TurnDetector, VoiceLoop
 
@@ -47,6 +48,10 @@ class Assistant:
 
     `encode_audio` (Mimi-encoding the user's voice for CSM's context) comes with an engine that
     `start()` loads; with an engine handed in, pass it too, or the voice context is text-only.
+
+    `voice` is the assistant's voice: a reference clip or saved voice file (a path, as `voice.path`), or a
+    ReferenceVoice. Without it, an engine that `start()` loads speaks in the config's voice (`voice.*`, by default
+    the locked voice); an engine handed in speaks in `voice.path` if set, else without a reference.
     """
 
     def __init__(
@@ -60,12 +65,17 @@ class Assistant:
         transcriber: Transcriber | None = None,
         source: AudioSource | None = None,
         sink: AudioSink | None = None,
+        voice: ReferenceVoice | str | Path | None = None,
     ) -> None:
+        if voice is not None:  # a path is loaded with the engine, as the config's would be; a ReferenceVoice is used as is
+            path = None if isinstance(voice, ReferenceVoice) else str(voice)
+            config = config.model_copy(update={"voice": config.voice.model_copy(update={"path": path, "locked": False})})
         self.config = config
         self.bus = bus or EventBus()
         self._backend, self._engine, self._encode_audio = backend, engine, encode_audio
         self._transcriber, self._source, self._sink = transcriber, source, sink
         self._turn_model: TurnDetector | None = None  # loaded with Whisper when turn.detector is model
+        self._reference = voice if isinstance(voice, ReferenceVoice) else None
         self._owned: list[DeviceStream | ChatBackend] = []  # closed by stop(), last opened first
         self._voice: VoiceLoop | None = None
         self._listening: asyncio.Task[None] | None = None
@@ -200,20 +210,23 @@ class Assistant:
         if self._backend is None:
             self._backend = make_backend(self.config.llm)
             self._owned.append(self._backend)
-        engine, transcriber, turn_model = await load_models(
+        models = await load_models(
             self.config, self._backend, engine=self._engine is None, transcriber=self._transcriber is None
         )
-        if engine is not None:
-            self._engine, self._encode_audio = engine, engine.encode
-        if transcriber is not None:
-            self._transcriber, self._turn_model = transcriber, turn_model
+        if models.engine is not None:
+            self._engine, self._encode_audio = models.engine, models.engine.encode
+            self._reference = self._reference or models.voice
+        elif self.config.voice.path is not None and self._reference is None:
+            self._reference = await load_voice(self.config, self._engine)  # type: ignore[arg-type]  # a CSMEngine
+        if models.transcriber is not None:
+            self._transcriber, self._turn_model = models.transcriber, models.turn_model
 
     def _voice_loop(self) -> VoiceLoop:
         assert self._backend is not None
         return VoiceLoop(
             self.config, self.bus, self._backend, transcriber=self._transcriber, engine=self._engine,
             encode_audio=self._encode_audio, sink=self._sink, segmenter=VadSegmenter(self.config.vad),
-            turn_model=self._turn_model,
+            turn_model=self._turn_model, reference=self._reference,
         )
 
 def device_reporter(bus: EventBus) -> Callable[[str], None]:

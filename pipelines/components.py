@@ -5,10 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from assistant.config import AsrConfig, Config, CsmConfig, TurnConfig
+from assistant.config import AsrConfig, Config, CsmConfig, TurnConfig, VoiceConfig
 from assistant.llm.backend import ChatBackend, LlmError
+from assistant.tts.reference_voice import (
+    ReferenceVoice,
+    VoiceError,
+    check_voice_source,
+    is_voice_file,
+    locked_voice,
+    voice_from_clip,
+    with_speaker,
+)
 from pipelines.model_check import hub_reachable, missing_models, needed_models
 
 if TYPE_CHECKING:
@@ -76,13 +87,54 @@ def load_engine(config: CsmConfig) -> CSMEngine:
     return engine
 
 
+def check_voice(config: VoiceConfig) -> None:
+    """The voice's clip or file, checked before any model loads (StartupError naming it)."""
+    if config.path is not None:
+        try:
+            check_voice_source(Path(config.path), config.text)
+        except VoiceError as error:
+            raise StartupError(f"voice.path: {error}") from None
+
+
+async def load_voice(config: Config, engine: CSMEngine) -> ReferenceVoice | None:
+    """The assistant's voice (`voice.path`, else the locked voice, unless `voice.locked` is off), checked to fit."""
+    settings, csm = config.voice, config.csm
+    speaker = settings.speaker if settings.speaker is not None else csm.speaker
+    try:
+        if settings.path is None:
+            voice = await locked_voice(speaker, engine, csm.temperature, csm.topk) if settings.locked else None
+        elif is_voice_file(path := Path(settings.path)):
+            voice = with_speaker(await asyncio.to_thread(ReferenceVoice.load, path), settings.speaker)
+        else:
+            voice = await voice_from_clip(path, settings.text, speaker, engine)
+        if voice is not None:
+            engine.reference_positions(voice.segment())
+    except ValueError as error:  # VoiceError, or too long for the window
+        raise StartupError(f"voice: {error}") from None
+    if voice is not None:
+        log.info("voice: %s (speaker %d, %.1f s: %r)", voice.origin, voice.speaker, voice.seconds, voice.text[:60])
+    return voice
+
+
+@dataclass(frozen=True)
+class Models:
+    """What `load_models` loaded; a part not asked for is None."""
+
+    engine: CSMEngine | None = None
+    voice: ReferenceVoice | None = None
+    transcriber: WhisperTranscriber | None = None
+    turn_model: SmartTurn | None = None
+
+
 async def load_models(
     config: Config, backend: ChatBackend, *, engine: bool = True, transcriber: bool = True
-) -> tuple[CSMEngine | None, WhisperTranscriber | None, SmartTurn | None]:
-    """CSM and Whisper (those asked for), the end-of-turn model with Whisper, and the LLM backend's model, loaded
-    side by side, once every model they need is known to be here or downloadable (`model_check.py`)."""
+) -> Models:
+    """CSM with its voice and Whisper (those asked for), the end-of-turn model with Whisper, and the LLM backend's
+    model, loaded side by side, once every model they need is known to be here or downloadable (`model_check.py`)."""
     from assistant.llm.local_transformers import LocalBackend
 
+    if engine:
+        check_voice(config.voice)
     local_llm = backend.model_name if isinstance(backend, LocalBackend) else None
     needed = needed_models(config, engine=engine, transcriber=transcriber, local_llm=local_llm)
     if (problem := await asyncio.to_thread(missing_models, needed, hub_reachable)) is not None:
@@ -93,4 +145,5 @@ async def load_models(
         asyncio.to_thread(load_turn_model, config.turn) if transcriber else asyncio.sleep(0),
         start_backend(backend),
     )
-    return loaded_engine, loaded_transcriber, turn_model
+    voice = await load_voice(config, loaded_engine) if loaded_engine is not None else None
+    return Models(loaded_engine, voice, loaded_transcriber, turn_model)

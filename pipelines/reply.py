@@ -50,12 +50,13 @@ class SpeechEngine(Protocol):
         max_audio_ms: float | None = ...,
         cancel: Any = ...,
         chunk_frames: int = ...,
+        reference: Segment | None = ...,
     ) -> AsyncIterator[SpokenChunk]: ...
 
 
 @dataclass(frozen=True)
 class Voice:
-    """How the engine is asked to speak (the `csm` config section)."""
+    """How the engine is asked to speak (the `csm` config section, and the reference voice heading each prompt)."""
 
     speaker: int = 1
     temperature: float = 0.9
@@ -63,6 +64,7 @@ class Voice:
     seed: int | None = None
     max_audio_ms: float | None = None
     chunk_frames: int = 2
+    reference: Segment | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ class Reply:
                 async with contextlib.aclosing(self._engine.stream(
                     piece, self._voice.speaker, context, self._voice.temperature, self._voice.topk,
                     self._voice.seed, self._voice.max_audio_ms, self._cancel, self._voice.chunk_frames,
+                    reference=self._voice.reference,
                 )) as stream:
                     async for chunk in stream:
                         end = self._place(index, chunk)

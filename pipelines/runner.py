@@ -7,7 +7,6 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from assistant.audio.streams import PLAYBACK_RATE, AudioSink, FileSink, FileSource
 from assistant.config import Config
@@ -18,14 +17,10 @@ from assistant.llm.factory import make_backend
 from assistant.logs import log_turns
 from assistant.vad import VadSegmenter
 from pipelines.assistant import Assistant, device_reporter
-from pipelines.components import load_models, start_backend
+from pipelines.components import Models, load_models, start_backend
 from pipelines.keyboard import key_binding
 from pipelines.text_mode import run_text_mode
-from pipelines.voice_loop import TurnDetector, VoiceLoop
-
-if TYPE_CHECKING:
-    from assistant.asr import WhisperTranscriber
-    from assistant.tts.csm import CSMEngine
+from pipelines.voice_loop import VoiceLoop
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +67,8 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         latency_ms=audio.output_latency_ms,
     )
     async with speaker:
-        engine, _, _ = await load_models(config, backend, transcriber=False)
-        assert engine is not None
-        voice = _voice_loop(config, bus, backend, speaker, engine)
+        models = await load_models(config, backend, transcriber=False)
+        voice = _voice_loop(config, bus, backend, speaker, models)
         try:
             await run_text_mode(voice, bus)
         finally:
@@ -84,9 +78,7 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     assert mode.input_wav is not None and mode.output_wav is not None
     source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
-    engine, transcriber, turn_model = await load_models(config, backend)
-    assert engine is not None
-    voice = _voice_loop(config, bus, backend, sink, engine, transcriber, turn_model)
+    voice = _voice_loop(config, bus, backend, sink, await load_models(config, backend))
     heard = bus.subscribe(UtteranceEnded)
     try:
         await voice.listen(source, sequential=True)
@@ -109,12 +101,11 @@ async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
             await assistant.wait()
 
 
-def _voice_loop(
-    config: Config, bus: EventBus, backend: ChatBackend, sink: AudioSink, engine: CSMEngine,
-    transcriber: WhisperTranscriber | None = None, turn_model: TurnDetector | None = None,
-) -> VoiceLoop:
-    segmenter = VadSegmenter(config.vad) if transcriber is not None else None
+def _voice_loop(config: Config, bus: EventBus, backend: ChatBackend, sink: AudioSink, models: Models) -> VoiceLoop:
+    engine = models.engine
+    assert engine is not None
+    segmenter = VadSegmenter(config.vad) if models.transcriber is not None else None
     return VoiceLoop(
-        config, bus, backend, transcriber=transcriber, engine=engine, encode_audio=engine.encode, sink=sink,
-        segmenter=segmenter, turn_model=turn_model,
+        config, bus, backend, transcriber=models.transcriber, engine=engine, encode_audio=engine.encode, sink=sink,
+        segmenter=segmenter, turn_model=models.turn_model, reference=models.voice,
     )

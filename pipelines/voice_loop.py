@@ -39,6 +39,7 @@ from assistant.events import (
 )
 from assistant.llm.backend import ChatBackend
 from assistant.segment import Segment
+from assistant.tts.reference_voice import ReferenceVoice
 from assistant.turn_end import silence_to_end
 from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 from pipelines.reply import Deltas, Reply, SpeechEngine, Spoken, Voice
@@ -70,6 +71,7 @@ class VoiceLoop:
         sink: AudioSink | None = None,
         segmenter: VadSegmenter | None = None,
         turn_model: TurnDetector | None = None,
+        reference: ReferenceVoice | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -83,9 +85,13 @@ class VoiceLoop:
         if segmenter is not None:  # pauses this long start a speculative transcript and reply
             segmenter.pause_ms = config.turn.speculate_ms
         csm = config.csm
-        self.voice = Voice(csm.speaker, csm.temperature, csm.topk, csm.seed, csm.max_audio_ms, csm.chunk_frames)
-        user_speaker = 0 if csm.speaker != 0 else 1
-        self.conversation = Conversation(config.conversation, config.llm.system_prompt, user_speaker, csm.speaker)
+        speaker = reference.speaker if reference is not None else csm.speaker  # the voice speaks as who it stands for
+        self.voice = Voice(
+            speaker, csm.temperature, csm.topk, csm.seed, csm.max_audio_ms, csm.chunk_frames,
+            reference.segment() if reference is not None else None,
+        )
+        user_speaker = 0 if speaker != 0 else 1
+        self.conversation = Conversation(config.conversation, config.llm.system_prompt, user_speaker, speaker)
         self._turn: asyncio.Task[Spoken | None] | None = None
         self._reply: Reply | None = None
         self._turn_id: int | None = None

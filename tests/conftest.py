@@ -31,6 +31,16 @@ def require(available: bool, reason: str) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data and a voice-cache directory of the test's own: a locked voice or an encoded clip made by one test
+    (with its own Mimi) is not another's. The Hugging Face cache stays where it is."""
+    home = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "share"))
+    monkeypatch.setenv("CSM_ASSISTANT_CACHE", str(home / "cache"))
+    return home
+
+
 @pytest.fixture(scope="session")
 def speech_clips() -> list[Clip]:
     clips = librivox_clips()

@@ -40,15 +40,17 @@ class FakeSpeechEngine:
     fail_on: str | None = None
     fail_after_frames: int = 0
     calls: list[tuple[str, list[Segment]]] = field(default_factory=list)
+    references: list[Segment | None] = field(default_factory=list)  # the reference voice of each call
     cancelled: int = 0
     _next_code: int = 1
 
     async def stream(
         self, text: str, speaker: int = 1, context: Sequence[Segment] = (), temperature: float = 0.9,
         topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None, cancel: Any = None,
-        chunk_frames: int = 1,
+        chunk_frames: int = 1, reference: Segment | None = None,
     ) -> AsyncIterator[FakeChunk]:
         self.calls.append((text, list(context)))
+        self.references.append(reference)
         try:
             for n in range(self.frames_per_text):
                 if text == self.fail_on and n == self.fail_after_frames:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -55,6 +57,17 @@ class MimiCodec:
         with torch.inference_mode():
             self._streaming.streaming_forever(1)
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # overlapped decoding
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Names this codec's weights (a hash of each tensor's name, shape and first values), so that codes saved
+        from it are known as its own: codes from other weights would be another sound."""
+        digest = hashlib.sha256(f"mimi {self.mimi.num_codebooks} codebooks".encode())
+        with torch.inference_mode():
+            for name, tensor in self.mimi.state_dict().items():
+                digest.update(f"{name}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.reshape(-1)[:256].to("cpu", torch.float32).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @torch.inference_mode()
     def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from assistant.segment import Segment
 
-from .budget import Budget, split_sentences
+from .budget import FRAME_MS, Budget, split_sentences
 from .cached_rows import CachedRows
 from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, load_mimi
 from .config import CSMConfig
@@ -57,10 +57,13 @@ class _Request:
     topk: int
     seed: int | None
     max_audio_ms: float | None
+    reference: Segment | None = None
 
 
 T = TypeVar("T")
 WARM_UP_MODES = ((0.9, 50), (0.0, 1))  # Sesame's default sampling, and greedy: the CUDA graphs captured at load
+REFERENCE_SHARE = 4
+"""A reference voice may take at most 1/4 of the window (512 positions, ~40 s of audio, at csm-1b's 2048)."""
 
 
 class CSMEngine:
@@ -73,6 +76,9 @@ class CSMEngine:
     TorchInductor first (`CSMModel.fuse`). With `overlap` (CUDA only), decoding a frame to audio runs on a second
     CUDA stream beside generating the next (the audio is the same). With `reuse_cache`, a prompt that begins with
     rows the backbone's cache already holds prefills only the rest (`cached_rows.py`).
+
+    A `reference` segment (the assistant's voice: a clip and its transcript) heads every prompt and is never
+    dropped for room; the context's oldest segments are. At the head, its rows stay in the cache from turn to turn.
     """
 
     def __init__(
@@ -176,9 +182,11 @@ class CSMEngine:
         seed: int | None = None,
         max_audio_ms: float | None = None,
         cancel: CancelSignal | None = None,
+        reference: Segment | None = None,
     ) -> GenerationResult:
-        """Speak `text` as `speaker` after `context`; returns all frames and their one-shot decoded audio."""
-        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
+        """Speak `text` as `speaker` after `reference` and `context`; returns all frames and their one-shot decoded
+        audio."""
+        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
 
         def run() -> GenerationResult:
             codes = self._stack(list(self._frames(request, _stopper(cancel), lambda frame, read: read)))
@@ -202,13 +210,14 @@ class CSMEngine:
         max_audio_ms: float | None = None,
         cancel: CancelSignal | None = None,
         chunk_frames: int = 1,
+        reference: Segment | None = None,
     ) -> AsyncIterator[AudioChunk]:
         """Yield audio as it is generated: the first chunk after the first frame, then `chunk_frames` at a time.
 
         The model runs on the engine's thread; setting `cancel`, or closing the iterator (`contextlib.aclosing`
         when leaving a loop early), stops it within one frame and frees the engine.
         """
-        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms)
+        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         closed = threading.Event()
@@ -271,7 +280,7 @@ class CSMEngine:
             for piece in pieces:
                 ids = self.text.encode(piece, request.speaker)
                 frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
-                tokens, mask = self._prompt(context, ids, budget.max_seq_len - len(ids) - frames)
+                tokens, mask = self._prompt(request.reference, context, ids, budget.max_seq_len - len(ids) - frames)
                 codes = steps.decode_frame(self._prefill(tokens, mask), sampler)
                 spoken: list[torch.Tensor] = []
                 for n in range(frames):
@@ -312,25 +321,52 @@ class CSMEngine:
         return TopKSampler(temperature, topk, self.model.config.codec_bins, self.generator)
 
     def prompt(
-        self, text: str, speaker: int = 1, context: Sequence[Segment] = (), max_audio_ms: float | None = None
+        self, text: str, speaker: int = 1, context: Sequence[Segment] = (), max_audio_ms: float | None = None,
+        reference: Segment | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's input rows `[T, K+1]` and mask for `text` (one piece) after `context`, as `generate` builds them."""
+        """The backbone's input rows `[T, K+1]` and mask for `text` (one piece) after `reference` and `context`, as
+        `generate` builds them."""
         ids = self.text.encode(text, speaker)
         room = self.budget.max_seq_len - len(ids) - self.budget.frames(len(ids), max_audio_ms)
-        return self.thread.call(self._prompt, context, ids, room)  # context audio is encoded on the engine's thread
+        return self.thread.call(self._prompt, reference, context, ids, room)  # audio is encoded on the engine's thread
 
-    def _prompt(self, context: Sequence[Segment], ids: list[int], room: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of the newest context segments that fit in `room` positions (oldest dropped first), then the text."""
+    @property
+    def reference_limit(self) -> int:
+        """The most positions a reference voice may take (its transcript's tokens and its frames, each ended)."""
+        return self.budget.max_seq_len // REFERENCE_SHARE
+
+    def reference_positions(self, reference: Segment) -> int:
+        """The positions `reference` takes in every prompt; ValueError beyond `reference_limit`, naming it."""
+        rows = [r.shape[0] for r, _ in self._segment_rows(reference)]
+        if sum(rows) > self.reference_limit:
+            text, audio = rows[0], sum(rows[1:])
+            raise ValueError(
+                f"the voice takes {sum(rows)} of the model's {self.budget.max_seq_len} positions ({text} for its "
+                f"transcript, {audio} for {(audio - 1) * FRAME_MS / 1000:.1f} s of audio); it may take "
+                f"{self.reference_limit} (a {REFERENCE_SHARE}th of the window), so with this transcript at most "
+                f"{max(self.reference_limit - text - 1, 0) * FRAME_MS / 1000:.1f} s of audio: use a shorter clip "
+                f"(5-15 s is best)"
+            )
+        return sum(rows)
+
+    def _prompt(
+        self, reference: Segment | None, context: Sequence[Segment], ids: list[int], room: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's rows, the newest context segments that fit in what is left of `room` positions (oldest
+        dropped first), then the text."""
         k = self.model.config.num_codebooks
+        head = self._segment_rows(reference) if reference is not None else []
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        used = 0
+        used = sum(rows.shape[0] for rows, _ in head)
+        if used > room:
+            raise ValueError(f"the voice takes {used} positions and this sentence leaves {room}: use a shorter clip")
         for segment in reversed(context):
             rows = self._segment_rows(segment)
             used += sum(r.shape[0] for r, _ in rows)
             if used > room:
                 break
             parts = rows + parts
-        parts.append(text_rows(ids, k))
+        parts = head + parts + [text_rows(ids, k)]
         return torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])
 
     def _segment_rows(self, segment: Segment) -> list[tuple[torch.Tensor, torch.Tensor]]:
