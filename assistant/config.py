@@ -62,6 +62,10 @@ class AudioConfig(Section):
         400, ge=1, le=2000,
         description="Audio the speaker device holds: lower answers sooner, but stalls of a busy machine then chop speech.",
     )
+    echo_cancellation: bool = Field(
+        False, description="Take the assistant's own voice out of the microphone (WebRTC AEC3): for open speakers."
+    )
+    noise_suppression: bool = Field(False, description="With echo_cancellation: WebRTC's noise suppression too.")
 
 
 class VadConfig(Section):
@@ -229,6 +233,15 @@ class BargeInConfig(Section):
     mode: Literal["off", "vad"] = "off"
     min_speech_ms: int = Field(300, ge=30, le=5000, description="Speech needed before it interrupts.")
     tail_ms: int = Field(300, ge=0, le=5000, description="Mic stays ignored this long after speech ends (off mode).")
+    hold_ms: int = Field(
+        500, ge=0, le=10_000,
+        description="vad mode: no barge-in in a reply's first milliseconds of sound (an echo canceller converges meanwhile).",
+    )
+    resume_ms: int = Field(
+        2000, ge=0, le=10_000,
+        description="vad mode: speech pauses the reply; with words it interrupts, with none (a cough, 'mm-hm') "
+        "within this long the reply resumes where it paused; 0 = speech interrupts at once.",
+    )
     key: str | None = Field("space", description="Terminal key that interrupts: one character, space, enter, tab or escape; null = none.")
 
     @field_validator("key")

@@ -74,6 +74,20 @@ class Interrupted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class BargeInPaused(Event):
+    """Speech came over the reply: playback paused (the LLM and CSM go on) until its words are known."""
+
+    turn: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BargeInResumed(Event):
+    """The speech over the reply brought no words within `barge_in.resume_ms`: playback goes on where it paused."""
+
+    turn: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TurnLatency(Event):
     """Seconds from the end of the user's speech (its last voiced frame) to each stage of the reply (None: stage not
     reached). `endpoint_s` is the silence the turn was given before it was judged over (None for typed turns); with a

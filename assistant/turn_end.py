@@ -31,3 +31,15 @@ def silence_to_end(transcript: str, config: TurnConfig, undecided_ms: int) -> in
     if _FINISHED.search(text):
         return config.complete_ms
     return undecided_ms
+
+
+BACKCHANNELS = frozenset(
+    "mm mmm hmm hm mhm mm-hmm mm-hm uh-huh uh huh um umm er erm ah oh ooh aha yeah yep yes okay ok right sure".split()
+)
+"""What a listener says to show they follow, not to take the turn: speech over a reply with only these goes on."""
+
+
+def takes_the_turn(transcript: str) -> bool:
+    """Whether speech over a reply says something: a word that is not a filler or a backchannel."""
+    words = re.findall(r"[\w'-]+", transcript.lower())
+    return any(word.strip("-'") not in BACKCHANNELS for word in words)

@@ -118,6 +118,10 @@ class VadSegmenter:
         """Silence so far in the turn now in progress (0 outside speech)."""
         return self._silent_run * self.config.frame_ms if self._frames else 0
 
+    def so_far(self) -> Utterance | None:
+        """The turn in progress as it is now (None outside speech)."""
+        return self._utterance(truncated=False) if self._frames else None
+
     def wait(self, silence_ms: int) -> Utterance | None:
         """End the turn in progress after `silence_ms` of silence instead (until speech resumes after a pause).
         If it is in a pause that has lasted that long already, it ends now and is returned."""

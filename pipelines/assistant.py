@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from assistant.asr import Transcriber
+from assistant.audio.echo import EchoCancelledSource, EchoCanceller, EchoCancellerError
 from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config, load_config
 from assistant.conversation import Conversation
@@ -76,6 +77,7 @@ class Assistant:
         self._transcriber, self._source, self._sink = transcriber, source, sink
         self._turn_model: TurnDetector | None = None  # loaded with Whisper when turn.detector is model
         self._reference = voice if isinstance(voice, ReferenceVoice) else None
+        self.echo_canceller: EchoCanceller | None = None  # with audio.echo_cancellation, on the devices it opened
         self._owned: list[DeviceStream | ChatBackend] = []  # closed by stop(), last opened first
         self._voice: VoiceLoop | None = None
         self._listening: asyncio.Task[None] | None = None
@@ -190,6 +192,7 @@ class Assistant:
         from assistant.audio.speaker import Speaker
 
         audio, report = self.config.audio, device_reporter(self.bus)
+        canceller = None
         if self._source is None:
             microphone = Microphone(
                 audio.input_device, audio.block_ms, audio.capture_rate, on_error=report, latency_ms=audio.input_latency_ms
@@ -197,9 +200,16 @@ class Assistant:
             self._owned.append(microphone)
             await microphone.start()
             self._source = microphone
+            if audio.echo_cancellation:
+                try:
+                    canceller = EchoCanceller(lambda: microphone.latency_s, audio.noise_suppression)
+                except EchoCancellerError as error:
+                    raise StartupError(f"audio.echo_cancellation: {error}") from None
+                self._source, self.echo_canceller = EchoCancelledSource(microphone, canceller), canceller
         if self._sink is None:
             speaker = Speaker(
-                audio.output_device, playback_rate=audio.playback_rate, on_error=report, latency_ms=audio.output_latency_ms
+                audio.output_device, playback_rate=audio.playback_rate, on_error=report, latency_ms=audio.output_latency_ms,
+                on_render=canceller.rendered if canceller is not None else None,
             )
             self._owned.append(speaker)
             await speaker.start()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,6 +129,7 @@ class Reply:
         self._placed: list[_Placed] = []
         self._heard_until: int | None = None  # the sink position when interrupted
         self._tasks: list[asyncio.Task[None]] = []
+        self.sounding_since: float | None = None  # time.monotonic() when its first audio was heard
 
     @property
     def interrupted(self) -> bool:
@@ -161,6 +163,15 @@ class Reply:
             self._heard_until = self._sink.played
         for task in self._tasks:
             task.cancel()
+
+    def pause(self) -> None:
+        """Hold playback (the LLM and the engine go on); `resume()` plays on from what was heard."""
+        if self._sink is not None:
+            self._sink.pause()
+
+    def resume(self) -> None:
+        if self._sink is not None:
+            self._sink.resume()
 
     async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
         """LLM deltas into sayable sentence chunks; a failing LLM ends the reply with what it had said."""
@@ -225,6 +236,7 @@ class Reply:
     async def _watch_first_played(self, position: int) -> None:
         assert self._sink is not None
         if await self._sink.wait_played(position):
+            self.sounding_since = time.monotonic()
             self._clock.mark("first_played")
             self._bus.publish(StateChanged(state="speaking"))
 

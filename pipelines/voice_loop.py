@@ -19,11 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from assistant.asr import Transcriber
+from assistant.asr import Transcriber, Transcript
 from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config
 from assistant.conversation import Conversation, Turn
 from assistant.events import (
+    BargeInPaused,
+    BargeInResumed,
     ConversationReset,
     ErrorEvent,
     EventBus,
@@ -40,7 +42,7 @@ from assistant.events import (
 from assistant.llm.backend import ChatBackend
 from assistant.segment import Segment
 from assistant.tts.reference_voice import ReferenceVoice
-from assistant.turn_end import silence_to_end
+from assistant.turn_end import silence_to_end, takes_the_turn
 from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 from pipelines.reply import Deltas, Reply, SpeechEngine, Spoken, Voice
 from pipelines.speculation import Speculation
@@ -97,6 +99,8 @@ class VoiceLoop:
         self._turn_id: int | None = None
         self._quiet_until = 0.0  # off-mode barge-in: the microphone is ignored until then
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
+        self._barge_in: asyncio.Future[Utterance | None] | None = None  # speech that paused the reply: its end
+        self._forgiven = False  # the speech in progress was judged to say nothing: it does not pause the reply again
         self._heard = (0.0, 0)  # time.monotonic() when the last block came, and the segmenter's samples then
         self.muted = False  # nothing heard becomes a turn (see set_muted)
         self.frames_spoken = 0  # CSM frames the user heard, over the whole session
@@ -186,8 +190,66 @@ class VoiceLoop:
                 self._drop_speculation()
             else:
                 self._on_utterance(event)
-        if barge_in.mode == "vad" and self._reply is not None and self.segmenter.voiced_ms >= barge_in.min_speech_ms:
+        self._forgiven &= self.segmenter.in_speech
+        if barge_in.mode == "vad" and self._reply is not None and self._barge_in is None and not self._forgiven:
+            if self.segmenter.voiced_ms >= barge_in.min_speech_ms and self._past_hold(self._reply):
+                self._barge_in_on(self._reply)
+
+    def _past_hold(self, reply: Reply) -> bool:
+        """Barge-in is held in the first `barge_in.hold_ms` of a reply's sound (not before it sounds)."""
+        since = reply.sounding_since
+        return since is None or time.monotonic() - since >= self.config.barge_in.hold_ms / 1000
+
+    def _barge_in_on(self, reply: Reply) -> None:
+        """Speech over the reply: pause it until its words are known (`barge_in.resume_ms`: 0 interrupts at once)."""
+        if not self.config.barge_in.resume_ms:
             self.interrupt("barge-in")
+            return
+        reply.pause()
+        log.info("turn %d: speech over the reply; paused", reply.turn)
+        self.bus.publish(BargeInPaused(turn=reply.turn))
+        self._barge_in = asyncio.get_running_loop().create_future()
+        asyncio.ensure_future(self._judge_barge_in(reply, self._barge_in))
+
+    async def _judge_barge_in(self, reply: Reply, ended: asyncio.Future[Utterance | None]) -> None:
+        """Interrupt if the speech says something within `barge_in.resume_ms` (then it is the user's turn), else
+        resume where the reply paused. Speech that ended in time is transcribed as a pause's speculation would be,
+        so its turn takes the transcript over."""
+        assert self.transcriber is not None and self.segmenter is not None
+        speculation = None
+        try:
+            try:
+                utterance = await asyncio.wait_for(asyncio.shield(ended), self.config.barge_in.resume_ms / 1000)
+            except TimeoutError:
+                utterance = None
+            if utterance is not None:
+                codes = self._encode(utterance.audio, utterance.sample_rate)
+                speculation = Speculation(utterance, self._clock(utterance), self.transcriber, codes, lambda _: None)
+                transcribing: Awaitable[Transcript] | None = speculation.transcript
+            elif (so_far := self.segmenter.so_far()) is not None:
+                transcribing = asyncio.to_thread(self.transcriber.transcribe, so_far.audio)
+            else:
+                transcribing = None
+            words = ""
+            try:
+                words = (await transcribing).text if transcribing is not None else ""
+            except Exception as error:  # judged as no words: the reply goes on
+                self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
+        finally:
+            self._barge_in = None
+        if reply is self._reply and not reply.interrupted and takes_the_turn(words):
+            self.interrupt("barge-in")
+            if ended.done() and (utterance := ended.result()) is not None:  # it is the user's turn, with its transcript
+                self._speculation = speculation
+                self._on_utterance(utterance)
+            return
+        if speculation is not None:
+            speculation.cancel()
+        if reply is self._reply and not reply.interrupted:
+            log.info("turn %d: no words over the reply (%r); resuming", reply.turn, words)
+            self._forgiven = True
+            reply.resume()
+            self.bus.publish(BargeInResumed(turn=reply.turn))
 
     def _answering(self) -> bool:
         """Whether a turn ending now would be answered: nothing is being answered, or that reply was interrupted."""
@@ -259,6 +321,9 @@ class VoiceLoop:
         if speculation is not None and not speculation.matches(utterance):
             speculation.cancel()
             speculation = None
+        if self._barge_in is not None and not self._barge_in.done():  # speech over the reply: judged there
+            self._barge_in.set_result(utterance)
+            return
         self.bus.publish(UtteranceEnded(duration_s=utterance.duration_s))
         if not self._answering():
             log.info("ignored %.1f s of speech that came while replying without interrupting", utterance.duration_s)

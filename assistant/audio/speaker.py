@@ -73,8 +73,10 @@ class Speaker(DeviceStream):
         playback_rate: int | None = None,
         on_error: Callable[[str], None] | None = None,
         latency_ms: int | None = None,
+        on_render: Callable[[np.ndarray, int, float], None] | None = None,
     ) -> None:
         super().__init__(device, block_ms, playback_rate, on_error, retry_s=1.0)
+        self.on_render = on_render  # (block, device rate, when its first sample is heard), from the audio thread
         if latency_ms is not None:
             self.latency = latency_ms / 1000
         self._lock = threading.Lock()  # guards the queue and the run, shared with the audio thread
@@ -87,6 +89,8 @@ class Speaker(DeviceStream):
         self._unheard: deque[tuple[float, int]] = deque()  # (monotonic time heard, position then) per block
         self._played = 0  # 24 kHz position heard
         self._silenced = False  # interrupt() until the device has dropped what it held: hand out nothing
+        self._paused = False  # pause() until resume(): hand out nothing, keep what is queued
+        self._handed: deque[tuple[int, np.ndarray]] = deque()  # (24 kHz position, audio) handed out, not all heard
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._wake_at: float = math.inf  # smallest position waited for; read by the audio thread
 
@@ -133,17 +137,39 @@ class Speaker(DeviceStream):
         self._drop()
         self._flush()
 
+    def pause(self) -> None:
+        """Go silent now, keeping what was not heard: resume() plays on from `played` (see interrupt())."""
+        with self._lock:
+            self._hear(time.monotonic())
+            self._paused = self._silenced = True
+            replay = [audio[max(self._played - start, 0) :] for start, audio in self._handed if start + audio.size > self._played]
+            self._queue.extendleft(reversed(replay))
+            self._rewind()
+        self._flush()
+
+    def resume(self) -> None:
+        """Play on after pause()."""
+        with self._lock:
+            self._paused = False
+
+    def _rewind(self) -> None:
+        """Back to `played`: nothing handed out is still to be heard (lock held)."""
+        self._handed.clear()
+        self._ready = _EMPTY
+        if self._resampler is not None:
+            self._resampler.clear()
+        self._unheard.clear()
+        self._run = _Run(start=self._played)
+        self._sent = self._played
+
     def _drop(self) -> None:
         """Forget the queued audio and what was handed out but not heard; settle the waits."""
         with self._lock:
             self._hear(time.monotonic())
+            self._paused = False
             self._queue.clear()
-            self._ready = _EMPTY
-            if self._resampler is not None:
-                self._resampler.clear()
-            self._unheard.clear()
-            self._run = _Run(start=self._played)
-            self._end = self._sent = played = self._played
+            self._rewind()
+            self._end = played = self._played
         for position, future in self._waiters:
             if not future.done():
                 future.set_result(position <= played)
@@ -202,12 +228,14 @@ class Speaker(DeviceStream):
         now = time.monotonic()
         heard_at = now + time_info.outputBufferDacTime - time_info.currentTime + frames / self.rate
         with self._lock:
-            audio = _EMPTY if self._silenced else self._take(frames)
+            audio = _EMPTY if self._silenced or self._paused else self._take(frames)
             if self._sent > (self._unheard[-1][1] if self._unheard else self._played):
                 self._unheard.append((heard_at, self._sent))
             self._hear(now)
         outdata[: audio.size, 0] = audio
         outdata[audio.size :] = 0
+        if self.on_render is not None:  # the echo canceller's reference: what the device will play, silence too
+            self.on_render(outdata[:, 0], self.rate, heard_at - frames / self.rate)
         if self._played >= self._wake_at:
             self._notify(self._wake)
 
@@ -215,6 +243,8 @@ class Speaker(DeviceStream):
         """Advance `played` over the blocks heard by `now` (lock held)."""
         while self._unheard and self._unheard[0][0] <= now:
             self._played = self._unheard.popleft()[1]
+        while self._handed and self._handed[0][0] + self._handed[0][1].size <= self._played:
+            self._handed.popleft()
 
     def _take(self, frames: int) -> np.ndarray:
         """Up to `frames` device-rate samples of queued audio, advancing `_sent` (lock held)."""
@@ -237,6 +267,7 @@ class Speaker(DeviceStream):
             run = self._run = _Run(start=run.start + run.fed)
         if self._queue:
             piece = self._pop(max(math.ceil(need * PLAYBACK_RATE / self.rate), PLAYBACK_RATE * self._block_ms // 1000))
+            self._handed.append((run.start + run.fed, piece))
             self._ready = self._resampler(piece)
             run.fed += piece.size
             return True

@@ -42,6 +42,14 @@ class AudioSink(Protocol):
         """Drop everything queued and go silent at once."""
         ...
 
+    def pause(self) -> None:
+        """Go silent at once, keeping what was not heard yet."""
+        ...
+
+    def resume(self) -> None:
+        """Play on from where pause() stopped."""
+        ...
+
     async def wait_played(self, position: int) -> bool:
         """Wait until `played` reaches `position`; False when an interrupt or close dropped it first."""
         ...
@@ -88,6 +96,12 @@ class FileSink:
         return self._played
 
     def interrupt(self) -> None:
+        return None
+
+    def pause(self) -> None:  # a file is written at once: there is no playback to hold
+        return None
+
+    def resume(self) -> None:
         return None
 
     async def wait_played(self, position: int) -> bool:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from assistant.events import (
+    BargeInPaused,
+    BargeInResumed,
     ConversationReset,
     ErrorEvent,
     Event,
@@ -31,6 +33,8 @@ EVENT_TOPICS: dict[type[Event], str] = {
     ReplyText: "reply",
     TurnLatency: "latency",
     Interrupted: "interrupted",
+    BargeInPaused: "paused",
+    BargeInResumed: "resumed",
     MuteChanged: "muted",
     ConversationReset: "reset",
     ErrorEvent: "error",  # CommandRejected too: it is an ErrorEvent that names the command

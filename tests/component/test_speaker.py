@@ -280,3 +280,24 @@ async def test_after_interrupt_the_device_drops_what_it_holds_before_play_goes_o
         assert speaker.played == played + len(again)
     resampled = soxr.resample(again, PLAYBACK_RATE, 44100, quality="HQ")
     np.testing.assert_array_equal(out[: len(resampled)], resampled)  # from its first sample
+
+
+async def test_pause_goes_silent_and_resume_plays_on_from_what_was_heard(fake_stream: list[FakeStream]) -> None:
+    audio = tone(1.0, 440)
+    async with Speaker("fake") as speaker:
+        stream = fake_stream[0]
+        end = speaker.play(audio)
+        whole = asyncio.create_task(speaker.wait_played(end))
+        stream.pull(10)
+        played = speaker.played
+        assert 0 < played < end
+        speaker.pause()
+        deadline = time.monotonic() + 5
+        while stream.starts < 2 and time.monotonic() < deadline:  # the device dropped what it held
+            await asyncio.sleep(0.001)
+        assert not np.any(stream.pull(20)) and speaker.played == played and not whole.done()
+        speaker.resume()
+        out = stream.pull(120)
+        assert await whole and speaker.played == end
+    rest = soxr.resample(audio[played:], PLAYBACK_RATE, 44100, quality="HQ")
+    np.testing.assert_array_equal(out[: len(rest)], rest)  # from the first sample not heard, once

@@ -74,6 +74,8 @@ class ManualSink:
         self.queued = 0  # end position of everything queued
         self._played = 0
         self.interrupts = 0
+        self.paused = False
+        self.pauses = 0
         self.chunks: list[np.ndarray] = []
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
 
@@ -87,11 +89,20 @@ class ManualSink:
         return self._played
 
     def advance(self, samples: int) -> None:
-        self._played = min(self.queued, self._played + samples)
+        if not self.paused:
+            self._played = min(self.queued, self._played + samples)
         self._wake()
+
+    def pause(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self) -> None:
+        self.paused = False
 
     def interrupt(self) -> None:
         self.interrupts += 1
+        self.paused = False
         self.queued = self._played
         self._wake(dropped=True)
 

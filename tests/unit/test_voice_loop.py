@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from assistant.config import Config
-from assistant.events import EventBus, Interrupted, TurnLatency, UserTranscript
+from assistant.events import BargeInPaused, BargeInResumed, EventBus, Interrupted, TurnLatency, UserTranscript
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
 from tests.support.fakes import (
@@ -31,10 +33,10 @@ def voice_loop(config: Config, transcriber: FakeTranscriber, sink: ManualSink, b
     )
 
 
-def config(barge_in: str) -> Config:
+def config(barge_in: str, **forgiving: int) -> Config:
     return Config.model_validate({
         "vad": {"min_speech_ms": 90, "end_silence_ms": 300, "preroll_ms": 90},
-        "barge_in": {"mode": barge_in, "min_speech_ms": 150, "tail_ms": 0},
+        "barge_in": {"mode": barge_in, "min_speech_ms": 150, "tail_ms": 0, "hold_ms": 0, **forgiving},
         "csm": {"chunk_frames": 1},
     })
 
@@ -68,9 +70,9 @@ async def test_off_mode_ignores_speech_while_speaking_and_answers_after() -> Non
     assert [t.text for t in voice.conversation.turns][2] == "again"
 
 
-async def test_vad_mode_barge_in_interrupts_and_the_new_speech_becomes_the_next_turn() -> None:
+async def test_vad_mode_barge_in_pauses_then_words_interrupt_and_become_the_next_turn() -> None:
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
-    interrupts = bus.subscribe(Interrupted)
+    events = bus.subscribe(Interrupted, BargeInPaused, BargeInResumed)
     voice = voice_loop(config("vad"), FakeTranscriber("tell me a story", "stop, tell me a joke"), sink, bus)
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
@@ -78,11 +80,13 @@ async def test_vad_mode_barge_in_interrupts_and_the_new_speech_becomes_the_next_
     source.put(loud(0.1))  # a click: shorter than barge_in.min_speech_ms
     source.put(quiet(0.5))
     await asyncio.sleep(0.05)
-    assert interrupts.queue.empty()
+    assert events.queue.empty()
     source.put(loud(0.6))
-    await until(lambda: not interrupts.queue.empty())
-    assert interrupts.queue.get_nowait().source == "barge-in"
+    await until(lambda: not events.queue.empty())
+    assert isinstance(events.queue.get_nowait(), BargeInPaused) and sink.paused  # silent while the words are judged
     source.put(quiet(0.5))
+    await until(lambda: not events.queue.empty())
+    assert events.queue.get_nowait().source == "barge-in"
     await until(lambda: sink.queued >= 8 * FRAME)  # 2 frames heard, then the next reply
     sink.advance(6 * FRAME)
     source.end()
@@ -90,7 +94,63 @@ async def test_vad_mode_barge_in_interrupts_and_the_new_speech_becomes_the_next_
     user, cut, user2, answer = voice.conversation.turns
     assert (user.text, user2.text) == ("tell me a story", "stop, tell me a joke")
     assert cut.interrupted and cut.text == "One two three." and cut.codes.shape[1] == 2
-    assert not answer.interrupted
+    assert not answer.interrupted and events.queue.empty()
+
+
+@pytest.mark.parametrize(("over_the_reply", "resume_ms"), [("Mm-hmm.", 2000), ("", 2000), ("Uh-huh, yeah.", 100)])
+async def test_a_cough_or_a_backchannel_pauses_the_reply_and_it_resumes_where_it_paused(
+    over_the_reply: str, resume_ms: int
+) -> None:
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    events = bus.subscribe(Interrupted, BargeInPaused, BargeInResumed)
+    voice = voice_loop(config("vad", resume_ms=resume_ms), FakeTranscriber("tell me a story", over_the_reply), sink, bus)
+    listening = asyncio.create_task(voice.listen(source))
+    await speak_turn(source, sink)
+    sink.advance(2 * FRAME)
+    source.put(loud(0.6))
+    if resume_ms > 1000:
+        source.put(quiet(0.5))  # it ends before resume_ms; otherwise resume_ms passes while it goes on
+    await until(lambda: events.queue.qsize() == 2, timeout_s=5)
+    assert isinstance(events.queue.get_nowait(), BargeInPaused)
+    assert isinstance(events.queue.get_nowait(), BargeInResumed) and not sink.paused and sink.pauses == 1
+    sink.advance(4 * FRAME)
+    source.put(quiet(0.5))
+    source.end()
+    await listening
+    user, reply = voice.conversation.turns  # the speech over the reply did not become a turn
+    assert reply.text == "One two three. Four five six." and not reply.interrupted and reply.codes.shape[1] == 6
+    assert events.queue.empty()
+
+
+async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() -> None:
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    events = bus.subscribe(Interrupted, BargeInPaused)
+    voice = voice_loop(config("vad", hold_ms=10_000), FakeTranscriber("hello", "stop"), sink, bus)
+    listening = asyncio.create_task(voice.listen(source))
+    await speak_turn(source, sink)
+    sink.advance(FRAME)  # it sounds: the hold begins
+    source.put(loud(0.6))
+    source.put(quiet(0.5))
+    await asyncio.sleep(0.1)
+    assert events.queue.empty() and not sink.paused
+    sink.advance(5 * FRAME)
+    source.end()
+    await listening
+    assert not voice.conversation.turns[-1].interrupted
+
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    events = bus.subscribe(Interrupted, BargeInPaused)
+    voice = voice_loop(config("vad", resume_ms=0), FakeTranscriber("hello", "stop"), sink, bus)
+    listening = asyncio.create_task(voice.listen(source))
+    await speak_turn(source, sink)
+    source.put(loud(0.6))
+    await until(lambda: not events.queue.empty())
+    assert events.queue.get_nowait().source == "barge-in" and sink.interrupts == 1
+    source.put(quiet(0.5))
+    await until(lambda: sink.queued > 0 and voice.busy)
+    sink.advance(6 * FRAME)
+    source.end()
+    await listening
 
 
 async def test_an_empty_transcript_starts_no_reply() -> None:
