@@ -202,7 +202,7 @@ class Assistant:
             self._source = microphone
             if audio.echo_cancellation:
                 try:
-                    canceller = EchoCanceller(lambda: microphone.latency_s, audio.noise_suppression)
+                    canceller = EchoCanceller(audio.noise_suppression)
                 except EchoCancellerError as error:
                     raise StartupError(f"audio.echo_cancellation: {error}") from None
                 self._source, self.echo_canceller = EchoCancelledSource(microphone, canceller), canceller
@@ -210,6 +210,7 @@ class Assistant:
             speaker = Speaker(
                 audio.output_device, playback_rate=audio.playback_rate, on_error=report, latency_ms=audio.output_latency_ms,
                 on_render=canceller.rendered if canceller is not None else None,
+                on_drop=canceller.dropped if canceller is not None else None,
             )
             self._owned.append(speaker)
             await speaker.start()

@@ -1,11 +1,13 @@
 """Echo cancellation on the microphone: WebRTC's AEC3, through livekit's AudioProcessingModule.
 
 With open speakers the microphone hears the assistant. The assistant plays every sample itself, so the canceller
-gets the exact far-end signal: the speaker reports each block it hands to its device with the time the block will
-be heard (`rendered`, from the audio thread), and before each 10 ms microphone frame `clean` feeds the canceller
-the speaker's audio heard up to when that frame was captured. What is left for AEC3's own delay estimator (it
-finds up to ~500 ms) is the acoustic path and the error of the devices' latency estimates; the reference is fed
-`lead_s` early so that it never comes after its own echo.
+gets the exact far-end signal: the speaker reports each block as it hands it to its device (`rendered`, from the
+audio thread), and `clean` feeds AEC3 one frame of that reference, in the order it was handed out and through a
+short jitter buffer, before each 10 ms microphone frame. A block is handed out before it can be heard, so the reference always comes before its
+echo; AEC3's delay estimator finds the rest (the device's buffer, the room, the microphone's buffer: up to
+~500 ms, so keep `audio.output_latency_ms` at 250 or less with it). The devices' own estimates of when a block is
+heard were tried for alignment and dropped: PulseAudio's null sink plays a block as soon as it has it, ~100 ms
+before PortAudio's estimate, which put the reference after its echo.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -24,7 +26,15 @@ from assistant.audio.streams import CAPTURE_RATE, AudioSource
 log = logging.getLogger(__name__)
 
 FRAME = CAPTURE_RATE // 100  # AEC3 works on 10 ms frames
-LEAD_S = 0.08
+PRIME_S = 0.12
+MAX_AHEAD_S = 0.3
+"""Beyond this much reference not yet fed (the speaker handed out audio before the microphone started, or the loop
+fell behind), only the newest PRIME_S is kept: one reference frame goes with each microphone frame, so a backlog
+would put every echo that much further from its reference, past what AEC3 can find."""
+WARM_UP_S = 3.0
+"""Until AEC3 has heard this much of the speaker, the microphone is silent while the speaker sounds (as Unmute
+ignores the first 3 s): its first adaptation lets enough echo through to sound like speech."""
+SOUND = 1e-4
 
 
 class EchoCancellerError(RuntimeError):
@@ -34,15 +44,10 @@ class EchoCancellerError(RuntimeError):
 class EchoCanceller:
     """Cleans 16 kHz microphone blocks of what the speaker played (`clean`, on the loop's thread).
 
-    `input_latency_s` says how long ago the newest microphone sample was captured when its block arrives (the
-    microphone stream's reported latency); `clock` is the clock of the speaker's `heard_at` times. `cpu_s` is the
-    CPU time spent cancelling, for the benchmark.
+    `cpu_s` is the CPU time spent cancelling, for the benchmark.
     """
 
-    def __init__(
-        self, input_latency_s: Callable[[], float], noise_suppression: bool = False, lead_s: float = LEAD_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, noise_suppression: bool = False) -> None:
         try:
             from livekit import rtc
         except ImportError as error:
@@ -51,59 +56,80 @@ class EchoCanceller:
         self._apm = rtc.AudioProcessingModule(
             echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
         )
-        self._input_latency_s = input_latency_s
-        self._lead_s = lead_s
-        self._clock = clock
-        self._rendered: deque[tuple[float, int, np.ndarray]] = deque()  # (heard at, rate, samples) from the audio thread
+        self._rendered: deque[tuple[int, np.ndarray]] = deque()  # (rate, samples) from the audio thread
         self._lock = threading.Lock()
         self._resampler: StreamResampler | None = None
         self._rate = 0
-        self._far = np.zeros(0, np.float32)  # 16 kHz reference not yet fed
-        self._far_at = 0.0  # when the first sample of `_far` is heard
+        self._far = np.zeros(0, np.float32)  # 16 kHz reference handed out, not yet fed
+        self._drop_far = False  # the speaker dropped what its device held: so does `_far`
+        self._primed = False  # `_far` has filled to PRIME_S since it was last empty
         self._near = np.zeros(0, np.float32)  # microphone samples short of a whole frame
+        self.sounded_s = 0.0  # seconds of the speaker's sound fed as the reference so far
         self.cpu_s = 0.0
 
-    def rendered(self, audio: np.ndarray, rate: int, heard_at: float) -> None:
-        """The speaker handed `audio` (mono, at its device rate) to its device; its first sample is heard at
-        `heard_at` (time.monotonic()). Called from the audio thread; only a copy is queued."""
+    @property
+    def warming_up(self) -> bool:
+        """AEC3 has heard less than WARM_UP_S of the speaker's sound: its first adaptation still lets echo through."""
+        return self.sounded_s < WARM_UP_S
+
+    def rendered(self, audio: np.ndarray, rate: int) -> None:
+        """The speaker handed `audio` (mono, at its device rate) to its device. Called from the audio thread;
+        only a copy is queued."""
         with self._lock:
-            self._rendered.append((heard_at, rate, np.array(audio, np.float32)))
+            self._rendered.append((rate, np.array(audio, np.float32)))
+
+    def dropped(self) -> None:
+        """The speaker's device dropped what it held (an interrupt, a pause): that audio, the newest handed out, is
+        never heard, and the reference not yet fed is about the same audio, so it goes too; otherwise every later
+        echo would come that much after its reference. Called from the speaker's flushing thread."""
+        with self._lock:
+            self._rendered.clear()
+            self._drop_far = True
 
     def clean(self, block: np.ndarray) -> np.ndarray:
         """The block with the speaker's echo taken out; up to one frame (10 ms) later than it came."""
         started = time.thread_time()
-        captured_at = self._clock() - self._input_latency_s() - len(block) / CAPTURE_RATE
+        self._take_rendered()
         near = np.concatenate([self._near, np.asarray(block, np.float32)])
         whole = len(near) // FRAME * FRAME
         out = np.empty(whole, np.float32)
-        self._take_rendered()
         for start in range(0, whole, FRAME):
-            self._feed_far(captured_at + (start - len(self._near)) / CAPTURE_RATE + self._lead_s)
+            far = self._next_far()
+            sounding = bool(np.max(np.abs(far)) > SOUND)
+            self.sounded_s += sounding * FRAME / CAPTURE_RATE
+            self._apm.process_reverse_stream(self._frame(far))
             out[start : start + FRAME] = self._process(near[start : start + FRAME])
+            if sounding and self.warming_up:  # not adapted yet: what it lets through would be mostly echo
+                out[start : start + FRAME] = 0.0
         self._near = near[whole:]
         self.cpu_s += time.thread_time() - started
         return out
 
+    def _next_far(self) -> np.ndarray:
+        """The reference frame that goes with the next microphone frame. The speaker hands its audio out in bursts
+        (PulseAudio asks for ~100 ms at a time), so the reference waits in a jitter buffer: feeding starts once
+        PRIME_S is in, and only a buffer that ran dry starts again (with silence until then), so the reference
+        keeps one distance from its echo."""
+        if not self._primed and len(self._far) >= PRIME_S * CAPTURE_RATE:
+            self._primed = True
+        if not self._primed or len(self._far) < FRAME:
+            self._primed = False
+            return np.zeros(FRAME, np.float32)
+        far, self._far = self._far[:FRAME], self._far[FRAME:]
+        return far
+
     def _take_rendered(self) -> None:
         with self._lock:
             blocks, self._rendered = self._rendered, deque()
-        for heard_at, rate, audio in blocks:
+            if self._drop_far:
+                self._far, self._drop_far, self._primed = self._far[:0], False, False
+        for rate, audio in blocks:
             if rate != self._rate:
                 self._resampler, self._rate = StreamResampler(rate, CAPTURE_RATE), rate
             assert self._resampler is not None
-            if not self._far.size:
-                self._far_at = heard_at
             self._far = np.concatenate([self._far, self._resampler(audio)])
-
-    def _feed_far(self, until: float) -> None:
-        """Feed the reference frames heard before `until`."""
-        due = int((until - self._far_at) * CAPTURE_RATE) // FRAME * FRAME
-        if due <= 0:
-            return
-        frames, self._far = self._far[:due], self._far[due:]
-        self._far_at += due / CAPTURE_RATE
-        for start in range(0, len(frames) - FRAME + 1, FRAME):
-            self._apm.process_reverse_stream(self._frame(frames[start : start + FRAME]))
+        if len(self._far) > MAX_AHEAD_S * CAPTURE_RATE:  # far ahead of the microphone: keep the newest
+            self._far = self._far[-int(PRIME_S * CAPTURE_RATE) :]
 
     def _process(self, samples: np.ndarray) -> np.ndarray:
         frame = self._frame(samples)

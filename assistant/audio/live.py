@@ -154,12 +154,6 @@ class DeviceStream:
             self._opened = self._supervisor = None
             raise
 
-    @property
-    def latency_s(self) -> float:
-        """The open stream's latency as PortAudio reports it (0 when not open)."""
-        stream = self._stream
-        return float(stream.latency) if stream is not None else 0.0
-
     async def aclose(self) -> None:
         """Close the stream; no thread of this object outlives the call."""
         self._closing.set()

@@ -73,10 +73,12 @@ class Speaker(DeviceStream):
         playback_rate: int | None = None,
         on_error: Callable[[str], None] | None = None,
         latency_ms: int | None = None,
-        on_render: Callable[[np.ndarray, int, float], None] | None = None,
+        on_render: Callable[[np.ndarray, int], None] | None = None,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(device, block_ms, playback_rate, on_error, retry_s=1.0)
-        self.on_render = on_render  # (block, device rate, when its first sample is heard), from the audio thread
+        self.on_render = on_render  # (block, device rate) as handed to the device, from the audio thread
+        self.on_drop = on_drop  # the device dropped what it held (from the flushing thread)
         if latency_ms is not None:
             self.latency = latency_ms / 1000
         self._lock = threading.Lock()  # guards the queue and the run, shared with the audio thread
@@ -203,6 +205,8 @@ class Speaker(DeviceStream):
     def _on_flushed(self) -> None:
         with self._lock:
             self._silenced = False
+        if self.on_drop is not None:
+            self.on_drop()
 
     def _wake(self) -> None:
         """Resolve the waits that `played` has reached (on the loop)."""
@@ -235,7 +239,7 @@ class Speaker(DeviceStream):
         outdata[: audio.size, 0] = audio
         outdata[audio.size :] = 0
         if self.on_render is not None:  # the echo canceller's reference: what the device will play, silence too
-            self.on_render(outdata[:, 0], self.rate, heard_at - frames / self.rate)
+            self.on_render(outdata[:, 0], self.rate)
         if self._played >= self._wake_at:
             self._notify(self._wake)
 

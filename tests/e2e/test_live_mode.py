@@ -251,3 +251,30 @@ def turn_tasks() -> list[str]:
 
 def drain(events: asyncio.Queue[Event]) -> list[Event]:
     return [events.get_nowait() for _ in range(events.qsize())]
+
+
+async def test_with_echo_cancellation_the_speaker_is_its_reference_and_the_user_is_still_heard(
+    pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTranscriber, speech_clips: list[Clip]
+) -> None:
+    """The Assistant wires the canceller between the virtual devices: what the speaker plays is its reference, and
+    speech into the microphone still becomes a turn through it."""
+    from pipelines.assistant import Assistant
+
+    config = Config.model_validate({
+        "audio": {"input_device": "pulse", "output_device": "pulse", "echo_cancellation": True,
+                  "output_latency_ms": 150, "input_latency_ms": 20},
+        "llm": {"backend": "scripted", "scripted": {"replies": ["Sure."]}},
+        "csm": {"seed": 0, "max_audio_ms": 800},
+        "voice": {"locked": False},
+    })
+    assistant = Assistant(config, engine=engine, encode_audio=engine.encode, transcriber=transcriber)
+    async with assistant:
+        assert assistant.echo_canceller is not None
+        with assistant.subscribe(UserTranscript, ReplyText) as events:
+            say(pulse, speech_clips[0])
+            heard = await asyncio.wait_for(events.get(), 60)
+            assert isinstance(heard, UserTranscript) and word_error_rate(speech_clips[0].text, heard.text) < 0.5
+            while not (isinstance(event := await asyncio.wait_for(events.get(), 60), ReplyText) and event.final):
+                pass
+        await asyncio.sleep(0.3)
+        assert assistant.echo_canceller.sounded_s > 0.3  # the reply's sound went to the canceller as its reference

