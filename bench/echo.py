@@ -176,10 +176,12 @@ async def settle(assistant: Assistant, limit_s: float = 15.0) -> None:
     deadline = time.monotonic() + limit_s
     while assistant.busy and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    if assistant.busy:
-        assistant.interrupt()
+    if assistant.busy:  # muted, no more echo becomes a turn
+        assistant.mute()
         while assistant.busy:
-            await asyncio.sleep(0.05)
+            assistant.interrupt()
+            await asyncio.sleep(0.2)
+        assistant.unmute()
     await asyncio.sleep(0.5)
 
 
@@ -319,7 +321,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     questions = [read_wav(espeak(q, tmp / f"q{i}.wav"), RATE)[0] for i, q in enumerate(QUESTIONS)]
     response = reverberation(tmp)
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.echo_cancellation]
-    results = [await run_setting(args, tmp, on, replies, questions, response) for on in settings]
+    results = []
+    for on in settings:
+        results.append(await run_setting(args, tmp, on, replies, questions, response))
+        print(json.dumps(results[-1]), file=sys.stderr)
     return {
         "bench": "echo",
         "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {DELAYS_MS} ms (+ monitor and fifo) with sox "

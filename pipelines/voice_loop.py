@@ -101,6 +101,7 @@ class VoiceLoop:
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
         self._barge_in: asyncio.Future[Utterance | None] | None = None  # speech that paused the reply: its end
         self._forgiven = False  # the speech in progress was judged to say nothing: it does not pause the reply again
+        self._judging: asyncio.Future[None] | None = None  # the judging of the speech that paused the reply
         self._heard = (0.0, 0)  # time.monotonic() when the last block came, and the segmenter's samples then
         self.muted = False  # nothing heard becomes a turn (see set_muted)
         self.frames_spoken = 0  # CSM frames the user heard, over the whole session
@@ -170,6 +171,7 @@ class VoiceLoop:
         """Interrupt whatever is going on and wait for it to finish."""
         self.interrupt("shutdown")
         await _finished(self._turn)
+        await _finished(self._judging)
 
     def _hear(self, block: np.ndarray) -> None:
         assert self.segmenter is not None
@@ -209,7 +211,7 @@ class VoiceLoop:
         log.info("turn %d: speech over the reply; paused", reply.turn)
         self.bus.publish(BargeInPaused(turn=reply.turn))
         self._barge_in = asyncio.get_running_loop().create_future()
-        asyncio.ensure_future(self._judge_barge_in(reply, self._barge_in))
+        self._judging = asyncio.ensure_future(self._judge_barge_in(reply, self._barge_in))
 
     async def _judge_barge_in(self, reply: Reply, ended: asyncio.Future[Utterance | None]) -> None:
         """Interrupt if the speech says something within `barge_in.resume_ms` (then it is the user's turn), else

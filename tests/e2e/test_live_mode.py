@@ -69,7 +69,8 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
 
     async def start(barge_in: str, chunk_frames: int = 10) -> Live:
         config = Config.model_validate({
-            "barge_in": {"mode": barge_in, "min_speech_ms": 300, "tail_ms": 300},
+            # speech interrupts at once (resume_ms 0): the pause that comes first otherwise is tested in unit tests
+            "barge_in": {"mode": barge_in, "min_speech_ms": 300, "tail_ms": 300, "hold_ms": 0, "resume_ms": 0},
             "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
             # Random weights never end on their own. The tiny engine runs slower than real time here, so its
             # speech comes in stretches a chunk long: chunks of 10 frames leave sound to interrupt.
