@@ -12,7 +12,6 @@ before PortAudio's estimate, which put the reference after its echo.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -22,8 +21,6 @@ import numpy as np
 
 from assistant.audio.live import StreamResampler
 from assistant.audio.streams import CAPTURE_RATE, AudioSource
-
-log = logging.getLogger(__name__)
 
 FRAME = CAPTURE_RATE // 100  # AEC3 works on 10 ms frames
 PRIME_S = 0.12
