@@ -7,9 +7,10 @@ A room stands between the virtual speaker and the virtual microphone: what the s
 monitor) is written back into the microphone's fifo after `delay` ms, `level` dB quieter, through a reverberation
 made with sox (`reverb 50 50 60` on an impulse), mixed with a person's speech when one speaks. Levels -6, -12 and
 -20 dB and delays 30, 60 and 120 ms (added to the 0-60 ms the monitor and the fifo take): the delay is the room's,
-so it changes twice a run, the level every few replies; barge-ins are at 120 ms. The assistant is the real one (`Assistant`: Microphone and Speaker on the devices, the echo canceller,
-webrtcvad, Whisper tiny.en, `barge_in` as in configs/kiosk.yaml), except that its replies are recorded speech
-(LibriVox clips, 24 kHz) rather than a tiny random CSM's noise: a canceller and a VAD are measured on speech.
+so it changes twice a run, the level every few replies; barge-ins are at 120 ms. The assistant is the real one
+(`Assistant`: Microphone and Speaker on the devices, the echo canceller, webrtcvad, Whisper tiny.en, `barge_in` as
+in configs/kiosk.yaml), except that its replies are recorded speech (LibriVox clips, 24 kHz) rather than a tiny
+random CSM's noise: a canceller and a VAD are measured on speech.
 
 Echo-only replies: a false barge-in is a reply that paused (`BargeInPaused`) or was interrupted with no person
 speaking. Barge-ins: a person's recorded question starts 1.5 s into the reply's sound; caught when the reply is

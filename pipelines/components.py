@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from assistant.tts.reference_voice import (
     is_voice_file,
     locked_voice,
     voice_from_clip,
-    with_speaker,
 )
 from pipelines.model_check import hub_reachable, missing_models, needed_models
 
@@ -104,7 +104,9 @@ async def load_voice(config: Config, engine: CSMEngine) -> ReferenceVoice | None
         if settings.path is None:
             voice = await locked_voice(speaker, engine, csm.temperature, csm.topk) if settings.locked else None
         elif is_voice_file(path := Path(settings.path)):
-            voice = with_speaker(await asyncio.to_thread(ReferenceVoice.load, path), settings.speaker)
+            voice = await asyncio.to_thread(ReferenceVoice.load, path)
+            if settings.speaker is not None:
+                voice = dataclasses.replace(voice, speaker=settings.speaker)
         else:
             voice = await voice_from_clip(path, settings.text, speaker, engine)
         if voice is not None:

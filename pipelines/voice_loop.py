@@ -319,13 +319,13 @@ class VoiceLoop:
         self._drop_speculation()
 
     def _on_utterance(self, utterance: Utterance) -> None:
+        if self._barge_in is not None and not self._barge_in.done():  # speech over the reply: judged there
+            self._barge_in.set_result(utterance)
+            return
         speculation, self._speculation = self._speculation, None
         if speculation is not None and not speculation.matches(utterance):
             speculation.cancel()
             speculation = None
-        if self._barge_in is not None and not self._barge_in.done():  # speech over the reply: judged there
-            self._barge_in.set_result(utterance)
-            return
         self.bus.publish(UtteranceEnded(duration_s=utterance.duration_s))
         if not self._answering():
             log.info("ignored %.1f s of speech that came while replying without interrupting", utterance.duration_s)

@@ -3,9 +3,9 @@
 With open speakers the microphone hears the assistant. The assistant plays every sample itself, so the canceller
 gets the exact far-end signal: the speaker reports each block as it hands it to its device (`rendered`, from the
 audio thread), and `clean` feeds AEC3 one frame of that reference, in the order it was handed out and through a
-short jitter buffer, before each 10 ms microphone frame. A block is handed out before it can be heard, so the reference always comes before its
-echo; AEC3's delay estimator finds the rest (the device's buffer, the room, the microphone's buffer: up to
-~500 ms, so keep `audio.output_latency_ms` at 250 or less with it). The devices' own estimates of when a block is
+short jitter buffer, before each 10 ms microphone frame. A block is handed out before it can be heard, so the
+reference always comes before its echo; AEC3's delay estimator finds the rest (the device's buffer, the room, the
+microphone's buffer: up to ~500 ms, so keep `audio.output_latency_ms` at 250 or less with it). The devices' own estimates of when a block is
 heard were tried for alignment and dropped: PulseAudio's null sink plays a block as soon as it has it, ~100 ms
 before PortAudio's estimate, which put the reference after its echo.
 """

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from assistant.audio.wavfile import WavError, check_audio_file, read_wav
+from assistant.conversation import FRAME_S
 from assistant.segment import Segment
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class ReferenceVoice:
 
     @property
     def seconds(self) -> float:
-        return self.codes.shape[-1] * 0.08
+        return self.codes.shape[-1] * FRAME_S
 
     def segment(self) -> Segment:
         return Segment(self.speaker, self.text, codes=self.codes)
@@ -173,6 +174,3 @@ async def locked_voice(speaker: int, engine: CSMEngine, temperature: float, topk
     voice.save(path)
     return voice
 
-
-def with_speaker(voice: ReferenceVoice, speaker: int | None) -> ReferenceVoice:
-    return voice if speaker is None else replace(voice, speaker=speaker)
