@@ -35,8 +35,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 extras=""
 ((with_tests)) && extras="[test]"
+# torch's CUDA build and its libraries take about 7 GB in the virtualenv; pip's cache would hold a second copy.
+free_gb=$(df -Pk "$(dirname "$venv")" | awk 'NR==2 {print int($4 / 1048576)}')
+if ((free_gb < 10)); then
+    echo "==> warning: ${free_gb} GB free beside $venv; the install needs about 8 GB" >&2
+fi
 echo "==> pip install -e .$extras (first time: torch with CUDA, a few GB)"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".$extras" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+"$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check -e ".$extras" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # Smart Turn's weights (turn.detector: model, BSD-2) ship inside the pipecat-ai wheel: only that file is taken
 # from it, into the virtualenv's share/ folder (assistant/turn_model.py looks there); pipecat itself is not installed.
 turn_model="$venv/share/csm-assistant/smart-turn-v3.2-cpu.onnx"
