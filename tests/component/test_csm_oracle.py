@@ -174,7 +174,7 @@ def test_a_prompt_partly_in_the_cache_gives_transformers_frames(oracle):
     prefill = engine.steps.prefill
     engine.steps.prefill = lambda tokens, mask, start: (starts.append(start), prefill(tokens, mask, start))[1]
     result = engine.generate(TEXT, speaker=1, context=context, temperature=0, max_audio_ms=FRAMES * 80)
-    shared = sum(engine._segment_rows(s)[i][0].shape[0] for s in context[:2] for i in range(2))
+    shared = sum(engine.prompts.segment_rows(s)[i][0].shape[0] for s in context[:2] for i in range(2))
     assert starts and starts[0] >= shared
     assert torch.equal(result.codes, oracle["frames"].T)
 

@@ -52,11 +52,21 @@ class MimiCodec:
         # A second module tree over the same weights stays in streaming mode for good: entering moshi's
         # streaming mode allocates its states (tens to hundreds of ms), resetting them takes a few ms, and
         # one-shot encode/decode on `mimi` itself must not see streaming state.
-        shared = {id(t): t for t in (*mimi.parameters(), *mimi.buffers())}
-        self._streaming = copy.deepcopy(mimi, memo=shared)
-        with torch.inference_mode():
-            self._streaming.streaming_forever(1)
+        self._streaming = self._streaming_copy(1)
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None  # overlapped decoding
+
+    def _streaming_copy(self, rows: int) -> Any:
+        """A module tree over `mimi`'s weights in streaming mode for `rows` streams at once."""
+        shared = {id(t): t for t in (*self.mimi.parameters(), *self.mimi.buffers())}
+        streaming = copy.deepcopy(self.mimi, memo=shared)
+        with torch.inference_mode():
+            streaming.streaming_forever(rows)
+        return streaming
+
+    def rows(self, rows: int, group: int) -> RowDecoder:
+        """A decoder for `rows` streams at once, one frame of each per call, in groups of `group` rows (see
+        `RowDecoder`)."""
+        return RowDecoder([self._streaming_copy(min(group, rows - start)) for start in range(0, rows, group)], self.device)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -110,6 +120,42 @@ class MimiCodec:
 
     def _decode_frame(self, codes: torch.Tensor) -> np.ndarray:
         return self._decode_frame_on_device(codes).float().cpu().numpy()
+
+
+class RowDecoder:
+    """Mimi's streaming decode for a fixed number of rows, each its own stream (moshi keeps per-row state):
+    `decode(codes [rows, K], rows)` turns one frame of each row in the mask `rows` into `[rows, 1920]` samples;
+    the other rows' states do not move. `restart(row)` gives a row a fresh state, for a new stream. A row's audio
+    equals its stream decoded alone.
+
+    The rows are split into groups, one moshi module each, and a group with no row to decode is skipped: a batch
+    costs about what its rows do, not what all of them would (on a CPU, 16 rows of Mimi cost 5.5 times one row).
+    """
+
+    def __init__(self, groups: list[Any], device: torch.device):
+        self._groups = groups
+        self._sizes = [g._streaming_state.batch_size for g in groups]
+        self._fresh = torch.zeros(sum(self._sizes), dtype=torch.bool)
+        self._device = device
+
+    def restart(self, row: int) -> None:
+        self._fresh[row] = True
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+        audio = np.zeros((len(rows), FRAME_SAMPLES), np.float32)
+        start = 0
+        for group, size in zip(self._groups, self._sizes):
+            here = slice(start, start + size)
+            start += size
+            if not rows[here].any():
+                continue
+            if self._fresh[here].any():
+                group.reset_streaming(self._fresh[here].to(self._device))
+                self._fresh[here] = False
+            group.set_exec_mask(rows[here].to(self._device))
+            audio[here] = group.decode(codes[here].to(self._device)[:, :, None])[:, 0].float().cpu().numpy()
+        return audio
 
 
 class Decoded(Protocol):

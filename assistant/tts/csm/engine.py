@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from assistant.segment import Segment
 
-from .budget import FRAME_MS, Budget, split_sentences
+from .budget import Budget
 from .cached_rows import CachedRows
 from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, load_mimi
 from .config import CSMConfig
@@ -23,8 +23,9 @@ from .engine_thread import EngineThread
 from .graphs import CUDAGraphFrames
 from .hugepages import in_huge_pages
 from .model import CSMModel
-from .prompt import TextEncoder, audio_rows, text_rows
+from .prompt import TextEncoder
 from .sampling import TopKSampler
+from .speech_plan import Prompts, SpeechRequest
 from .weights import read_checkpoint, resolve_checkpoint
 
 
@@ -48,22 +49,8 @@ class AudioChunk:
     sample_rate: int = SAMPLE_RATE
 
 
-@dataclass(frozen=True)
-class _Request:
-    text: str
-    speaker: int
-    context: Sequence[Segment]
-    temperature: float
-    topk: int
-    seed: int | None
-    max_audio_ms: float | None
-    reference: Segment | None = None
-
-
 T = TypeVar("T")
 WARM_UP_MODES = ((0.9, 50), (0.0, 1))  # Sesame's default sampling, and greedy: the CUDA graphs captured at load
-REFERENCE_SHARE = 4
-"""A reference voice may take at most 1/4 of the window (512 positions, ~40 s of audio, at csm-1b's 2048)."""
 
 
 class CSMEngine:
@@ -96,7 +83,7 @@ class CSMEngine:
         self.model = model
         self.text = text
         self.codec = codec
-        self.budget = budget or Budget(max_seq_len=model.config.max_seq_len)
+        self.prompts = Prompts(text, codec, budget or Budget(max_seq_len=model.config.max_seq_len), model.config.num_codebooks)
         self.overlap = overlap
         self.reuse_cache = reuse_cache
         self.thread = thread or EngineThread()
@@ -119,7 +106,7 @@ class CSMEngine:
         CUDA graphs on the first calls)."""
         context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
         for temperature, topk in WARM_UP_MODES:
-            request = _Request("Warming up.", 1, context, temperature, topk, 0, 4 * 80.0)
+            request = SpeechRequest("Warming up.", 1, context, temperature, topk, 0, 4 * 80.0)
             for _ in self._chunks(request, lambda: False, 1):
                 pass
 
@@ -186,10 +173,10 @@ class CSMEngine:
     ) -> GenerationResult:
         """Speak `text` as `speaker` after `reference` and `context`; returns all frames and their one-shot decoded
         audio."""
-        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
+        request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
 
         def run() -> GenerationResult:
-            codes = self._stack(list(self._frames(request, _stopper(cancel), lambda frame, read: read)))
+            codes = self._stack(list(self._frames(request, stopper(cancel), lambda frame, read: read)))
             return GenerationResult(codes, self.codec.decode(codes))
 
         return self.thread.call(run)
@@ -217,7 +204,7 @@ class CSMEngine:
         The model runs on the engine's thread; setting `cancel`, or closing the iterator (`contextlib.aclosing`
         when leaving a loop early), stops it within one frame and frees the engine.
         """
-        request = _Request(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
+        request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         closed = threading.Event()
@@ -225,7 +212,7 @@ class CSMEngine:
 
         def produce() -> None:
             try:
-                for chunk in self._chunks(request, _stopper(cancel, closed), chunk_frames):
+                for chunk in self._chunks(request, stopper(cancel, closed), chunk_frames):
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
                 loop.call_soon_threadsafe(queue.put_nowait, done)
             except BaseException as error:  # handed to the consumer
@@ -243,7 +230,7 @@ class CSMEngine:
             closed.set()
             await worker
 
-    def _chunks(self, request: _Request, stop: Callable[[], bool], chunk_frames: int) -> Iterator[AudioChunk]:
+    def _chunks(self, request: SpeechRequest, stop: Callable[[], bool], chunk_frames: int) -> Iterator[AudioChunk]:
         with self.codec.stream(self.overlap) as decoder:
             codes: list[torch.Tensor] = []
             audio: list[np.ndarray] = []
@@ -258,7 +245,7 @@ class CSMEngine:
                 yield AudioChunk(np.concatenate(audio), self._stack(codes))
 
     def _frames(
-        self, request: _Request, stop: Callable[[], bool], submit: Callable[[torch.Tensor, torch.Tensor], T]
+        self, request: SpeechRequest, stop: Callable[[], bool], submit: Callable[[torch.Tensor, torch.Tensor], T]
     ) -> Iterator[T]:
         """The generation loop: `submit(frame, read)` for each frame `[K]` (on the model's device, and as read on
         the host) until the all-zero frame, the length cap, or `stop()`, yielding what it returns. From the second
@@ -266,24 +253,18 @@ class CSMEngine:
         (decoding the frame's audio on a second stream) runs beside the model, the host's time launching it is
         hidden too, and nothing the caller does with `read` waits for the model. The first frame is submitted at
         once, for the first audio."""
-        steps, budget = self.steps, self.budget
+        steps = self.steps
         if request.seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(request.seed)
         sampler = self.sampler(request.temperature, request.topk)
-        count = lambda piece: len(self.text.encode(piece, request.speaker))  # noqa: E731
-        pieces = [request.text] if budget.fits(count(request.text)) else split_sentences(request.text, count, budget.fits)
-        context = list(request.context)
-        remaining = budget.frames(0, request.max_audio_ms or budget.absolute_ms)
+        plan = self.prompts.plan(request)
         with torch.inference_mode():  # once for the loop: entering it per call cost more than a tiny model's step
-            for piece in pieces:
-                ids = self.text.encode(piece, request.speaker)
-                frames = min(remaining, budget.frames(len(ids), request.max_audio_ms), budget.max_seq_len - len(ids))
-                tokens, mask = self._prompt(request.reference, context, ids, budget.max_seq_len - len(ids) - frames)
-                codes = steps.decode_frame(self._prefill(tokens, mask), sampler)
+            while (piece := plan.next()) is not None:
+                codes = steps.decode_frame(self._prefill(piece.tokens, piece.mask), sampler)
                 spoken: list[torch.Tensor] = []
-                for n in range(frames):
+                for n in range(piece.frames):
                     if stop():
                         break
                     read = codes.cpu()  # waits for this frame, and no more
@@ -293,17 +274,14 @@ class CSMEngine:
                     if n == 0:  # first audio waits for nothing more
                         yield submit(codes, read)
                     done = codes
-                    if n + 1 < frames:
+                    if n + 1 < piece.frames:
                         self._cache.append(read)
                         codes = steps.decode_frame(steps.append_frame(codes), sampler)
                     if n > 0:
                         yield submit(done, read)
                 if stop():
                     return
-                remaining -= len(spoken)
-                if remaining <= 0:
-                    return
-                context.append(Segment(request.speaker, piece, codes=self._stack(spoken)))
+                plan.spoke(spoken)
 
     def forget_cache(self) -> None:
         """Prefill the next prompt in full: the model's cache was written around the engine (as a benchmark that
@@ -320,6 +298,14 @@ class CSMEngine:
         """A sampler drawing from this engine's generator (the one its CUDA graphs were captured with)."""
         return TopKSampler(temperature, topk, self.model.config.codec_bins, self.generator)
 
+    @property
+    def budget(self) -> Budget:
+        return self.prompts.budget
+
+    @budget.setter
+    def budget(self, budget: Budget) -> None:
+        self.prompts.budget = budget
+
     def prompt(
         self, text: str, speaker: int = 1, context: Sequence[Segment] = (), max_audio_ms: float | None = None,
         reference: Segment | None = None,
@@ -327,59 +313,16 @@ class CSMEngine:
         """The backbone's input rows `[T, K+1]` and mask for `text` (one piece) after `reference` and `context`, as
         `generate` builds them."""
         ids = self.text.encode(text, speaker)
-        room = self.budget.max_seq_len - len(ids) - self.budget.frames(len(ids), max_audio_ms)
-        return self.thread.call(self._prompt, reference, context, ids, room)  # audio is encoded on the engine's thread
+        room = self.prompts.room(ids, max_audio_ms)
+        return self.thread.call(self.prompts.prompt, reference, context, ids, room)  # audio is encoded on the engine's thread
 
     @property
     def reference_limit(self) -> int:
-        """The most positions a reference voice may take (its transcript's tokens and its frames, each ended)."""
-        return self.budget.max_seq_len // REFERENCE_SHARE
+        return self.prompts.reference_limit
 
     def reference_positions(self, reference: Segment) -> int:
         """The positions `reference` takes in every prompt; ValueError beyond `reference_limit`, naming it."""
-        rows = [r.shape[0] for r, _ in self._segment_rows(reference)]
-        if sum(rows) > self.reference_limit:
-            text, audio = rows[0], sum(rows[1:])
-            raise ValueError(
-                f"the voice takes {sum(rows)} of the model's {self.budget.max_seq_len} positions ({text} for its "
-                f"transcript, {audio} for {(audio - 1) * FRAME_MS / 1000:.1f} s of audio); it may take "
-                f"{self.reference_limit} (a {REFERENCE_SHARE}th of the window), so with this transcript at most "
-                f"{max(self.reference_limit - text - 1, 0) * FRAME_MS / 1000:.1f} s of audio: use a shorter clip "
-                f"(5-15 s is best)"
-            )
-        return sum(rows)
-
-    def _prompt(
-        self, reference: Segment | None, context: Sequence[Segment], ids: list[int], room: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference's rows, the newest context segments that fit in what is left of `room` positions (oldest
-        dropped first), then the text."""
-        k = self.model.config.num_codebooks
-        head = self._segment_rows(reference) if reference is not None else []
-        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        used = sum(rows.shape[0] for rows, _ in head)
-        if used > room:
-            raise ValueError(f"the voice takes {used} positions and this sentence leaves {room}: use a shorter clip")
-        for segment in reversed(context):
-            rows = self._segment_rows(segment)
-            used += sum(r.shape[0] for r, _ in rows)
-            if used > room:
-                break
-            parts = rows + parts
-        parts = head + parts + [text_rows(ids, k)]
-        return torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])
-
-    def _segment_rows(self, segment: Segment) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        k = self.model.config.num_codebooks
-        rows = [text_rows(self.text.encode(segment.text, segment.speaker), k)]
-        codes = segment.codes
-        if codes is None and segment.audio is not None:
-            codes = self.codec.encode(segment.audio, segment.sample_rate)
-        if codes is not None:
-            if codes.ndim != 2 or codes.shape[0] < k:
-                raise ValueError(f"a context segment's codes must be [>= {k} codebooks, frames], got {tuple(codes.shape)}")
-            rows.append(audio_rows(codes[:k]))
-        return rows
+        return self.prompts.reference_positions(reference)
 
     def _stack(self, frames: list[torch.Tensor]) -> torch.Tensor:
         if not frames:
@@ -387,6 +330,6 @@ class CSMEngine:
         return torch.stack(frames, dim=1).cpu()
 
 
-def _stopper(*signals: CancelSignal | None) -> Callable[[], bool]:
+def stopper(*signals: CancelSignal | None) -> Callable[[], bool]:
     active = [s for s in signals if s is not None]
     return lambda: any(s.is_set() for s in active)

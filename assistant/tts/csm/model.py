@@ -20,6 +20,11 @@ from .depth_decoder import DepthDecoder
 from .sampling import TopKSampler
 from .stack import Stack
 
+def subtree(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The weights under `prefix`, named without it."""
+    return {n[len(prefix) :]: w for n, w in weights.items() if n.startswith(prefix)}
+
+
 DecodeCodes = Callable[[torch.Tensor, TopKSampler, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -32,7 +37,7 @@ class CSMModel:
     (see `Stack.forward`): the form `CUDAGraphFrames` captures, run eagerly.
     """
 
-    def __init__(self, config: CSMConfig, weights: dict[str, torch.Tensor]):
+    def __init__(self, config: CSMConfig, weights: dict[str, torch.Tensor], slots: int = 1):
         self.config = config
         k = config.num_codebooks
         self.text_embeddings = weights["text_embeddings"]
@@ -47,9 +52,8 @@ class CSMModel:
         inputs = torch.mm(self.audio_embeddings[: (k - 1) * config.audio_vocab_size], self.projection)
         self.decoder_inputs = inputs.view(k - 1, config.audio_vocab_size, -1).unbind(0)
         self.audio_head = weights["audio_head"].transpose(1, 2).unbind(0)
-        sub = lambda prefix: {n[len(prefix) :]: w for n, w in weights.items() if n.startswith(prefix)}  # noqa: E731
-        self.backbone = Stack(config.backbone, sub("backbone."), config.max_seq_len)
-        self.decoder = DepthDecoder(config.decoder, sub("decoder."), k)
+        self.backbone = Stack(config.backbone, subtree(weights, "backbone."), config.max_seq_len, slots)
+        self.decoder = DepthDecoder(config.decoder, subtree(weights, "decoder."), k)
         device = self.projection.device
         self.offsets = torch.arange(k, device=device) * config.audio_vocab_size
         self.position = 0  # the backbone position the next frame takes
@@ -84,9 +88,12 @@ class CSMModel:
         self.pos.fill_(n)
         return out[-1:]
 
-    def prefill_rows(self, tokens: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, length: int | None) -> torch.Tensor:
-        """The tensor work of `prefill`: rows at positions `pos`, final-normed (`length` as in `Stack.forward`)."""
-        return self._final_norm(self.backbone.forward(self.embed_rows(tokens, mask), pos, length))
+    def prefill_rows(
+        self, tokens: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, length: int | None, slot: int = 0
+    ) -> torch.Tensor:
+        """The tensor work of `prefill`: rows at positions `pos` of the sequence in `slot`, final-normed (`length`
+        as in `Stack.forward`)."""
+        return self.final_norm(self.backbone.forward(self.embed_rows(tokens, mask), pos, length, slot))
 
     def claim_position(self) -> int:
         """Take the backbone position for the next frame; returns the number of positions then in use."""
@@ -102,10 +109,13 @@ class CSMModel:
 
     def backbone_step(self, codes: torch.Tensor, length: int | None) -> torch.Tensor:
         """The tensor work of `append_frame`, at the position `pos`, which it advances on the device."""
-        x = F.embedding(codes + self.offsets, self.audio_embeddings).sum(0, keepdim=True)
-        out = self.backbone.forward(x, self.pos, length)
+        out = self.backbone.forward(self.embed_frames(codes[None]), self.pos, length)
         self.pos += 1
-        return self._final_norm(out)
+        return self.final_norm(out)
+
+    def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
+        """Frames `[n, K]` as backbone rows `[n, dim]`: the sum of their codes' embeddings."""
+        return F.embedding(codes + self.offsets, self.audio_embeddings).sum(1)
 
     def decode_frame(self, hidden: torch.Tensor, sample: TopKSampler) -> torch.Tensor:
         """Predict one frame `[K]` from the backbone's last hidden state `[1, dim]` (see `decode_with`)."""
@@ -142,5 +152,5 @@ class CSMModel:
         self.decode_codes = compile(self.decode_with)
         self.backbone_step = compile(self.backbone_step)  # type: ignore[method-assign]
 
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (self.config.backbone.dim,), self.backbone_norm, self.config.backbone.norm_eps)

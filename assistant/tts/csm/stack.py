@@ -66,50 +66,84 @@ def load_layers(cfg: TransformerConfig, weights: dict[str, torch.Tensor]) -> lis
 
 
 class Stack:
-    """One transformer stack with a preallocated KV cache of `max_len` positions."""
+    """One transformer stack with a preallocated KV cache of `max_len` positions for each of `slots` sequences."""
 
-    def __init__(self, cfg: TransformerConfig, weights: dict[str, torch.Tensor], max_len: int):
+    def __init__(self, cfg: TransformerConfig, weights: dict[str, torch.Tensor], max_len: int, slots: int = 1):
         self.cfg = cfg
         self.layers = load_layers(cfg, weights)
         ref = self.layers[0].qkv
         self.rope = rope_tables(cfg, max_len).to(ref)
-        shape = (cfg.layers, cfg.kv_heads, max_len, cfg.head_dim)
+        shape = (cfg.layers, slots, cfg.kv_heads, max_len, cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.v_cache = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         self.positions = torch.arange(max_len, device=ref.device)
         self.max_len = max_len
         self.norm_weight = norm_weight(cfg.dim, ref)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, length: int | None) -> torch.Tensor:
-        """Run rows `x [M, dim]` at positions `pos [M]`, writing their keys and values into the cache.
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, length: int | None, slot: int = 0) -> torch.Tensor:
+        """Run rows `x [M, dim]` of the sequence in `slot` at positions `pos [M]`, writing their keys and values
+        into its cache.
 
         With `length`, the rows are the last M of the first `length` slots and attend to those (causal among
         themselves). With None they attend to every slot, masked by `pos`: the shapes then do not depend on the
         position, which is what a CUDA graph replayed at every position needs. Returns the rows before the final norm.
         """
-        c = self.cfg
-        m, nq, nkv, hd = x.shape[0], c.heads, c.kv_heads, c.head_dim
-        rope = self.rope.index_select(0, pos)
-        cos, sin = rope[:, :1], rope[:, 1:]
-        slots = slice(None) if length is None else slice(length)
+        m = x.shape[0]
+        positions = slice(None) if length is None else slice(length)
         masked = length is None or m > 1
-        visible = self.positions[slots] <= pos[:, None] if masked else None
+        visible = self.positions[positions] <= pos[:, None] if masked else None
+        cos, sin = self._rope(pos)
         for i, layer in enumerate(self.layers):
-            qkv = self._normed_mm(x, layer.qkv)
-            qk = qkv[:, : (nq + nkv) * hd].view(m, nq + nkv, hd)
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
-            v = qkv[:, (nq + nkv) * hd :].view(m, nkv, hd)
-            k_cache, v_cache = self.k_cache[i], self.v_cache[i]
-            k_cache.index_copy_(1, pos, qk[:, nq:].transpose(0, 1))
+            q, k, v = self._qkv(x, layer, cos, sin)
+            k_cache, v_cache = self.k_cache[i, slot], self.v_cache[i, slot]
+            k_cache.index_copy_(1, pos, k.transpose(0, 1))
             v_cache.index_copy_(1, pos, v.transpose(0, 1))
-            attn = self._attend(qk[:, :nq], k_cache[:, slots], v_cache[:, slots], visible)
-            x = torch.addmm(x, attn, layer.o)
-            gate_up = self._normed_mm(x, layer.gate_up)
-            half = gate_up.shape[1] // 2
-            x = torch.addmm(x, F.silu(gate_up[:, :half]).mul_(gate_up[:, half:]), layer.down)
+            x = self._output(x, self._attend(q, k_cache[:, positions], v_cache[:, positions], visible), layer)
         return x
 
-    def _normed_mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, pos: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Run one row for each of the first n slots, `x [n, dim]`, row r at position `pos[r]` of slot r, each
+        attending to its own slot masked by its position: n sequences advance together. With `length` (above every
+        position) they attend to the first `length` positions; with None to all, so that the shapes depend on n
+        alone (one CUDA graph per n). Returns the rows before the final norm."""
+        n, nq, nkv, hd = x.shape[0], self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim
+        rows = torch.arange(n, device=x.device)
+        positions = slice(None) if length is None else slice(length)
+        visible = (self.positions[positions] <= pos[:, None])[:, None, None]  # [n, 1, 1, L]
+        cos, sin = self._rope(pos)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(x, layer, cos, sin)
+            k_cache, v_cache = self.k_cache[i, :n], self.v_cache[i, :n]  # [n, kv_heads, max_len, hd]
+            k_cache[rows, :, pos] = k
+            v_cache[rows, :, pos] = v
+            k_cache, v_cache = k_cache[:, :, positions], v_cache[:, :, positions]
+            scores = torch.matmul(q.view(n, nkv, nq // nkv, hd), k_cache.transpose(2, 3))
+            probs = torch.softmax(scores.masked_fill_(~visible, float("-inf")), dim=-1)
+            x = self._output(x, torch.matmul(probs, v_cache).view(n, nq * hd), layer)
+        return x
+
+    def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rope = self.rope.index_select(0, pos)
+        return rope[:, :1], rope[:, 1:]
+
+    def _qkv(
+        self, x: torch.Tensor, layer: Layer, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows' queries `[M, heads, hd]` and keys `[M, kv_heads, hd]`, rotated, and values `[M, kv_heads, hd]`."""
+        m, nq, nkv, hd = x.shape[0], self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim
+        qkv = self.normed_mm(x, layer.qkv)
+        qk = qkv[:, : (nq + nkv) * hd].view(m, nq + nkv, hd)
+        qk = torch.addcmul(qk * cos, qk.roll(hd // 2, -1), sin)
+        return qk[:, :nq], qk[:, nq:], qkv[:, (nq + nkv) * hd :].view(m, nkv, hd)
+
+    def _output(self, x: torch.Tensor, attn: torch.Tensor, layer: Layer) -> torch.Tensor:
+        """The residual stream after a layer's attention output `attn [M, heads * hd]` and its MLP."""
+        x = torch.addmm(x, attn, layer.o)
+        gate_up = self.normed_mm(x, layer.gate_up)
+        half = gate_up.shape[1] // 2
+        return torch.addmm(x, F.silu(gate_up[:, :half]).mul_(gate_up[:, half:]), layer.down)
+
+    def normed_mm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """RMSNorm of `x` (weight folded into `w`), then `x @ w`: on a CPU the rows are scaled after the matmul
         (fewer ops), on CUDA normed first by one fused kernel."""
         if self.norm_weight is not None:

@@ -1,0 +1,374 @@
+"""BatchedCSMEngine: many requests spoken at once, advancing together one frame at a time (continuous batching).
+
+One thread owns the model (as `engine_thread.py` explains for the one-at-a-time engine) and runs a frame loop:
+between two frames it takes new requests into free slots (each prompt prefilled into its own slot of the KV
+cache), runs calls handed to it (encoding context audio), and lets go of requests that ended or were cancelled.
+Then one batched step gives every slot in use its next frame, Mimi decodes all of them in one call, and each
+request's audio goes to its own consumer. A request that waits for a slot waits in order of arrival.
+
+A request is spoken exactly as `CSMEngine` speaks it (the same prompts and pieces, `speech_plan.py`, and the same
+sampler drawing from its own seeded generator), so a seeded request gives the same frames alone or in a batch,
+up to the rounding of batched matrix products (none seen in float32 on the CPU; bfloat16 may differ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from assistant.segment import Segment
+
+from .batched_frames import BatchedFrames, BatchGraphs
+from .budget import Budget
+from .codec import FRAME_SAMPLES, MimiCodec, RowDecoder, load_mimi
+from .engine import AudioChunk, CancelSignal, GenerationResult, stopper
+from .hugepages import in_huge_pages
+from .prompt import TextEncoder
+from .sampling import TopKSampler
+from .speech_plan import Piece, Prompts, SpeechPlan, SpeechRequest
+from .weights import read_checkpoint, resolve_checkpoint
+
+T = TypeVar("T")
+_DONE = object()
+CPU_MIMI_GROUP = 8
+"""Rows per Mimi call on a CPU (one call for all of them on a GPU, where a call costs its launches): measured on
+the tiny codec, 1/2/4/8/16 rows took 2.2/3.7/4.3/5.5/12.1 ms (docs/benchmarks.md)."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed while a request waited or spoke."""
+
+
+@dataclass
+class _Call:
+    """A function handed to the engine's thread, run between two frames."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    done: Future[Any]
+
+    def run(self) -> None:
+        try:
+            self.done.set_result(self.fn(*self.args))
+        except BaseException as error:
+            self.done.set_exception(error)
+
+
+@dataclass
+class _Stream:
+    """One request on its way through the frame loop."""
+
+    plan: SpeechPlan
+    sampler: TopKSampler
+    stop: Callable[[], bool]
+    deliver: Callable[[Any], None]  # an AudioChunk, an exception, or _DONE
+    chunk_frames: int
+    slot: int = -1
+    piece: Piece | None = None
+    spoken: list[torch.Tensor] = field(default_factory=list)  # this piece's frames so far
+    codes: list[torch.Tensor] = field(default_factory=list)  # frames and audio not yet handed out
+    audio: list[np.ndarray] = field(default_factory=list)
+    handed_out: int = 0  # chunks so far
+
+    def add(self, frame: torch.Tensor, audio: np.ndarray) -> None:
+        self.codes.append(frame)
+        self.audio.append(audio)
+        if len(self.codes) >= (self.chunk_frames if self.handed_out else 1):  # the first chunk waits for one frame
+            self.flush()
+
+    def flush(self) -> None:
+        if self.codes:
+            self.deliver(AudioChunk(np.concatenate(self.audio), torch.stack(self.codes, dim=1)))
+            self.codes, self.audio = [], []
+            self.handed_out += 1
+
+
+class BatchedCSMEngine:
+    """CSM for many conversations at once: up to `slots` requests speak together, the rest wait their turn.
+
+    The interface is `CSMEngine`'s (`stream`, `generate`, `encode`, `reference_positions`, `codec`, `budget`), so
+    either serves the speech server and the assistant. `active` and `waiting` count the requests speaking and
+    waiting; `frames_generated` counts the frames generated since load. With `cuda_graphs` (CUDA only) each batch replays
+    the graph of its bucket of rows (`BatchGraphs`). Sampling's top-k may be at most `topk_cap`.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], tuple[BatchedFrames, TextEncoder, MimiCodec]],
+        budget: Budget | None = None,
+        cuda_graphs: bool = False,
+    ):
+        self.frames_generated = 0
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiting: deque[_Stream] = deque()
+        self._speaking: dict[int, _Stream] = {}
+        self._ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(build, budget, cuda_graphs), name="csm-batch", daemon=True)
+        self._thread.start()
+        self._ready.result()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        mimi: Any = None,
+        tokenizer: Tokenizer | str | Path | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        slots: int = 16,
+        topk_cap: int = 100,
+        cuda_graphs: bool = True,
+    ) -> BatchedCSMEngine:
+        """Load a checkpoint (as `CSMEngine.from_pretrained`) for `slots` requests at once."""
+        directory = resolve_checkpoint(model)
+        config, weights = read_checkpoint(directory)
+        tokenizer = tokenizer if tokenizer is not None else directory / "tokenizer.json"
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+        def build() -> tuple[BatchedFrames, TextEncoder, MimiCodec]:
+            on_device = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
+            if device.type == "cpu":
+                on_device = in_huge_pages(on_device)
+            codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
+            return BatchedFrames(config, on_device, slots, topk_cap), TextEncoder(tokenizer), codec
+
+        return cls(build, cuda_graphs=cuda_graphs and device.type == "cuda")
+
+    # -- the interface the server and the assistant use ------------------------------------------------------
+
+    @property
+    def slots(self) -> int:
+        return self._frames.slots
+
+    @property
+    def active(self) -> int:
+        return len(self._speaking)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def budget(self) -> Budget:
+        return self.prompts.budget
+
+    def reference_positions(self, reference: Segment) -> int:
+        """The positions `reference` takes in every prompt; ValueError beyond `reference_limit`, naming it."""
+        return self.prompts.reference_positions(reference)
+
+    async def stream(
+        self,
+        text: str,
+        speaker: int = 1,
+        context: Sequence[Segment] = (),
+        temperature: float = 0.9,
+        topk: int = 50,
+        seed: int | None = None,
+        max_audio_ms: float | None = None,
+        cancel: CancelSignal | None = None,
+        chunk_frames: int = 1,
+        reference: Segment | None = None,
+    ) -> AsyncIterator[AudioChunk]:
+        """Yield audio as it is generated, as `CSMEngine.stream` does; setting `cancel` or closing the iterator
+        frees the request's slot within one frame."""
+        request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        closed = threading.Event()
+        deliver = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731
+        self._inbox.put(self._new_stream(request, stopper(cancel, closed), deliver, chunk_frames))
+        try:
+            while (item := await items.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                if cancel is not None and cancel.is_set():
+                    break
+                yield item
+        finally:
+            closed.set()
+
+    def generate(
+        self,
+        text: str,
+        speaker: int = 1,
+        context: Sequence[Segment] = (),
+        temperature: float = 0.9,
+        topk: int = 50,
+        seed: int | None = None,
+        max_audio_ms: float | None = None,
+        cancel: CancelSignal | None = None,
+        reference: Segment | None = None,
+    ) -> GenerationResult:
+        """Speak `text` whole (blocking): all frames, and their one-shot decoded audio."""
+        request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
+        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inbox.put(self._new_stream(request, stopper(cancel), items.put, 1))
+        chunks: list[torch.Tensor] = []
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            chunks.append(item.codes)
+        k = self._frames.model.config.num_codebooks
+        codes = torch.cat(chunks, dim=1) if chunks else torch.zeros(k, 0, dtype=torch.long)
+        return GenerationResult(codes, self.call(self.codec.decode, codes))
+
+    async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Mimi codes `[K, frames]` (on the CPU) of mono audio at any rate, computed between two frames."""
+        return await asyncio.wrap_future(self._handoff(self.codec.encode, audio, sample_rate))
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the engine's thread between two frames and wait for it."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        return self._handoff(fn, *args).result()
+
+    def close(self) -> None:
+        """Stop the frame loop: requests still waiting or speaking end with EngineClosed."""
+        self._inbox.put(None)
+        self._thread.join()
+
+    # -- the frame loop, on the engine's thread ----------------------------------------------------------------
+
+    def _handoff(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        done: Future[T] = Future()
+        self._inbox.put(_Call(fn, args, done))
+        return done
+
+    def _run(self, build: Callable[[], tuple[BatchedFrames, TextEncoder, MimiCodec]], budget: Budget | None, graphs: bool) -> None:
+        try:
+            frames, text, self.codec = build()
+            self._frames, self.model = frames, frames.model
+            self.prompts = Prompts(text, self.codec, budget or Budget(max_seq_len=self.model.config.max_seq_len), self.model.config.num_codebooks)
+            self._steps: BatchedFrames | BatchGraphs = BatchGraphs(frames) if graphs else frames
+            group = frames.slots if self.model.device.type == "cuda" else CPU_MIMI_GROUP
+            self._decoder: RowDecoder = self.codec.rows(frames.slots, group)
+            self._free = list(range(frames.slots))  # a heap: the lowest free slot first keeps batches short
+            self._warm_up()
+        except BaseException as error:
+            self._ready.set_exception(error)
+            return
+        self._ready.set_result(None)
+        with torch.inference_mode():
+            while self._take_inbox(block=not self._speaking and not self._waiting):
+                self._admit()
+                if self._speaking:
+                    self._frame()
+        for stream in [*self._waiting, *self._speaking.values()]:
+            stream.deliver(EngineClosed("the speech engine was closed"))
+
+    def _warm_up(self) -> None:
+        """A short request in each common sampling mode, run to the end (captures and first calls happen now)."""
+        context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
+        with torch.inference_mode():
+            for temperature, topk in ((0.9, 50), (0.0, 1)):
+                request = SpeechRequest("Warming up.", 1, context, temperature, topk, 0, 4 * 80.0)
+                self._waiting.append(self._new_stream(request, lambda: False, lambda item: None, 1))
+                while self._waiting or self._speaking:
+                    self._admit()
+                    if self._speaking:
+                        self._frame()
+        self.frames_generated = 0
+
+    def _take_inbox(self, block: bool) -> bool:
+        """Move new requests to the waiting line and run handed-off calls; False once the engine is closed."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if item is None:
+                return False
+            if isinstance(item, _Call):
+                item.run()
+            else:
+                self._waiting.append(item)
+
+    def _new_stream(self, request: SpeechRequest, stop: Callable[[], bool], deliver: Callable[[Any], None], chunk_frames: int) -> _Stream:
+        """A request made ready to speak (ValueError, at once, for a sampling setting or text it cannot speak)."""
+        generator = torch.Generator(self.model.device)
+        if request.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(request.seed)
+        sampler = TopKSampler(request.temperature, request.topk, self.model.config.codec_bins, generator)
+        if sampler.topk > self._frames.sampling.topk_cap:
+            raise ValueError(f"topk {request.topk} is above this engine's limit of {self._frames.sampling.topk_cap}")
+        return _Stream(self.prompts.plan(request), sampler, stop, deliver, max(1, chunk_frames))
+
+    def _admit(self) -> None:
+        """Give waiting requests the free slots, in order of arrival; a request cancelled while waiting ends."""
+        while self._waiting and self._free:
+            stream = self._waiting.popleft()
+            if stream.stop():
+                stream.deliver(_DONE)
+                continue
+            stream.slot = heapq.heappop(self._free)
+            self._speaking[stream.slot] = stream
+            self._frames.sampling.set_row(stream.slot, stream.sampler)
+            self._decoder.restart(stream.slot)
+            self._next_piece(stream)
+
+    def _next_piece(self, stream: _Stream) -> None:
+        """Prefill the stream's next piece into its slot, or end it when there is none (or its prompt fails)."""
+        try:
+            stream.piece = stream.plan.next()
+            if stream.piece is not None:
+                self._frames.prefill(stream.slot, stream.piece.tokens, stream.piece.mask)
+                stream.spoken = []
+                return
+        except Exception as error:
+            self._end(stream, error)
+            return
+        self._end(stream, _DONE)
+
+    def _end(self, stream: _Stream, outcome: Any) -> None:
+        if outcome is _DONE and not stream.stop():
+            stream.flush()
+        stream.deliver(outcome)
+        del self._speaking[stream.slot]
+        self._frames.release(stream.slot)
+        heapq.heappush(self._free, stream.slot)
+
+    def _frame(self) -> None:
+        """One frame for every speaking request: batched step, batched Mimi decode, then each request's part."""
+        frames, n = self._frames, max(self._speaking) + 1
+        for slot, stream in self._speaking.items():
+            frames.sampling.draw(slot, stream.sampler)
+        self._steps.decode(n)
+        codes = frames.codes[:n].to("cpu", copy=True)  # waits for the step; the buffer is written again next frame
+        frames.length = int(frames.pos[:n].max()) + 1 if self._steps is frames else None
+        self._steps.append(n)
+        ended, spoken = [], torch.zeros(frames.slots, dtype=torch.bool)
+        for slot, stream in self._speaking.items():
+            if stream.stop():
+                ended.append(stream)
+            elif codes[slot].any():  # the all-zero frame ends the piece
+                spoken[slot] = True
+        self.frames_generated += int(spoken.sum())
+        rows = torch.zeros(frames.slots, codes.shape[1], dtype=torch.long)
+        rows[:n] = codes
+        audio = self._decoder.decode(rows, spoken) if spoken.any() else None
+        for stream in ended:
+            self._end(stream, _DONE)
+        for slot, stream in list(self._speaking.items()):
+            assert stream.piece is not None
+            if spoken[slot]:
+                stream.spoken.append(codes[slot])
+                stream.add(codes[slot], audio[slot])
+            if not spoken[slot] or len(stream.spoken) >= stream.piece.frames:
+                stream.plan.spoke(stream.spoken)
+                self._next_piece(stream)
