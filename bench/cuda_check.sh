@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks, as one run on a lent CUDA machine (see docs/benchmarks.md): the norm kernels, the csm-1b bench
-# with CUDA graphs, the CUDA tests, then (FUSED_S > 0) the bench with the fused frame. Each step has its own time
+# with CUDA graphs, the CUDA tests, the speech server under 1-32 streams (csm-1b's shapes), then (FUSED_S > 0) the
+# bench with the fused frame. Each step has its own time
 # limit; results go to $OUT. Wheels for what the machine lacks travel in .whl, the test tokenizer in .cache:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     moshi==0.2.13 transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0 soxr sphn pydantic \
-#     pydantic-core annotated-types typing-inspection pytest-asyncio soundfile onnxruntime
+#     pydantic-core annotated-types typing-inspection pytest-asyncio soundfile onnxruntime aiohttp aiohappyeyeballs \
+#     aiosignal attrs frozenlist multidict propcache yarl idna
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/cuda-check}"
 mkdir -p "$out"
@@ -40,7 +42,10 @@ with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) a
 print("fused_rms_norm kernels:", [e.name[:60] for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA])
 PY
 timeout "${BENCH_S:-170}" python3 bench/csm.py --device cuda --config csm-1b --repeats "${REPEATS:-2}" 2>"$out/bench.err" | tee "$out/bench.json"
-timeout "${TESTS_S:-150}" python3 -m pytest -q -p no:cacheprovider -x tests/component/test_csm_graphs.py 2>&1 | tail -25 | tee "$out/tests.log"
+timeout "${TESTS_S:-150}" python3 -m pytest -q -p no:cacheprovider -x tests/component/test_csm_graphs.py \
+    tests/component/test_csm_batched_engine.py 2>&1 | tail -25 | tee "$out/tests.log"
+timeout "${SERVE_S:-200}" python3 bench/csm_serve.py --device cuda --config csm-1b --streams 1,8,16,24,32 --slots 32 \
+    --repeats 1 2>"$out/serve.err" | tee "$out/serve.json"
 if [[ "${FUSED_S:-0}" -gt 0 ]]; then
     timeout "$FUSED_S" python3 bench/csm.py --device cuda --config csm-1b --repeats 1 --fused 2>"$out/fused.err" | tee "$out/fused.json"
 fi

@@ -181,3 +181,27 @@ async def test_close_ends_waiting_requests(tiny_csm_dir, tiny_mimi, llama3_token
     await asyncio.to_thread(engine.close)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, EngineClosed) for r in results)
+    with pytest.raises(EngineClosed):
+        await engine.encode(np.zeros(1920, np.float32), 24_000)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+async def test_cuda_graphs_give_the_eager_frames(tiny_csm_dir, tiny_mimi, llama3_tokenizer_json):
+    """Each batch replays its bucket's graph (5 requests: the bucket of 8, three idle rows) with the frames that
+    running the same work eagerly gives."""
+    import copy
+
+    engines = [
+        await asyncio.to_thread(
+            BatchedCSMEngine.from_pretrained, tiny_csm_dir, copy.deepcopy(tiny_mimi).cuda(), llama3_tokenizer_json,
+            "cuda", torch.float32, 8, 100, graphs,
+        )
+        for graphs in (True, False)
+    ]
+    try:
+        results = [await asyncio.gather(*(spoken(engine, r) for r in REQUESTS[:5])) for engine in engines]
+    finally:
+        for engine in engines:
+            engine.close()
+    for (graphed, _), (eager, _) in zip(*results):
+        assert torch.equal(graphed, eager)

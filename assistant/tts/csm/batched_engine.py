@@ -33,6 +33,7 @@ from assistant.segment import Segment
 from .batched_frames import BatchedFrames, BatchGraphs
 from .budget import Budget
 from .codec import FRAME_SAMPLES, MimiCodec, RowDecoder, load_mimi
+from .config import CSMConfig
 from .engine import AudioChunk, CancelSignal, GenerationResult, stopper
 from .hugepages import in_huge_pages
 from .prompt import TextEncoder
@@ -115,6 +116,8 @@ class BatchedCSMEngine:
         self._waiting: deque[_Stream] = deque()
         self._speaking: dict[int, _Stream] = {}
         self._ready: Future[None] = Future()
+        self._closed = False
+        self._door = threading.Lock()  # taken to hand something in, and to close: nothing is handed in after that
         self._thread = threading.Thread(target=self._run, args=(build, budget, cuda_graphs), name="csm-batch", daemon=True)
         self._thread.start()
         self._ready.result()
@@ -135,6 +138,23 @@ class BatchedCSMEngine:
         directory = resolve_checkpoint(model)
         config, weights = read_checkpoint(directory)
         tokenizer = tokenizer if tokenizer is not None else directory / "tokenizer.json"
+        return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, slots, topk_cap, cuda_graphs)
+
+    @classmethod
+    def from_weights(
+        cls,
+        config: CSMConfig,
+        weights: dict[str, torch.Tensor],
+        mimi: Any,
+        tokenizer: Tokenizer | str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        slots: int = 16,
+        topk_cap: int = 100,
+        cuda_graphs: bool = True,
+    ) -> BatchedCSMEngine:
+        """An engine from weights already converted (`weights.convert_checkpoint`); the rest as in
+        `from_pretrained`. Everything from moving the weights on happens on the engine's thread."""
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
@@ -189,7 +209,7 @@ class BatchedCSMEngine:
         items: asyncio.Queue[Any] = asyncio.Queue()
         closed = threading.Event()
         deliver = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731
-        self._inbox.put(self._new_stream(request, stopper(cancel, closed), deliver, chunk_frames))
+        self._hand_in(self._new_stream(request, stopper(cancel, closed), deliver, chunk_frames))
         try:
             while (item := await items.get()) is not _DONE:
                 if isinstance(item, BaseException):
@@ -215,7 +235,7 @@ class BatchedCSMEngine:
         """Speak `text` whole (blocking): all frames, and their one-shot decoded audio."""
         request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
         items: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._inbox.put(self._new_stream(request, stopper(cancel), items.put, 1))
+        self._hand_in(self._new_stream(request, stopper(cancel), items.put, 1))
         chunks: list[torch.Tensor] = []
         while (item := items.get()) is not _DONE:
             if isinstance(item, BaseException):
@@ -244,8 +264,14 @@ class BatchedCSMEngine:
 
     def _handoff(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         done: Future[T] = Future()
-        self._inbox.put(_Call(fn, args, done))
+        self._hand_in(_Call(fn, args, done))
         return done
+
+    def _hand_in(self, item: _Stream | _Call) -> None:
+        with self._door:
+            if self._closed:
+                raise EngineClosed("the speech engine was closed")
+            self._inbox.put(item)
 
     def _run(self, build: Callable[[], tuple[BatchedFrames, TextEncoder, MimiCodec]], budget: Budget | None, graphs: bool) -> None:
         try:
@@ -265,9 +291,22 @@ class BatchedCSMEngine:
             while self._take_inbox(block=not self._speaking and not self._waiting):
                 self._admit()
                 if self._speaking:
-                    self._frame()
-        for stream in [*self._waiting, *self._speaking.values()]:
-            stream.deliver(EngineClosed("the speech engine was closed"))
+                    try:
+                        self._frame()
+                    except Exception as error:  # every request in the batch learns why; the engine goes on
+                        for stream in list(self._speaking.values()):
+                            self._end(stream, error)
+        with self._door:
+            self._closed = True
+        left = [*self._waiting, *self._speaking.values()]
+        while not self._inbox.empty():
+            left.append(self._inbox.get())
+        for item in left:
+            closed = EngineClosed("the speech engine was closed")
+            if isinstance(item, _Call):
+                item.done.set_exception(closed)
+            elif item is not None:
+                item.deliver(closed)
 
     def _warm_up(self) -> None:
         """A short request in each common sampling mode, run to the end (captures and first calls happen now)."""
