@@ -136,19 +136,22 @@ class AsrConfig(Section):
     download_root: str | None = None
 
 
+def _check_http_url(value: str, example: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL, like {example}")
+    return value
+
+
 class OpenAIBackendConfig(Section):
     base_url: str | None = Field(None, description="null = https://api.openai.com/v1")
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        from urllib.parse import urlsplit
-
-        if value is not None:
-            parts = urlsplit(value.strip())
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError("must be an http(s) URL, like http://localhost:11434/v1")
-        return value
+        return value if value is None else _check_http_url(value, "http://localhost:11434/v1")
     model: str = "gpt-4o-mini"
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(0.7, ge=0, le=2)
@@ -189,7 +192,27 @@ class LlmConfig(Section):
     scripted: ScriptedBackendConfig = Field(default_factory=ScriptedBackendConfig)
 
 
+class SpeechServerConfig(Section):
+    url: str = Field("http://127.0.0.1:8000", description="The speech server (python -m assistant.tts.server).")
+    api_key_env: str | None = Field(None, description="Environment variable holding its API key; null = no key.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="Time allowed to connect, and between pieces of an answer (a request waiting for a free slot too).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_http_url(value, "http://gpu-box:8000")
+
+    def api_key(self) -> str | None:
+        return secret(self.api_key_env)
+
+
 class CsmConfig(Section):
+    backend: Literal["local", "server"] = Field(
+        "local", description="local: CSM runs inside the assistant; server: a speech server runs it (csm.server)."
+    )
     model: str = Field("sesame/csm-1b", description="Hub id or local directory (either checkpoint layout).")
     mimi: str | None = Field(None, description="Mimi weights path; null = moshi's default repo.")
     tokenizer: str | None = Field(None, description="tokenizer.json path; null = the model directory's.")
@@ -206,6 +229,17 @@ class CsmConfig(Section):
     chunk_frames: int = Field(2, ge=1, le=50, description="80 ms frames per streamed audio chunk.")
     cuda_graphs: bool = True
     fused: bool = Field(False, description="Compile the per-frame work with TorchInductor (slower load, fewer GPU kernels).")
+    server: SpeechServerConfig = Field(default_factory=SpeechServerConfig)
+
+    @model_validator(mode="after")
+    def _server_key_is_there(self) -> CsmConfig:
+        # checked with the rest of the config, before any model loads, not at the first reply
+        if self.backend == "server" and self.server.api_key_env and self.server.api_key() is None:
+            raise ValueError(
+                f"server.api_key_env names ${self.server.api_key_env}, which is not set (the speech server's API key "
+                "goes there)"
+            )
+        return self
 
 
 class VoiceConfig(Section):

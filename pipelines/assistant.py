@@ -34,7 +34,7 @@ from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.mqtt import MqttBridge, MqttSetupError
 from assistant.vad import VadSegmenter
-from pipelines.components import StartupError, load_models, load_voice
+from pipelines.components import Models, StartupError, load_models, load_voice
 from pipelines.reply import SpeechEngine, Spoken
 from pipelines.voice_loop import AudioEncoder, TurnDetector, VoiceLoop
 
@@ -78,7 +78,7 @@ class Assistant:
         self._turn_model: TurnDetector | None = None  # loaded with Whisper when turn.detector is model
         self._reference = voice if isinstance(voice, ReferenceVoice) else None
         self.echo_canceller: EchoCanceller | None = None  # with audio.echo_cancellation, on the devices it opened
-        self._owned: list[DeviceStream | ChatBackend] = []  # closed by stop(), last opened first
+        self._owned: list[DeviceStream | ChatBackend | Models] = []  # closed by stop(), last opened first
         self._voice: VoiceLoop | None = None
         self._listening: asyncio.Task[None] | None = None
         self._bridge: MqttBridge | None = None
@@ -224,11 +224,12 @@ class Assistant:
         models = await load_models(
             self.config, self._backend, engine=self._engine is None, transcriber=self._transcriber is None
         )
+        self._owned.append(models)  # a speech server's connections
         if models.engine is not None:
             self._engine, self._encode_audio = models.engine, models.engine.encode
             self._reference = self._reference or models.voice
         elif self.config.voice.path is not None and self._reference is None:
-            self._reference = await load_voice(self.config, self._engine)  # type: ignore[arg-type]  # a CSMEngine
+            self._reference = await load_voice(self.config, self._engine)  # type: ignore[arg-type]  # an engine
         if models.transcriber is not None:
             self._transcriber, self._turn_model = models.transcriber, models.turn_model
 

@@ -25,7 +25,10 @@ from pipelines.model_check import hub_reachable, missing_models, needed_models
 if TYPE_CHECKING:
     from assistant.asr import WhisperTranscriber
     from assistant.tts.csm import CSMEngine
+    from assistant.tts.remote import RemoteCSM
     from assistant.turn_model import SmartTurn
+
+    Engine = CSMEngine | RemoteCSM
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ async def start_backend(backend: ChatBackend) -> None:
 
 
 def load_engine(config: CsmConfig) -> CSMEngine:
+    """CSM in this process (`csm.backend: local`); `connect_engine` is the speech server's."""
     import torch
 
     from assistant.tts.csm import CheckpointError, CSMEngine
@@ -87,6 +91,19 @@ def load_engine(config: CsmConfig) -> CSMEngine:
     return engine
 
 
+async def connect_engine(config: CsmConfig) -> RemoteCSM:
+    """The speech server's engine (`csm.backend: server`), its model's facts fetched."""
+    from assistant.tts.remote import RemoteCSM, SpeechServerError
+
+    server = config.server
+    try:
+        engine = await RemoteCSM(server.url, server.api_key(), server.timeout_s).start()
+    except SpeechServerError as error:
+        raise StartupError(f"csm.backend is server: {error}") from None
+    log.info("CSM: speech server %s (model %s)", engine.url, engine.model_id)
+    return engine
+
+
 def check_voice(config: VoiceConfig) -> None:
     """The voice's clip or file, checked before any model loads (StartupError naming it)."""
     if config.path is not None:
@@ -96,7 +113,7 @@ def check_voice(config: VoiceConfig) -> None:
             raise StartupError(f"voice.path: {error}") from None
 
 
-async def load_voice(config: Config, engine: CSMEngine) -> ReferenceVoice | None:
+async def load_voice(config: Config, engine: Engine) -> ReferenceVoice | None:
     """The assistant's voice (`voice.path`, else the locked voice, unless `voice.locked` is off), checked to fit."""
     settings, csm = config.voice, config.csm
     speaker = settings.speaker if settings.speaker is not None else csm.speaker
@@ -109,8 +126,8 @@ async def load_voice(config: Config, engine: CSMEngine) -> ReferenceVoice | None
                 voice = dataclasses.replace(voice, speaker=settings.speaker)
         else:
             voice = await voice_from_clip(path, settings.text, speaker, engine)
-        if voice is not None:
-            engine.reference_positions(voice.segment())
+        if voice is not None:  # a speech server counts them: off the loop
+            await asyncio.to_thread(engine.reference_positions, voice.segment())
     except ValueError as error:  # VoiceError, or too long for the window
         raise StartupError(f"voice: {error}") from None
     if voice is not None:
@@ -120,12 +137,22 @@ async def load_voice(config: Config, engine: CSMEngine) -> ReferenceVoice | None
 
 @dataclass(frozen=True)
 class Models:
-    """What `load_models` loaded; a part not asked for is None."""
+    """What `load_models` loaded; a part not asked for is None. `aclose()` closes the speech server's connections."""
 
-    engine: CSMEngine | None = None
+    engine: Engine | None = None
     voice: ReferenceVoice | None = None
     transcriber: WhisperTranscriber | None = None
     turn_model: SmartTurn | None = None
+
+    async def aclose(self) -> None:
+        await _close(self.engine)
+
+
+async def _close(engine: Engine | None) -> None:
+    from assistant.tts.remote import RemoteCSM
+
+    if isinstance(engine, RemoteCSM):
+        await engine.aclose()
 
 
 async def load_models(
@@ -141,11 +168,18 @@ async def load_models(
     needed = needed_models(config, engine=engine, transcriber=transcriber, local_llm=local_llm)
     if (problem := await asyncio.to_thread(missing_models, needed, hub_reachable)) is not None:
         raise StartupError(problem)
-    loaded_engine, loaded_transcriber, turn_model, _ = await asyncio.gather(  # asyncio.sleep(0): not asked for is None
-        asyncio.to_thread(load_engine, config.csm) if engine else asyncio.sleep(0),
-        asyncio.to_thread(load_transcriber, config.asr) if transcriber else asyncio.sleep(0),
-        asyncio.to_thread(load_turn_model, config.turn) if transcriber else asyncio.sleep(0),
-        start_backend(backend),
-    )
-    voice = await load_voice(config, loaded_engine) if loaded_engine is not None else None
+    served = engine and config.csm.backend == "server"
+    remote = await connect_engine(config.csm) if served else None  # first: an absent server is told in a moment
+    try:
+        local, loaded_transcriber, turn_model, _ = await asyncio.gather(  # asyncio.sleep(0): not asked for is None
+            asyncio.to_thread(load_engine, config.csm) if engine and not served else asyncio.sleep(0),
+            asyncio.to_thread(load_transcriber, config.asr) if transcriber else asyncio.sleep(0),
+            asyncio.to_thread(load_turn_model, config.turn) if transcriber else asyncio.sleep(0),
+            start_backend(backend),
+        )
+        loaded_engine = remote or local
+        voice = await load_voice(config, loaded_engine) if loaded_engine is not None else None
+    except BaseException:
+        await _close(remote)
+        raise
     return Models(loaded_engine, voice, loaded_transcriber, turn_model)

@@ -25,13 +25,13 @@ class Needed:
 
 
 def needed_models(config: Config, *, engine: bool, transcriber: bool, local_llm: str | None) -> list[Needed]:
-    """The models a run loads: CSM with its tokenizer and Mimi, Whisper, the local LLM `local_llm` (those that
-    apply)."""
+    """The models a run loads: CSM with its tokenizer and Mimi (unless a speech server runs it), Whisper, the
+    local LLM `local_llm` (those that apply)."""
     from assistant.llm.local_transformers import MODEL_FILES
     from assistant.tts.csm.weights import HUB_FILES
 
     needed: list[Needed] = []
-    if engine:
+    if engine and config.csm.backend == "local":
         csm = config.csm
         found = lambda: _model_here(csm.model, HUB_FILES)  # noqa: E731
         needed.append(Needed("csm.model", csm.model, found, is_hub_id(csm.model)))

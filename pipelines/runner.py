@@ -73,18 +73,21 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
             await run_text_mode(voice, bus)
         finally:
             await voice.aclose()
+            await models.aclose()
 
 
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     assert mode.input_wav is not None and mode.output_wav is not None
     source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
-    voice = _voice_loop(config, bus, backend, sink, await load_models(config, backend))
+    models = await load_models(config, backend)
+    voice = _voice_loop(config, bus, backend, sink, models)
     heard = bus.subscribe(UtteranceEnded)
     try:
         await voice.listen(source, sequential=True)
     finally:
         await voice.aclose()
         await sink.aclose()
+        await models.aclose()
     if heard.queue.empty():  # an empty reply file would look like an answer
         mode.output_wav.unlink(missing_ok=True)
         raise WavError(f"{mode.input_wav}: no speech found in it, so nothing to answer (no {mode.output_wav} written)")

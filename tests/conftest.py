@@ -126,6 +126,14 @@ def tiny_mimi():
 
 
 @pytest.fixture(scope="session")
+def tiny_csm_engine(tiny_csm_dir: Path, tiny_mimi, llama3_tokenizer_json: Path):
+    """A CSMEngine over the tiny random CSM and Mimi, for tests that only use it (the speech server's)."""
+    from assistant.tts.csm import CSMEngine
+
+    return CSMEngine.from_pretrained(tiny_csm_dir, mimi=tiny_mimi, tokenizer=llama3_tokenizer_json)
+
+
+@pytest.fixture(scope="session")
 def tiny_chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 chat model with a ChatML template, saved like a hub repository (save_pretrained)."""
     from tests.support.random_chat_model import save_random_chat_model

@@ -3,6 +3,7 @@ or WAVE_FORMAT_EXTENSIBLE, FLAC, OGG, AIFF), and to 16-bit PCM wav files (the st
 
 from __future__ import annotations
 
+import io
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,23 @@ def read_wav(path: str | Path, rate: int | None = None) -> tuple[np.ndarray, int
     import soundfile
 
     data, source_rate = _read(path, lambda p: soundfile.read(p, dtype="float32", always_2d=True))
+    return _mono(data, source_rate, rate)
+
+
+def read_audio_bytes(data: bytes, what: str = "the audio") -> tuple[np.ndarray, int]:
+    """`read_wav` for a file's bytes (as an HTTP request carries them); WavError naming `what` when unreadable."""
+    import soundfile
+
+    if not data:
+        raise WavError(f"{what} is empty")
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise WavError(f"{what} is not an audio file that can be read ({exc})") from None
+    return _mono(samples, rate)
+
+
+def _mono(data: np.ndarray, source_rate: int, rate: int | None = None) -> tuple[np.ndarray, int]:
     audio = data.mean(axis=1, dtype=np.float32)
     if rate is not None and rate != source_rate:
         return resample(audio, source_rate, rate), rate
@@ -53,11 +71,15 @@ def _read(path: str | Path, reader: Callable[[str], T]) -> T:
         raise WavError(f"{path}: not an audio file that can be read ({exc})") from None
 
 
+def pcm16(audio: np.ndarray) -> bytes:
+    """Float audio as 16-bit little-endian PCM samples (clipped to [-1, 1])."""
+    return (np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
 def write_wav(path: str | Path, audio: np.ndarray, rate: int) -> None:
     """Write mono float audio as 16-bit PCM (clipped to [-1, 1])."""
-    pcm = (np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
     with wave.open(str(path), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
         f.setframerate(rate)
-        f.writeframes(pcm.tobytes())
+        f.writeframes(pcm16(audio))

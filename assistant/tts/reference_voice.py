@@ -27,6 +27,7 @@ from assistant.segment import Segment
 
 if TYPE_CHECKING:
     from assistant.tts.csm import CSMEngine
+    from assistant.tts.remote import RemoteCSM
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def check_voice_source(path: Path, text: str | None) -> None:
     transcript_of(path, text)
 
 
-async def voice_from_clip(path: Path, text: str | None, speaker: int, engine: CSMEngine) -> ReferenceVoice:
+async def voice_from_clip(path: Path, text: str | None, speaker: int, engine: CSMEngine | RemoteCSM) -> ReferenceVoice:
     """A clip's voice; its codes come from the cache when this file's content was encoded with this codec before."""
     words = transcript_of(path, text)
     content = await asyncio.to_thread(path.read_bytes)
@@ -152,7 +153,7 @@ async def voice_from_clip(path: Path, text: str | None, speaker: int, engine: CS
     return voice
 
 
-async def locked_voice(speaker: int, engine: CSMEngine, temperature: float, topk: int) -> ReferenceVoice:
+async def locked_voice(speaker: int, engine: CSMEngine | RemoteCSM, temperature: float, topk: int) -> ReferenceVoice:
     """The voice made on this machine's first run, made now if there is none yet."""
     path = locked_voice_path()
     if path.is_file():

@@ -160,3 +160,28 @@ def test_an_unset_broker_password_variable_is_found_with_the_config(monkeypatch:
     assert load_config(None, settings).mqtt.password() == "secret"
     monkeypatch.delenv("NO_SUCH_PASSWORD_VAR")
     assert not load_config(None, ["mqtt.password_env=NO_SUCH_PASSWORD_VAR"]).mqtt.enabled  # off: not needed
+
+
+def test_the_speech_server_is_chosen_with_its_address() -> None:
+    assert load_config(None).csm.backend == "local"
+    config = load_config(None, ["csm.backend=server", "csm.server.url=http://gpu-box:8000", "csm.server.timeout_s=5"])
+    assert (config.csm.backend, config.csm.server.url, config.csm.server.timeout_s) == ("server", "http://gpu-box:8000", 5)
+    with pytest.raises(ConfigError, match="csm.backend = 'remote': Input should be 'local' or 'server'"):
+        load_config(None, ["csm.backend=remote"])
+
+
+@pytest.mark.parametrize("url", ["gpu-box:8000", "ws://gpu-box:8000", "http://"])
+def test_the_speech_server_address_must_be_an_http_url(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"csm.server.url .*must be an http\(s\) URL, like http://gpu-box:8000"):
+        load_config(None, ["csm.backend=server", f"csm.server.url={url}"])
+
+
+def test_an_unset_speech_server_key_variable_is_found_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_SPEECH_KEY", raising=False)
+    settings = ["csm.backend=server", "csm.server.api_key_env=NO_SUCH_SPEECH_KEY"]
+    with pytest.raises(ConfigError, match=r"csm: server.api_key_env names \$NO_SUCH_SPEECH_KEY, which is not set"):
+        load_config(None, settings)
+    monkeypatch.setenv("NO_SUCH_SPEECH_KEY", "secret")
+    assert load_config(None, settings).csm.server.api_key() == "secret"
+    monkeypatch.delenv("NO_SUCH_SPEECH_KEY")
+    assert load_config(None, ["csm.server.api_key_env=NO_SUCH_SPEECH_KEY"]).csm.backend == "local"  # not needed

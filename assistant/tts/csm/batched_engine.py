@@ -83,6 +83,13 @@ class _Stream:
     audio: list[np.ndarray] = field(default_factory=list)
     handed_out: int = 0  # chunks so far
 
+    def send(self, item: Any) -> None:
+        """Hand `item` to the consumer; one that is gone (its event loop closed) stops the stream."""
+        try:
+            self.deliver(item)
+        except RuntimeError:
+            self.stop = lambda: True
+
     def add(self, frame: torch.Tensor, audio: np.ndarray) -> None:
         self.codes.append(frame)
         self.audio.append(audio)
@@ -91,7 +98,7 @@ class _Stream:
 
     def flush(self) -> None:
         if self.codes:
-            self.deliver(AudioChunk(np.concatenate(self.audio), torch.stack(self.codes, dim=1)))
+            self.send(AudioChunk(np.concatenate(self.audio), torch.stack(self.codes, dim=1)))
             self.codes, self.audio = [], []
             self.handed_out += 1
 
@@ -306,7 +313,7 @@ class BatchedCSMEngine:
             if isinstance(item, _Call):
                 item.done.set_exception(closed)
             elif item is not None:
-                item.deliver(closed)
+                item.send(closed)
 
     def _warm_up(self) -> None:
         """A short request in each common sampling mode, run to the end (captures and first calls happen now)."""
@@ -353,7 +360,7 @@ class BatchedCSMEngine:
         while self._waiting and self._free:
             stream = self._waiting.popleft()
             if stream.stop():
-                stream.deliver(_DONE)
+                stream.send(_DONE)
                 continue
             stream.slot = heapq.heappop(self._free)
             self._speaking[stream.slot] = stream
@@ -377,7 +384,7 @@ class BatchedCSMEngine:
     def _end(self, stream: _Stream, outcome: Any) -> None:
         if outcome is _DONE and not stream.stop():
             stream.flush()
-        stream.deliver(outcome)
+        stream.send(outcome)
         del self._speaking[stream.slot]
         self._frames.release(stream.slot)
         heapq.heappush(self._free, stream.slot)

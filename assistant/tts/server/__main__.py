@@ -1,0 +1,3 @@
+from assistant.tts.server.cli import main
+
+raise SystemExit(main())
