@@ -7,7 +7,15 @@ import asyncio
 import pytest
 
 from assistant.config import Config
-from assistant.events import BargeInPaused, BargeInResumed, EventBus, Interrupted, TurnLatency, UserTranscript
+from assistant.events import (
+    BargeInPaused,
+    BargeInResumed,
+    EventBus,
+    Interrupted,
+    TurnLatency,
+    UserTranscript,
+    UtteranceEnded,
+)
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
 from tests.support.fakes import (
@@ -124,14 +132,15 @@ async def test_a_cough_or_a_backchannel_pauses_the_reply_and_it_resumes_where_it
 
 async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() -> None:
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
-    events = bus.subscribe(Interrupted, BargeInPaused)
+    events, ended = bus.subscribe(Interrupted, BargeInPaused), bus.subscribe(UtteranceEnded)
     voice = voice_loop(config("vad", hold_ms=10_000), FakeTranscriber("hello", "stop"), sink, bus)
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
+    ended.queue.get_nowait()  # the first turn's
     sink.advance(FRAME)  # it sounds: the hold begins
     source.put(loud(0.6))
     source.put(quiet(0.5))
-    await asyncio.sleep(0.1)
+    await until(lambda: not ended.queue.empty())  # heard whole while the reply sounds (after it, it would be a turn)
     assert events.queue.empty() and not sink.paused
     sink.advance(5 * FRAME)
     source.end()
@@ -147,7 +156,7 @@ async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() 
     await until(lambda: not events.queue.empty())
     assert events.queue.get_nowait().source == "barge-in" and sink.interrupts == 1
     source.put(quiet(0.5))
-    await until(lambda: sink.queued > 0 and voice.busy)
+    await until(lambda: sink.queued >= sink.played + 6 * FRAME)  # the words' turn: its whole reply is queued
     sink.advance(6 * FRAME)
     source.end()
     await listening
