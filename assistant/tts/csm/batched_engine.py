@@ -31,10 +31,10 @@ from tokenizers import Tokenizer
 from assistant.segment import Segment
 
 from .batched_frames import BatchedFrames, BatchGraphs
-from .budget import Budget
+from .budget import FRAME_MS, Budget
 from .codec import FRAME_SAMPLES, MimiCodec, RowDecoder, load_mimi
 from .config import CSMConfig
-from .engine import AudioChunk, CancelSignal, GenerationResult, stopper
+from .engine import WARM_UP_MODES, AudioChunk, CancelSignal, GenerationResult, stopper
 from .hugepages import in_huge_pages
 from .prompt import TextEncoder
 from .sampling import TopKSampler
@@ -42,6 +42,7 @@ from .speech_plan import Piece, Prompts, SpeechPlan, SpeechRequest
 from .weights import read_checkpoint, resolve_checkpoint
 
 T = TypeVar("T")
+Parts = tuple[BatchedFrames, TextEncoder, MimiCodec]
 _DONE = object()
 CPU_MIMI_GROUP = 8
 """Rows per Mimi call on a CPU (one call for all of them on a GPU, where a call costs its launches): measured on
@@ -108,13 +109,13 @@ class BatchedCSMEngine:
 
     The interface is `CSMEngine`'s (`stream`, `generate`, `encode`, `reference_positions`, `codec`, `budget`), so
     either serves the speech server and the assistant. `active` and `waiting` count the requests speaking and
-    waiting; `frames_generated` counts the frames generated since load. With `cuda_graphs` (CUDA only) each batch replays
-    the graph of its bucket of rows (`BatchGraphs`). Sampling's top-k may be at most `topk_cap`.
+    waiting; `frames_generated` counts the frames generated since load. With `cuda_graphs` (CUDA only) each batch
+    replays the graph of its bucket of rows (`BatchGraphs`). Sampling's top-k may be at most `topk_cap`.
     """
 
     def __init__(
         self,
-        build: Callable[[], tuple[BatchedFrames, TextEncoder, MimiCodec]],
+        build: Callable[[], Parts],
         budget: Budget | None = None,
         cuda_graphs: bool = False,
     ):
@@ -125,7 +126,9 @@ class BatchedCSMEngine:
         self._ready: Future[None] = Future()
         self._closed = False
         self._door = threading.Lock()  # taken to hand something in, and to close: nothing is handed in after that
-        self._thread = threading.Thread(target=self._run, args=(build, budget, cuda_graphs), name="csm-batch", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(build, budget, cuda_graphs), name="csm-batch", daemon=True
+        )
         self._thread.start()
         self._ready.result()
 
@@ -165,7 +168,7 @@ class BatchedCSMEngine:
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-        def build() -> tuple[BatchedFrames, TextEncoder, MimiCodec]:
+        def build() -> Parts:
             on_device = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
             if device.type == "cpu":
                 on_device = in_huge_pages(on_device)
@@ -280,11 +283,12 @@ class BatchedCSMEngine:
                 raise EngineClosed("the speech engine was closed")
             self._inbox.put(item)
 
-    def _run(self, build: Callable[[], tuple[BatchedFrames, TextEncoder, MimiCodec]], budget: Budget | None, graphs: bool) -> None:
+    def _run(self, build: Callable[[], Parts], budget: Budget | None, graphs: bool) -> None:
         try:
             frames, text, self.codec = build()
             self._frames, self.model = frames, frames.model
-            self.prompts = Prompts(text, self.codec, budget or Budget(max_seq_len=self.model.config.max_seq_len), self.model.config.num_codebooks)
+            config = self.model.config
+            self.prompts = Prompts(text, self.codec, budget or Budget(max_seq_len=config.max_seq_len), config.num_codebooks)
             self._steps: BatchedFrames | BatchGraphs = BatchGraphs(frames) if graphs else frames
             group = frames.slots if self.model.device.type == "cuda" else CPU_MIMI_GROUP
             self._decoder: RowDecoder = self.codec.rows(frames.slots, group)
@@ -296,13 +300,7 @@ class BatchedCSMEngine:
         self._ready.set_result(None)
         with torch.inference_mode():
             while self._take_inbox(block=not self._speaking and not self._waiting):
-                self._admit()
-                if self._speaking:
-                    try:
-                        self._frame()
-                    except Exception as error:  # every request in the batch learns why; the engine goes on
-                        for stream in list(self._speaking.values()):
-                            self._end(stream, error)
+                self._step()
         with self._door:
             self._closed = True
         left = [*self._waiting, *self._speaking.values()]
@@ -316,17 +314,34 @@ class BatchedCSMEngine:
                 item.send(closed)
 
     def _warm_up(self) -> None:
-        """A short request in each common sampling mode, run to the end (captures and first calls happen now)."""
+        """A short request in each sampling mode the one-at-a-time engine warms up, run to the end (graphs are
+        captured and moshi's first calls made now); a failure fails the load."""
         context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
+        failures: list[BaseException] = []
+
+        def keep(item: Any) -> None:
+            if isinstance(item, BaseException):
+                failures.append(item)
+
         with torch.inference_mode():
-            for temperature, topk in ((0.9, 50), (0.0, 1)):
-                request = SpeechRequest("Warming up.", 1, context, temperature, topk, 0, 4 * 80.0)
-                self._waiting.append(self._new_stream(request, lambda: False, lambda item: None, 1))
+            for temperature, topk in WARM_UP_MODES:
+                request = SpeechRequest("Warming up.", 1, context, temperature, topk, 0, 4 * FRAME_MS)
+                self._waiting.append(self._new_stream(request, lambda: False, keep, 1))
                 while self._waiting or self._speaking:
-                    self._admit()
-                    if self._speaking:
-                        self._frame()
+                    self._step()
+        if failures:
+            raise failures[0]
         self.frames_generated = 0
+
+    def _step(self) -> None:
+        """Give free slots to waiting requests, then one frame for every speaking request."""
+        self._admit()
+        if self._speaking:
+            try:
+                self._frame()
+            except Exception as error:  # every request in the batch learns why; the engine goes on
+                for stream in list(self._speaking.values()):
+                    self._end(stream, error)
 
     def _take_inbox(self, block: bool) -> bool:
         """Move new requests to the waiting line and run handed-off calls; False once the engine is closed."""
@@ -343,7 +358,9 @@ class BatchedCSMEngine:
             else:
                 self._waiting.append(item)
 
-    def _new_stream(self, request: SpeechRequest, stop: Callable[[], bool], deliver: Callable[[Any], None], chunk_frames: int) -> _Stream:
+    def _new_stream(
+        self, request: SpeechRequest, stop: Callable[[], bool], deliver: Callable[[Any], None], chunk_frames: int
+    ) -> _Stream:
         """A request made ready to speak (ValueError, at once, for a sampling setting or text it cannot speak)."""
         generator = torch.Generator(self.model.device)
         if request.seed is None:
