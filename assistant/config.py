@@ -269,7 +269,8 @@ class BargeInConfig(Section):
     tail_ms: int = Field(300, ge=0, le=5000, description="Mic stays ignored this long after speech ends (off mode).")
     hold_ms: int = Field(
         500, ge=0, le=10_000,
-        description="vad mode: no barge-in in a reply's first milliseconds of sound (an echo canceller converges meanwhile).",
+        description="vad mode: no barge-in in a reply's first milliseconds of sound, and speech heard then does not count "
+        "toward min_speech_ms (an echo canceller converges meanwhile).",
     )
     resume_ms: int = Field(
         2000, ge=0, le=10_000,

@@ -101,6 +101,7 @@ class VoiceLoop:
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
         self._barge_in: asyncio.Future[Utterance | None] | None = None  # speech that paused the reply: its end
         self._forgiven = False  # the speech in progress was judged to say nothing: it does not pause the reply again
+        self._held_ms = 0  # voiced ms of the speech in progress heard in a reply's hold: not counted for a barge-in
         self._judging: asyncio.Future[None] | None = None  # the judging of the speech that paused the reply
         self._heard = (0.0, 0)  # time.monotonic() when the last block came, and the segmenter's samples then
         self.muted = False  # nothing heard becomes a turn (see set_muted)
@@ -193,8 +194,12 @@ class VoiceLoop:
             else:
                 self._on_utterance(event)
         self._forgiven &= self.segmenter.in_speech
+        if not self.segmenter.in_speech:
+            self._held_ms = 0
         if barge_in.mode == "vad" and self._reply is not None and self._barge_in is None and not self._forgiven:
-            if self.segmenter.voiced_ms >= barge_in.min_speech_ms and self._past_hold(self._reply):
+            if not self._past_hold(self._reply):  # heard in the hold (echo a canceller still learns): not counted
+                self._held_ms = self.segmenter.voiced_ms
+            elif self.segmenter.voiced_ms - self._held_ms >= barge_in.min_speech_ms:
                 self._barge_in_on(self._reply)
 
     def _past_hold(self, reply: Reply) -> bool:
@@ -237,6 +242,9 @@ class VoiceLoop:
                 words = (await transcribing).text if transcribing is not None else ""
             except Exception as error:  # judged as no words: the reply goes on
                 self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
+        except Exception as error:  # a paused reply must not stay paused: judged as no words
+            self._report("pipeline", f"judging the speech over the reply failed: {type(error).__name__}: {error}")
+            words = ""
         finally:
             self._barge_in = None
         if reply is self._reply and not reply.interrupted and takes_the_turn(words):

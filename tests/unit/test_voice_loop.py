@@ -10,6 +10,7 @@ from assistant.config import Config
 from assistant.events import (
     BargeInPaused,
     BargeInResumed,
+    ErrorEvent,
     EventBus,
     Interrupted,
     TurnLatency,
@@ -130,6 +131,33 @@ async def test_a_cough_or_a_backchannel_pauses_the_reply_and_it_resumes_where_it
     assert events.queue.empty()
 
 
+async def test_a_judge_that_fails_resumes_the_reply_and_says_why() -> None:
+    class FailingSegmenter(VadSegmenter):  # a fake: the speech so far cannot be read
+        def so_far(self):
+            raise RuntimeError("no audio")
+
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    events = bus.subscribe(BargeInPaused, BargeInResumed, ErrorEvent)
+    cfg = config("vad", resume_ms=100)
+    voice = VoiceLoop(
+        cfg, bus, FakeBackend(REPLY), transcriber=FakeTranscriber("tell me a story", "stop"),
+        engine=FakeSpeechEngine(frames_per_text=3), sink=sink,
+        segmenter=FailingSegmenter(cfg.vad, classifier=energy_classifier),
+    )
+    listening = asyncio.create_task(voice.listen(source))
+    await speak_turn(source, sink)
+    sink.advance(2 * FRAME)
+    source.put(loud(0.6))  # still going on when resume_ms has passed: the judge reads the speech so far, and fails
+    await until(lambda: events.queue.qsize() == 3, timeout_s=5)
+    got = [events.queue.get_nowait() for _ in range(3)]
+    assert [type(e) for e in got] == [BargeInPaused, ErrorEvent, BargeInResumed] and not sink.paused
+    assert "judging the speech over the reply failed: RuntimeError: no audio" in got[1].message
+    sink.advance(4 * FRAME)
+    source.put(quiet(0.5))
+    source.end()
+    await listening
+
+
 async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() -> None:
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
     events, ended = bus.subscribe(Interrupted, BargeInPaused), bus.subscribe(UtteranceEnded)
@@ -155,6 +183,29 @@ async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() 
     source.put(loud(0.6))
     await until(lambda: not events.queue.empty())
     assert events.queue.get_nowait().source == "barge-in" and sink.interrupts == 1
+    source.put(quiet(0.5))
+    await until(lambda: sink.queued >= sink.played + 6 * FRAME)  # the words' turn: its whole reply is queued
+    sink.advance(6 * FRAME)
+    source.end()
+    await listening
+
+
+async def test_speech_heard_in_the_hold_does_not_count_toward_a_barge_in() -> None:
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    events = bus.subscribe(Interrupted)
+    voice = voice_loop(config("vad", hold_ms=1000, resume_ms=0), FakeTranscriber("hello", "stop"), sink, bus)
+    listening = asyncio.create_task(voice.listen(source))
+    await speak_turn(source, sink)
+    sink.advance(FRAME)  # it sounds: the hold begins
+    source.put(loud(0.4))  # an echo, say, while the canceller converges: 400 ms voiced, in the hold
+    await until(lambda: voice.segmenter.voiced_ms >= 390)
+    await asyncio.sleep(1.0)  # the hold is over; the same speech goes on
+    source.put(loud(0.12))
+    await until(lambda: voice.segmenter.voiced_ms >= 510)
+    assert events.queue.empty()  # 120 of the 150 ms needed after the hold
+    source.put(loud(0.06))
+    await until(lambda: not events.queue.empty())
+    assert events.queue.get_nowait().source == "barge-in"
     source.put(quiet(0.5))
     await until(lambda: sink.queued >= sink.played + 6 * FRAME)  # the words' turn: its whole reply is queued
     sink.advance(6 * FRAME)
