@@ -243,6 +243,7 @@ def test_the_cli_serves_drains_on_sigterm_and_exits_0(
         assert process.stop() == 0
     log = process.output()
     assert f"speech server ready at http://127.0.0.1:{process.port}/v1" in log and "draining 1 open stream" in log
+    assert '"POST /v1/audio/speech HTTP/1.1" 200' in log and "/health" not in log  # the probes stay out of the log
 
 
 @pytest.mark.parametrize(
