@@ -7,7 +7,8 @@ A room stands between the virtual speaker and the virtual microphone: what the s
 monitor) is written back into the microphone's fifo after `delay` ms, `level` dB quieter, through a reverberation
 made with sox (`reverb 50 50 60` on an impulse), mixed with a person's speech when one speaks. Levels -6, -12 and
 -20 dB and delays 30, 60 and 120 ms (added to the 0-60 ms the monitor and the fifo take): the delay is the room's,
-so it changes twice a run, the level every few replies; barge-ins are at 120 ms. The assistant is the real one
+so it changes twice a run and holds between (monitor audio that comes too late for its place is dropped, silence
+going out instead), the level every few replies; barge-ins are at 120 ms. The assistant is the real one
 (`Assistant`: Microphone and Speaker on the devices, the echo canceller, webrtcvad, Whisper tiny.en, `barge_in` as
 in configs/kiosk.yaml), except that its replies are recorded speech (LibriVox clips, 24 kHz) rather than a tiny
 random CSM's noise: a canceller and a VAD are measured on speech.
@@ -96,9 +97,10 @@ class Room:
         self.level_db, self.delay_ms = LEVELS_DB[0], DELAYS_MS[0]
         self._fd = os.open(pulse.fifo, os.O_WRONLY)
         os.set_blocking(self._fd, False)
-        self._far = np.zeros(0, np.float32)
+        self._far = np.zeros(RATE * self.delay_ms // 1000, np.float32)
         self._tail = np.zeros(len(response) - 1, np.float32)
         self._seen = 0  # monitor blocks taken
+        self._owed = 0  # monitor samples whose time passed before they came (silence went out instead)
         self._person = np.zeros(0, np.float32)
         self.person_start: int | None = None  # mic sample index where the person's speech was put
         self.written = 0
@@ -112,9 +114,15 @@ class Room:
         self._thread.start()
 
     def set(self, level_db: float, delay_ms: int) -> None:
+        """A new level at once; a new delay by adding or dropping the difference (silence, between replies). The
+        path is otherwise left as it is: a room's echo keeps its distance from the speaker."""
         with self._lock:
+            change = RATE * (delay_ms - self.delay_ms) // 1000
             self.level_db, self.delay_ms = level_db, delay_ms
-            self._far = np.zeros(RATE * delay_ms // 1000, np.float32)  # between replies: only silence is lost
+            if change > 0:
+                self._far = np.concatenate([np.zeros(change, np.float32), self._far])
+            elif change < 0:
+                self._far = self._far[-change:]
 
     def speak(self, audio: np.ndarray) -> int:
         """Queue a person's speech from the next block; returns the mic sample index where it starts."""
@@ -137,8 +145,12 @@ class Room:
                 self._seen += len(new)
                 if new:
                     self._far = np.concatenate([self._far, *new])
-                far = self._far[:BLOCK] if len(self._far) >= BLOCK else np.zeros(BLOCK, np.float32)
-                self._far = self._far[BLOCK:] if len(self._far) >= BLOCK else self._far
+                    late = min(self._owed, len(self._far))  # its time was filled with silence: it goes
+                    self._far, self._owed = self._far[late:], self._owed - late
+                far, self._far = self._far[:BLOCK], self._far[BLOCK:]
+                if len(far) < BLOCK:  # the monitor is behind: silence now, and what comes late is dropped
+                    self._owed += BLOCK - len(far)
+                    far = np.pad(far, (0, BLOCK - len(far)))
                 wet = np.convolve(np.concatenate([self._tail, far]), self.response, "valid")
                 self._tail = np.concatenate([self._tail, far])[-(len(self.response) - 1) :]
                 block = wet * 10 ** (self.level_db / 20)
