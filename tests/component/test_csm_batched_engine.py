@@ -186,9 +186,12 @@ async def test_close_ends_waiting_requests(tiny_csm_dir, tiny_mimi, llama3_token
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-async def test_cuda_graphs_give_the_eager_frames(tiny_csm_dir, tiny_mimi, llama3_tokenizer_json):
+async def test_cuda_graphs_give_the_eager_frames_and_the_one_at_a_time_audio(
+    tiny_csm_dir, tiny_mimi, llama3_tokenizer_json
+):
     """Each batch replays its bucket's graph (5 requests: the bucket of 8, three idle rows) with the frames that
-    running the same work eagerly gives."""
+    running the same work eagerly gives; Mimi's batched rows (reset for each request, masked when idle) give the
+    audio the one-at-a-time engine gives."""
     import copy
 
     engines = [
@@ -198,10 +201,17 @@ async def test_cuda_graphs_give_the_eager_frames(tiny_csm_dir, tiny_mimi, llama3
         )
         for graphs in (True, False)
     ]
+    single = await asyncio.to_thread(
+        CSMEngine.from_pretrained, tiny_csm_dir, copy.deepcopy(tiny_mimi).cuda(), llama3_tokenizer_json, "cuda",
+        torch.float32,
+    )
     try:
-        results = [await asyncio.gather(*(spoken(engine, r) for r in REQUESTS[:5])) for engine in engines]
+        graphed, eager = [await asyncio.gather(*(spoken(engine, r) for r in REQUESTS[:5])) for engine in engines]
     finally:
         for engine in engines:
             engine.close()
-    for (graphed, _), (eager, _) in zip(*results):
-        assert torch.equal(graphed, eager)
+    for (codes_graphed, audio_graphed), (codes_eager, _), request in zip(graphed, eager, REQUESTS[:5]):
+        assert torch.equal(codes_graphed, codes_eager)
+        codes_alone, audio_alone = await spoken(single, request)
+        assert torch.equal(codes_alone, codes_graphed)
+        np.testing.assert_allclose(audio_graphed, audio_alone, atol=1e-4)
