@@ -31,15 +31,13 @@ from tokenizers import Tokenizer
 from assistant.segment import Segment
 
 from .batched_frames import BatchedFrames, BatchGraphs
-from .budget import FRAME_MS, Budget
-from .codec import FRAME_SAMPLES, MimiCodec, RowDecoder, load_mimi
+from .budget import Budget
+from .codec import MimiCodec, RowDecoder, load_mimi
 from .config import CSMConfig
-from .engine import WARM_UP_MODES, AudioChunk, CancelSignal, GenerationResult, stopper
-from .hugepages import in_huge_pages
+from .engine import AudioChunk, CancelSignal, GenerationResult, placed, pretrained, stopper, warm_up_requests
 from .prompt import TextEncoder
 from .sampling import TopKSampler
 from .speech_plan import Piece, Prompts, SpeechPlan, SpeechRequest
-from .weights import read_checkpoint, resolve_checkpoint
 
 T = TypeVar("T")
 Parts = tuple[BatchedFrames, TextEncoder, MimiCodec]
@@ -145,9 +143,7 @@ class BatchedCSMEngine:
         cuda_graphs: bool = True,
     ) -> BatchedCSMEngine:
         """Load a checkpoint (as `CSMEngine.from_pretrained`) for `slots` requests at once."""
-        directory = resolve_checkpoint(model)
-        config, weights = read_checkpoint(directory)
-        tokenizer = tokenizer if tokenizer is not None else directory / "tokenizer.json"
+        config, weights, tokenizer = pretrained(model, tokenizer)
         return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, slots, topk_cap, cuda_graphs)
 
     @classmethod
@@ -169,11 +165,8 @@ class BatchedCSMEngine:
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
         def build() -> Parts:
-            on_device = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
-            if device.type == "cpu":
-                on_device = in_huge_pages(on_device)
             codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
-            return BatchedFrames(config, on_device, slots, topk_cap), TextEncoder(tokenizer), codec
+            return BatchedFrames(config, placed(weights, device, dtype), slots, topk_cap), TextEncoder(tokenizer), codec
 
         return cls(build, cuda_graphs=cuda_graphs and device.type == "cuda")
 
@@ -314,9 +307,8 @@ class BatchedCSMEngine:
                 item.send(closed)
 
     def _warm_up(self) -> None:
-        """A short request in each sampling mode the one-at-a-time engine warms up, run to the end (graphs are
+        """The one-at-a-time engine's warm-up requests, run to the end (graphs are
         captured and moshi's first calls made now); a failure fails the load."""
-        context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
         failures: list[BaseException] = []
 
         def keep(item: Any) -> None:
@@ -324,8 +316,7 @@ class BatchedCSMEngine:
                 failures.append(item)
 
         with torch.inference_mode():
-            for temperature, topk in WARM_UP_MODES:
-                request = SpeechRequest("Warming up.", 1, context, temperature, topk, 0, 4 * FRAME_MS)
+            for request in warm_up_requests():
                 self._waiting.append(self._new_stream(request, lambda: False, keep, 1))
                 while self._waiting or self._speaking:
                     self._step()

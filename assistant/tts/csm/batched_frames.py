@@ -12,12 +12,11 @@ second `Stack` with a slot per row and K positions, written again at every frame
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
 from .config import CSMConfig
+from .graphs import capture
 from .model import CSMModel, subtree
 from .sampling import RowSampling
 from .stack import Stack
@@ -95,8 +94,9 @@ class BatchGraphs:
         self.frames = frames
         self.pool = torch.cuda.graph_pool_handle()
         self.buckets = [b for b in BATCH_BUCKETS if b < frames.slots] + [frames.slots]
+        # At load every slot is idle: the capture's runs write only position 0 of each and move none.
         self.graphs = {
-            b: (self._capture(lambda b=b: frames.decode(b)), self._capture(lambda b=b: frames.append(b)))
+            b: (capture(lambda b=b: frames.decode(b), self.pool), capture(lambda b=b: frames.append(b), self.pool))
             for b in reversed(self.buckets)  # largest first: the smaller ones reuse its memory in the pool
         }
 
@@ -108,16 +108,3 @@ class BatchGraphs:
 
     def append(self, n: int) -> None:
         self.graphs[self.bucket(n)][1].replay()
-
-    def _capture(self, run: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        # At load every slot is idle: the capture's runs write only position 0 of each and move none.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            run()
-        return graph

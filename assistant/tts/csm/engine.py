@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from assistant.segment import Segment
 
-from .budget import Budget
+from .budget import FRAME_MS, Budget
 from .cached_rows import CachedRows
 from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, load_mimi
 from .config import CSMConfig
@@ -51,6 +51,29 @@ class AudioChunk:
 
 T = TypeVar("T")
 WARM_UP_MODES = ((0.9, 50), (0.0, 1))  # Sesame's default sampling, and greedy: the CUDA graphs captured at load
+
+
+def pretrained(
+    model: str | Path, tokenizer: Tokenizer | str | Path | None
+) -> tuple[CSMConfig, dict[str, torch.Tensor], Tokenizer | str | Path]:
+    """A checkpoint directory or hub id (either layout) read: its config, converted weights, and the tokenizer
+    (the directory's tokenizer.json unless one is given)."""
+    directory = resolve_checkpoint(model)
+    config, weights = read_checkpoint(directory)
+    return config, weights, tokenizer if tokenizer is not None else directory / "tokenizer.json"
+
+
+def placed(weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The weights on `device` in `dtype`, contiguous; on a CPU in huge pages where Linux offers them (embeddings
+    too: on a VM a 32-row gather took 4-14 ms from 4 KiB pages, 0.4 from 2 MiB)."""
+    on_device = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
+    return in_huge_pages(on_device) if device.type == "cpu" else on_device
+
+
+def warm_up_requests() -> list[SpeechRequest]:
+    """What an engine speaks at load: a short request after a context with audio, in each of `WARM_UP_MODES`."""
+    context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
+    return [SpeechRequest("Warming up.", 1, context, t, k, 0, 4 * FRAME_MS) for t, k in WARM_UP_MODES]
 
 
 class CSMEngine:
@@ -104,9 +127,7 @@ class CSMEngine:
         """Run what a turn runs, on the engine's thread: context encoding, the prompt's prefill, each sampling mode
         of `WARM_UP_MODES` (compiling or capturing what is lazy), and Mimi's streaming decode (moshi captures its
         CUDA graphs on the first calls)."""
-        context = [Segment(0, "Warming up.", audio=np.zeros(4 * FRAME_SAMPLES, np.float32))]
-        for temperature, topk in WARM_UP_MODES:
-            request = SpeechRequest("Warming up.", 1, context, temperature, topk, 0, 4 * 80.0)
+        for request in warm_up_requests():
             for _ in self._chunks(request, lambda: False, 1):
                 pass
 
@@ -126,9 +147,7 @@ class CSMEngine:
         `dtype` defaults to bfloat16 on CUDA and float32 elsewhere. `cuda_graphs` applies on CUDA devices only;
         `fused` compiles the per-frame work (see the class).
         """
-        directory = resolve_checkpoint(model)
-        config, weights = read_checkpoint(directory)
-        tokenizer = tokenizer if tokenizer is not None else directory / "tokenizer.json"
+        config, weights, tokenizer = pretrained(model, tokenizer)
         return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, cuda_graphs, fused)
 
     @classmethod
@@ -150,12 +169,10 @@ class CSMEngine:
         thread = EngineThread()
 
         def load() -> CSMEngine:
-            on_device = {name: w.to(device, dtype).contiguous() for name, w in weights.items()}
-            if device.type == "cpu":  # embeddings too: on a VM a 32-row gather took 4-14 ms from 4 KiB pages, 0.4 from 2 MiB
-                on_device = in_huge_pages(on_device)
             codec = MimiCodec(load_mimi(mimi, config.num_codebooks, device))
             graphs = cuda_graphs and device.type == "cuda"
-            return cls(CSMModel(config, on_device), TextEncoder(tokenizer), codec, cuda_graphs=graphs, fused=fused, thread=thread)
+            model = CSMModel(config, placed(weights, device, dtype))
+            return cls(model, TextEncoder(tokenizer), codec, cuda_graphs=graphs, fused=fused, thread=thread)
 
         return thread.call(load)
 

@@ -42,7 +42,7 @@ class CUDAGraphFrames:
         self.pool = torch.cuda.graph_pool_handle()
         self.decoders: dict[tuple[int, torch.Generator | None], torch.cuda.CUDAGraph] = {}
         # The capture runs write scratch rows into the cache; the engine prefills afresh after them.
-        self.append = self._capture(lambda: self.hidden.copy_(model.backbone_step(self.codes, None)))
+        self.append = capture(lambda: self.hidden.copy_(model.backbone_step(self.codes, None)), self.pool)
         buckets = [b for b in PREFILL_BUCKETS if b <= model.config.max_seq_len]
         self.rows = torch.zeros(buckets[-1], width, dtype=torch.long, device=device)
         self.row_mask = torch.zeros(buckets[-1], width, dtype=torch.bool, device=device)
@@ -55,7 +55,7 @@ class CUDAGraphFrames:
             run = lambda b=bucket: out.append(  # noqa: E731
                 model.prefill_rows(self.rows[:b], self.row_mask[:b], self.row_pos[:b], None)
             )
-            graph = self._capture(run)
+            graph = capture(run, self.pool)
             self.prefills[bucket] = (graph, out[-1])
 
     def warm_up(self, *samplers: TopKSampler) -> None:
@@ -101,23 +101,27 @@ class CUDAGraphFrames:
             generator = sampler.generator
             state = generator.get_state() if generator is not None else None
             run = lambda: self.codes.copy_(self.model.decode_frame(self.hidden, captured))  # noqa: E731
-            self.decoders[key] = self._capture(run, generator)
+            self.decoders[key] = capture(run, self.pool, generator)
             if generator is not None:  # warm-up and capture drew numbers: leave the seeded stream as it was
                 generator.set_state(state)
         return self.decoders[key]
 
-    def _capture(self, run: Callable[[], object], generator: torch.Generator | None = None) -> torch.cuda.CUDAGraph:
-        """Run `run` eagerly on a side stream (lazy initialisation must not happen during capture), then capture it."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if generator is not None and generator.device.type == "cuda":
-            graph.register_generator_state(generator)
-        # thread_local: other threads (ASR, a local LLM) may keep using the GPU while this one captures.
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+
+def capture(
+    run: Callable[[], object], pool: tuple[int, int], generator: torch.Generator | None = None
+) -> torch.cuda.CUDAGraph:
+    """Run `run` eagerly on a side stream (lazy initialisation must not happen during capture), then capture it
+    into a graph drawing on `pool`, with `generator`'s state registered when it is a CUDA one."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(2):
             run()
-        return graph
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None and generator.device.type == "cuda":
+        graph.register_generator_state(generator)
+    # thread_local: other threads (ASR, a local LLM) may keep using the GPU while this one captures.
+    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        run()
+    return graph
