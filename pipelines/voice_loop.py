@@ -35,6 +35,7 @@ from assistant.events import (
     SpeechStarted,
     State,
     StateChanged,
+    TurnTakenBack,
     UserTranscript,
     UtteranceEnded,
     next_turn_id,
@@ -97,6 +98,8 @@ class VoiceLoop:
         self._turn: asyncio.Task[Spoken | None] | None = None
         self._reply: Reply | None = None
         self._turn_id: int | None = None
+        self._spoken: tuple[asyncio.Task[Spoken | None], int] | None = None  # the microphone's last turn, and its id
+        self._holding: Reply | None = None  # an unheard reply waiting while the user may be going on
         self._quiet_until = 0.0  # off-mode barge-in: the microphone is ignored until then
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
         self._barge_in: asyncio.Future[Utterance | None] | None = None  # speech that paused the reply: its end
@@ -109,8 +112,8 @@ class VoiceLoop:
 
     @property
     def busy(self) -> bool:
-        """A turn is being answered (thinking or speaking)."""
-        return self._turn is not None and not self._turn.done()
+        """A turn is being answered (thinking or speaking); a turn being cancelled (dropped, taken back) is not."""
+        return self._turn is not None and not self._turn.done() and not self._turn.cancelling()
 
     async def listen(self, source: AudioSource, *, sequential: bool = False) -> None:
         """Answer the turns heard in `source` until it ends; `sequential` reads on only between turns (files)."""
@@ -179,7 +182,7 @@ class VoiceLoop:
         if self.muted:
             return
         barge_in = self.config.barge_in
-        if barge_in.mode == "off" and (self.busy or time.monotonic() < self._quiet_until):
+        if barge_in.mode == "off" and ((self.busy and not self._retractable()) or time.monotonic() < self._quiet_until):
             self._forget_speech()  # the assistant's own voice (or its echo) is not a turn
             return
         events = self.segmenter.feed(block)
@@ -187,6 +190,7 @@ class VoiceLoop:
         for event in events:
             if isinstance(event, SpeechOnset):
                 self.bus.publish(SpeechStarted())
+                self._take_back()
             elif isinstance(event, Pause):
                 self._speculate(event.utterance)
             elif isinstance(event, SpeechResumed):
@@ -196,11 +200,45 @@ class VoiceLoop:
         self._forgiven &= self.segmenter.in_speech
         if not self.segmenter.in_speech:
             self._held_ms = 0
-        if barge_in.mode == "vad" and self._reply is not None and self._barge_in is None and not self._forgiven:
+        self._hold_for_speech()
+        if barge_in.mode == "vad" and self._reply is not None and self._barge_in is None and not self._forgiven and not (
+            self._reply.interrupted or self._retractable()  # speech before an unheard reply is the turn going on
+        ):
             if not self._past_hold(self._reply):  # heard in the hold (echo a canceller still learns): not counted
                 self._held_ms = self.segmenter.voiced_ms
             elif self.segmenter.voiced_ms - self._held_ms >= barge_in.min_speech_ms:
                 self._barge_in_on(self._reply)
+
+    def _retractable(self) -> bool:
+        """The turn being answered is the microphone's last and its reply has not been heard: speech now continues it."""
+        if not self.config.turn.take_back or self._spoken is None or self._spoken[0] is not self._turn or not self.busy:
+            return False
+        return self._reply is None or (not self._reply.interrupted and self._reply.sounding_since is None)
+
+    def _take_back(self) -> None:
+        """The user went on before hearing the reply to their last turn: drop the reply unheard, withdraw the turn
+        (`TurnTakenBack`) and let the speech in progress continue it."""
+        assert self.segmenter is not None
+        if self._spoken is None or not self._retractable() or not self.segmenter.reopen():
+            return
+        (task, turn), self._spoken = self._spoken, None
+        if self._reply is not None:
+            self._reply.interrupt()
+        task.cancel()
+        log.info("turn %d: the user went on before hearing the reply; taken back", turn)
+        self.bus.publish(TurnTakenBack(turn=turn))
+
+    def _hold_for_speech(self) -> None:
+        """An unheard reply waits while speech that may take its turn back is too short to tell (`vad.min_speech_ms`)."""
+        assert self.segmenter is not None
+        wanted = self._reply if self.segmenter.in_speech and self._retractable() else None
+        if self._holding is not None and self._holding is not wanted:
+            if not self._holding.interrupted:
+                self._holding.resume()
+            self._holding = None
+        if wanted is not None and self._holding is None:
+            wanted.pause()
+            self._holding = wanted
 
     def _past_hold(self, reply: Reply) -> bool:
         """Barge-in is held in the first `barge_in.hold_ms` of a reply's sound (not before it sounds)."""
@@ -342,7 +380,8 @@ class VoiceLoop:
             return
         clock = speculation.clock if speculation is not None else self._clock(utterance)
         clock.mark("endpoint")
-        self._start(self._voice_turn(utterance, clock, speculation))
+        turn = next_turn_id()
+        self._spoken = (self._start(self._voice_turn(turn, utterance, clock, speculation)), turn)
 
     def _start(self, turn: Coroutine[Any, Any, Spoken | None]) -> asyncio.Task[Spoken | None]:
         """Make `turn` the current turn; it runs once the one before it has finished."""
@@ -365,49 +404,60 @@ class VoiceLoop:
             log.error("a turn failed", exc_info=error)
             self.bus.publish(ErrorEvent(source="pipeline", message=f"a turn failed: {type(error).__name__}: {error}"))
 
-    def _begin(self, clock: TurnClock) -> tuple[TurnClock, int]:
-        turn = self._turn_id = next_turn_id()
+    def _begin(self, turn: int | None = None) -> int:
+        self._turn_id = turn if turn is not None else next_turn_id()
         self._state("thinking")
-        return clock, turn
+        return self._turn_id
 
-    async def _voice_turn(self, utterance: Utterance, clock: TurnClock, speculation: Speculation | None) -> Spoken | None:
-        """Answer a turn that ended; what its last pause started (`speculation`) is taken over where it still fits."""
+    async def _voice_turn(
+        self, turn: int, utterance: Utterance, clock: TurnClock, speculation: Speculation | None
+    ) -> Spoken | None:
+        """Answer a turn that ended; what its last pause started (`speculation`) is taken over where it still fits.
+
+        Cancelled (taken back, or dropped while transcribing), it leaves nothing behind: no history, no work going on."""
         transcriber = self.transcriber
         assert transcriber is not None
-        _, turn = self._begin(clock)
+        self._begin(turn)
         if speculation is not None:
             codes, transcribing = speculation.codes, speculation.transcript
         else:
             codes = self._encode(utterance.audio, utterance.sample_rate)
             transcribing = asyncio.ensure_future(asyncio.to_thread(transcriber.transcribe, utterance.audio))
+        user = None
         try:
-            transcript = await transcribing
-        except Exception as error:
-            self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
-            return self._done(codes, speculation)
-        finally:
-            clock.mark("transcript")
-        if transcript.is_empty:
-            log.info("turn %d: no words in %.1f s of audio; not replying", turn, utterance.duration_s)
-            return self._done(codes, speculation)
-        self.bus.publish(UserTranscript(text=transcript.text, turn=turn))
-        user = self.conversation.add_user(transcript.text, utterance.audio, utterance.sample_rate)
-        deltas = None
-        if speculation is not None and speculation.reply is not None:
-            if speculation.reply.messages == self.conversation.messages():
-                deltas = speculation.reply.deltas()
-            else:  # the conversation moved on since the pause (a typed turn, a reset): ask again
-                speculation.reply.cancel()
-        return await self._respond(turn, clock, self._speech_context(user, codes), deltas)
+            try:
+                transcript = await transcribing
+            except Exception as error:
+                self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
+                return self._done(codes, speculation)
+            finally:
+                clock.mark("transcript")
+            if transcript.is_empty:
+                log.info("turn %d: no words in %.1f s of audio; not replying", turn, utterance.duration_s)
+                return self._done(codes, speculation)
+            self.bus.publish(UserTranscript(text=transcript.text, turn=turn))
+            user = self.conversation.add_user(transcript.text, utterance.audio, utterance.sample_rate)
+            deltas = None
+            if speculation is not None and speculation.reply is not None:
+                if speculation.reply.messages == self.conversation.messages():
+                    deltas = speculation.reply.deltas()
+                else:  # the conversation moved on since the pause (a typed turn, a reset): ask again
+                    speculation.reply.cancel()
+            return await self._respond(turn, clock, self._speech_context(user, codes), deltas)
+        except asyncio.CancelledError:
+            if user is not None:
+                self.conversation.withdraw(user)
+            self._done(codes, speculation)
+            raise
 
     async def _text_turn(self, text: str) -> Spoken | None:
-        clock, turn = self._begin(TurnClock())
+        clock, turn = TurnClock(), self._begin()
         self.bus.publish(UserTranscript(text=text, turn=turn))
         self.conversation.add_user(text)
         return await self._respond(turn, clock, self._speech_context(None, None))
 
     async def _said_turn(self, text: str) -> Spoken | None:
-        clock, turn = self._begin(TurnClock())
+        clock, turn = TurnClock(), self._begin()
         return await self._respond(turn, clock, self._speech_context(None, None), _given(text))
 
     async def _clear(self) -> None:
@@ -430,7 +480,8 @@ class VoiceLoop:
             spoken = await reply.run()
         finally:
             self._reply = None
-            self._quiet_until = time.monotonic() + self.config.barge_in.tail_ms / 1000
+            if reply.sounding_since is not None:  # its echo may linger
+                self._quiet_until = time.monotonic() + self.config.barge_in.tail_ms / 1000
             self._state("listening")
         if spoken.codes is not None:
             self.frames_spoken += spoken.codes.shape[1]

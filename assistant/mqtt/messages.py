@@ -24,6 +24,7 @@ from assistant.events import (
     ReplyText,
     StateChanged,
     TurnLatency,
+    TurnTakenBack,
     UserTranscript,
 )
 
@@ -35,6 +36,7 @@ EVENT_TOPICS: dict[type[Event], str] = {
     Interrupted: "interrupted",
     BargeInPaused: "paused",
     BargeInResumed: "resumed",
+    TurnTakenBack: "taken_back",
     MuteChanged: "muted",
     ConversationReset: "reset",
     ErrorEvent: "error",  # CommandRejected too: it is an ErrorEvent that names the command

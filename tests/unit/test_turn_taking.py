@@ -1,12 +1,16 @@
 """Turn-taking in the voice loop, with fakes: latency from the last voiced frame, the end of turn decided by the
-words, and the speculative transcript and reply that a pause starts (dropped without a trace when the user goes on)."""
+words, the speculative transcript and reply that a pause starts (dropped without a trace when the user goes on), and
+a turn taken back when the user goes on before its reply is heard."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from assistant.config import Config
-from assistant.events import EventBus, ReplyText, TurnLatency, UserTranscript
+from assistant.events import EventBus, ReplyText, TurnLatency, TurnTakenBack, UserTranscript
+from assistant.mqtt.messages import event_message
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
 from tests.support.fakes import (
@@ -37,11 +41,14 @@ class FakeTurnModel:
         return self.probability
 
 
-def setup(*texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0, turn_model: FakeTurnModel | None = None):
+def setup(
+    *texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0, turn_model: FakeTurnModel | None = None,
+    take_back: bool = True,
+):
     config = Config.model_validate({
         "vad": {"frame_ms": 30, "min_speech_ms": 90, "end_silence_ms": 600, "preroll_ms": 90},
         "turn": {"speculate_ms": speculate_ms, "complete_ms": 270, "incomplete_ms": 1200,
-                 "detector": "model" if turn_model else "words"},
+                 "detector": "model" if turn_model else "words", "take_back": take_back},
         "csm": {"chunk_frames": 1},
     })
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
@@ -50,7 +57,7 @@ def setup(*texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0, turn_m
         config, bus, backend, transcriber=transcriber, engine=FakeSpeechEngine(frames_per_text=2), sink=sink,
         segmenter=VadSegmenter(config.vad, classifier=energy_classifier), turn_model=turn_model,
     )
-    published = bus.subscribe(UserTranscript, ReplyText, TurnLatency)
+    published = bus.subscribe(UserTranscript, ReplyText, TurnLatency, TurnTakenBack)
     return voice, source, sink, transcriber, backend, published
 
 
@@ -159,3 +166,69 @@ async def test_with_the_end_of_turn_model_its_judgement_and_not_the_words_decide
     source.put(quiet(0.3))
     await hear_the_reply_and_stop(listening, source, sink)
     assert [t.text for t in voice.conversation.turns][0] == "I'd like a coffee and"
+
+
+async def test_going_on_before_the_reply_is_heard_takes_the_turn_back_and_the_speech_continues_it() -> None:
+    voice, source, sink, transcriber, backend, published = setup(
+        "What is the capital?", "What is the capital of Australia?"
+    )
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.4))  # a finished question: the turn ends at 270 ms of silence
+    await until(lambda: sink.queued >= 4 * FRAME)  # its reply is ready, and not yet heard
+    (heard,) = [e for e in drain(published.queue) if isinstance(e, UserTranscript)]
+    assert heard.text == "What is the capital?"
+    source.put(loud(0.5))  # the user goes on
+    await until(lambda: not published.queue.empty())
+    (taken,) = drain(published.queue)
+    assert isinstance(taken, TurnTakenBack) and taken.turn == heard.turn
+    assert event_message(taken)[0] == "taken_back"  # for the kiosk's screen, over MQTT
+    await asyncio.sleep(0.05)
+    assert voice.conversation.turns == [] and sink.queued == sink.played == 0 and not voice.busy
+    source.put(quiet(0.4))
+    await hear_the_reply_and_stop(listening, source, sink)
+    events = drain(published.queue)
+    assert [e.text for e in events if isinstance(e, UserTranscript)] == ["What is the capital of Australia?"]
+    assert [e.turn for e in events if isinstance(e, TurnLatency)] == [events[0].turn]  # the withdrawn turn has none
+    assert not any(isinstance(e, ReplyText) and e.final and e.turn == heard.turn for e in events)
+    assert [t.text for t in voice.conversation.turns] == ["What is the capital of Australia?", "Sure. Here you go."]
+    assert len(transcriber.heard[-1]) >= 16_000 * 1.4  # one turn: both bursts and the pause between them
+    assert len(voice.conversation.turns[0].audio) == len(transcriber.heard[-1])
+    assert [m["content"] for m in backend.messages[-1][1:]] == ["What is the capital of Australia?"]
+
+
+async def test_a_click_before_the_reply_is_heard_holds_it_only_while_it_lasts() -> None:
+    voice, source, sink, transcriber, backend, published = setup("What time is it?")
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.4))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    source.put(loud(0.03))  # shorter than vad.min_speech_ms: it may be the user going on, or a click
+    await until(lambda: sink.paused)  # nothing is heard while it is unclear
+    source.put(quiet(0.7))  # a click: the candidate is dropped after end_silence_ms
+    await until(lambda: not sink.paused)
+    await hear_the_reply_and_stop(listening, source, sink)
+    assert not any(isinstance(e, TurnTakenBack) for e in drain(published.queue))
+    assert [t.text for t in voice.conversation.turns] == ["What time is it?", "Sure. Here you go."]
+
+
+@pytest.mark.parametrize(("heard", "take_back"), [(True, True), (False, False)])
+async def test_speech_after_the_reply_is_heard_or_without_take_back_leaves_the_turn_standing(
+    heard: bool, take_back: bool
+) -> None:
+    voice, source, sink, transcriber, backend, published = setup("What is the capital?", take_back=take_back)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.4))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    if heard:
+        sink.advance(FRAME)
+        await asyncio.sleep(0.01)
+    source.put(loud(0.5))  # barge_in.mode off: speech over the reply is ignored
+    source.put(quiet(0.4))
+    await asyncio.sleep(0.05)
+    assert not sink.paused and voice.busy
+    await hear_the_reply_and_stop(listening, source, sink)
+    assert not any(isinstance(e, TurnTakenBack) for e in drain(published.queue))
+    assert [t.text for t in voice.conversation.turns] == ["What is the capital?", "Sure. Here you go."]
+    assert len(transcriber.heard) == 1

@@ -132,3 +132,31 @@ def test_speech_after_a_pause_restores_the_configured_end_silence() -> None:
     seg.wait(3000)
     events = run(seg, signal(("speech", 300), ("silence", 640)))
     assert [type(e) for e in events] == [SpeechResumed, Pause, Utterance]  # ended at end_silence_ms (600) again
+
+
+def test_a_turn_taken_back_goes_on_with_everything_heard_since_it_ended() -> None:
+    audio = signal(("silence", 300), ("speech", 600), ("silence", 900), ("speech", 600), ("silence", 900))
+    seg = segmenter()
+    ended = run(seg, audio[: RATE * 1800 // 1000])  # the turn ends after 600 ms of silence
+    assert [type(e) for e in ended] == [SpeechOnset, Utterance]
+    events = run(seg, audio[RATE * 1800 // 1000 : RATE * 2700 // 1000])
+    assert [type(e) for e in events] == [SpeechOnset]  # the user goes on
+    assert seg.reopen()
+    assert not seg.reopen()  # once
+    (turn,) = run(seg, audio[RATE * 2700 // 1000 :])
+    assert isinstance(turn, Utterance) and turn.voiced_ms == 1200
+    whole = run(segmenter(end_silence_ms=1000), np.concatenate([audio, signal(("silence", 200))]))[-1]  # one turn
+    assert np.array_equal(turn.audio, whole.audio) and turn.end_sample == whole.end_sample
+
+
+def test_nothing_to_take_back_after_a_reset_without_speech_or_past_the_longest_turn() -> None:
+    seg = segmenter(max_utterance_s=3.0)
+    run(seg, signal(("speech", 600), ("silence", 900)))
+    assert not seg.reopen()  # no speech in progress
+    run(seg, signal(("speech", 300)))
+    seg.reset()
+    run(seg, signal(("speech", 300)))
+    assert not seg.reopen()  # the reset forgot the turn
+    run(seg, signal(("silence", 900), ("speech", 600), ("silence", 900)))
+    run(seg, signal(("silence", 1500), ("speech", 300)))
+    assert not seg.reopen()  # it would be longer than max_utterance_s

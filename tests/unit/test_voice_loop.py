@@ -56,6 +56,8 @@ async def speak_turn(source: QueueSource, sink: ManualSink) -> None:
     source.put(loud(0.5))
     source.put(quiet(0.5))
     await until(lambda: sink.queued >= target)  # the whole reply is waiting to be played
+    sink.advance(FRAME)  # its first frame is heard: speech from now on no longer takes the turn back
+    await asyncio.sleep(0.01)
 
 
 async def test_off_mode_ignores_speech_while_speaking_and_answers_after() -> None:
@@ -85,7 +87,7 @@ async def test_vad_mode_barge_in_pauses_then_words_interrupt_and_become_the_next
     voice = voice_loop(config("vad"), FakeTranscriber("tell me a story", "stop, tell me a joke"), sink, bus)
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
-    sink.advance(2 * FRAME)
+    sink.advance(FRAME)
     source.put(loud(0.1))  # a click: shorter than barge_in.min_speech_ms
     source.put(quiet(0.5))
     await asyncio.sleep(0.05)
@@ -115,7 +117,7 @@ async def test_a_cough_or_a_backchannel_pauses_the_reply_and_it_resumes_where_it
     voice = voice_loop(config("vad", resume_ms=resume_ms), FakeTranscriber("tell me a story", over_the_reply), sink, bus)
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
-    sink.advance(2 * FRAME)
+    sink.advance(FRAME)
     source.put(loud(0.6))
     if resume_ms > 1000:
         source.put(quiet(0.5))  # it ends before resume_ms; otherwise resume_ms passes while it goes on
@@ -146,7 +148,7 @@ async def test_a_judge_that_fails_resumes_the_reply_and_says_why() -> None:
     )
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
-    sink.advance(2 * FRAME)
+    sink.advance(FRAME)
     source.put(loud(0.6))  # still going on when resume_ms has passed: the judge reads the speech so far, and fails
     await until(lambda: events.queue.qsize() == 3, timeout_s=5)
     got = [events.queue.get_nowait() for _ in range(3)]
@@ -165,7 +167,6 @@ async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() 
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
     ended.queue.get_nowait()  # the first turn's
-    sink.advance(FRAME)  # it sounds: the hold begins
     source.put(loud(0.6))
     source.put(quiet(0.5))
     await until(lambda: not ended.queue.empty())  # heard whole while the reply sounds (after it, it would be a turn)
@@ -196,7 +197,6 @@ async def test_speech_heard_in_the_hold_does_not_count_toward_a_barge_in() -> No
     voice = voice_loop(config("vad", hold_ms=1000, resume_ms=0), FakeTranscriber("hello", "stop"), sink, bus)
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
-    sink.advance(FRAME)  # it sounds: the hold begins
     source.put(loud(0.4))  # an echo, say, while the canceller converges: 400 ms voiced, in the hold
     await until(lambda: voice.segmenter.voiced_ms >= 390)
     await asyncio.sleep(1.0)  # the hold is over; the same speech goes on
