@@ -127,6 +127,7 @@ class VoiceLoop:
             if sequential and self._turn is not None:
                 await _finished(self._turn)
                 self._quiet_until = 0.0  # a recording holds no echo of the reply, and is read faster than real time
+        self._forget_speech()  # speech cut off by the source's end is no turn, and holds no reply back
         await _finished(self._turn)
         self._state("idle")
 
@@ -363,6 +364,7 @@ class VoiceLoop:
         assert self.segmenter is not None
         self.segmenter.reset()
         self._drop_speculation()
+        self._hold_for_speech()  # a reply held for that speech plays on
 
     def _on_utterance(self, utterance: Utterance) -> None:
         if self._barge_in is not None and not self._barge_in.done():  # speech over the reply: judged there

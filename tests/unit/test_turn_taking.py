@@ -232,3 +232,23 @@ async def test_speech_after_the_reply_is_heard_or_without_take_back_leaves_the_t
     assert not any(isinstance(e, TurnTakenBack) for e in drain(published.queue))
     assert [t.text for t in voice.conversation.turns] == ["What is the capital?", "Sure. Here you go."]
     assert len(transcriber.heard) == 1
+
+
+@pytest.mark.parametrize("how", ["muted", "ended"])
+async def test_a_reply_held_for_a_sound_plays_on_when_the_microphone_is_muted_or_ends(how: str) -> None:
+    voice, source, sink, transcriber, backend, published = setup("What time is it?")
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.4))
+    await until(lambda: sink.queued >= 4 * FRAME)
+    source.put(loud(0.03))
+    await until(lambda: sink.paused)
+    if how == "muted":
+        voice.set_muted(True)
+    else:
+        source.end()
+    await until(lambda: not sink.paused)
+    sink.advance(4 * FRAME)
+    source.end()
+    await listening
+    assert [t.text for t in voice.conversation.turns] == ["What time is it?", "Sure. Here you go."]
