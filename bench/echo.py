@@ -2,13 +2,14 @@
 JSON line.
 
     OMP_NUM_THREADS=1 python bench/echo.py [--replies 54] [--barge-ins 20] [--echo-cancellation on|off|both]
+                                           [--delays-ms 30,60,120]
 
 A room stands between the virtual speaker and the virtual microphone: what the speaker plays (recorded from its
 monitor) is written back into the microphone's fifo after `delay` ms, `level` dB quieter, through a reverberation
 made with sox (`reverb 50 50 60` on an impulse), mixed with a person's speech when one speaks. Levels -6, -12 and
--20 dB and delays 30, 60 and 120 ms (added to the 0-60 ms the monitor and the fifo take): the delay is the room's,
-so it changes twice a run and holds between (monitor audio that comes too late for its place is dropped, silence
-going out instead), the level every few replies; barge-ins are at 120 ms. The assistant is the real one
+-20 dB and delays 30, 60 and 120 ms (added to the 0-60 ms the monitor and the fifo take; `--delays-ms`): the delay
+is the room's, so it changes twice a run and holds between (monitor audio that comes too late for its place is
+dropped, silence going out instead), the level every few replies; barge-ins are at the last delay. The assistant is the real one
 (`Assistant`: Microphone and Speaker on the devices, the echo canceller, webrtcvad, Whisper tiny.en, `barge_in` as
 in configs/kiosk.yaml), except that its replies are recorded speech (LibriVox clips, 24 kHz) rather than a tiny
 random CSM's noise: a canceller and a VAD are measured on speech.
@@ -94,10 +95,10 @@ class Room:
         import os
 
         self.monitor, self.response = monitor, response
-        self.level_db, self.delay_ms = LEVELS_DB[0], DELAYS_MS[0]
+        self.level_db, self.delay_ms = LEVELS_DB[0], 0
         self._fd = os.open(pulse.fifo, os.O_WRONLY)
         os.set_blocking(self._fd, False)
-        self._far = np.zeros(RATE * self.delay_ms // 1000, np.float32)
+        self._far = np.zeros(0, np.float32)
         self._tail = np.zeros(len(response) - 1, np.float32)
         self._seen = 0  # monitor blocks taken
         self._owed = 0  # monitor samples whose time passed before they came (silence went out instead)
@@ -175,11 +176,11 @@ class Room:
         os.close(self._fd)
 
 
-def condition(i: int, replies: int) -> tuple[int, int]:
+def condition(i: int, replies: int, delays: Sequence[int]) -> tuple[int, int]:
     """Level and delay of reply `i`: the delay is the room's, so it changes twice a run (AEC3 finds each anew);
     the level changes every few replies."""
-    per_delay = max(1, replies // len(DELAYS_MS))
-    delay = DELAYS_MS[min(i // per_delay, len(DELAYS_MS) - 1)]
+    per_delay = max(1, replies // len(delays))
+    delay = delays[min(i // per_delay, len(delays) - 1)]
     return LEVELS_DB[(i % per_delay) * len(LEVELS_DB) // per_delay], delay
 
 
@@ -263,7 +264,7 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
                 false, paused_only = 0, 0
                 replies = args.replies if cancel_echo else args.replies_off
                 for i in range(replies):
-                    room.set(*condition(i, replies))
+                    room.set(*condition(i, replies, args.delays_ms))
                     await asyncio.sleep(0.3)
                     await assistant.say("Here is what I found.")
                     await settle(assistant)
@@ -292,7 +293,7 @@ async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, 
                     questions: list[np.ndarray]) -> dict:
     caught, silences = 0, []
     for i in range(args.barge_ins):
-        room.set(LEVELS_DB[i % 3], DELAYS_MS[-1])
+        room.set(LEVELS_DB[i % 3], args.delays_ms[-1])
         await asyncio.sleep(0.3)
         reply = assistant.say("Here is what I found.")
         start = time.monotonic()
@@ -340,7 +341,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         print(json.dumps(results[-1]), file=sys.stderr)
     return {
         "bench": "echo",
-        "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {DELAYS_MS} ms (+ monitor and fifo) with sox "
+        "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {tuple(args.delays_ms)} ms (+ monitor and fifo) with sox "
                   f"reverb; replies {args.reply_s:g} s of LibriVox speech; barge_in vad, min_speech_ms 300, hold_ms "
                   f"1000, resume_ms 2000; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
                   f"{args.input_latency_ms}",
@@ -356,6 +357,8 @@ def main() -> None:
     parser.add_argument("--barge-ins", type=int, default=20, help="replies a person talks over (canceller on)")
     parser.add_argument("--reply-s", type=float, default=3.5, help="seconds of speech per reply")
     parser.add_argument("--echo-cancellation", choices=("on", "off", "both"), default="both")
+    parser.add_argument("--delays-ms", type=lambda v: [int(x) for x in v.split(",")], default=list(DELAYS_MS),
+                        help="the room's delays, in order, comma-separated (barge-ins use the last)")
     parser.add_argument("--output-latency-ms", type=int, default=100)
     parser.add_argument("--input-latency-ms", type=int, default=20)
     args = parser.parse_args()

