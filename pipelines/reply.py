@@ -130,6 +130,7 @@ class Reply:
         self._heard_until: int | None = None  # the sink position when interrupted
         self._tasks: list[asyncio.Task[None]] = []
         self.sounding_since: float | None = None  # time.monotonic() when its first audio was heard
+        self._paused = False  # it paused the sink
 
     @property
     def interrupted(self) -> bool:
@@ -148,6 +149,7 @@ class Reply:
         finally:
             if self._context is not None:
                 self._context.cancel()
+            self.resume()  # paused as its last audio was heard, it ended: the next reply must not start paused
         for task in self._tasks:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -168,10 +170,12 @@ class Reply:
         """Hold playback (the LLM and the engine go on); `resume()` plays on from what was heard."""
         if self._sink is not None:
             self._sink.pause()
+            self._paused = True
 
     def resume(self) -> None:
-        if self._sink is not None:
+        if self._sink is not None and self._paused:
             self._sink.resume()
+            self._paused = False
 
     async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
         """LLM deltas into sayable sentence chunks; a failing LLM ends the reply with what it had said."""

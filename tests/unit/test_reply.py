@@ -65,6 +65,18 @@ async def test_an_interrupt_keeps_only_what_was_played() -> None:
     assert backend.streams_closed == 1
 
 
+async def test_a_reply_paused_as_its_last_audio_is_heard_does_not_leave_the_sink_paused() -> None:
+    bus, clock, sink = EventBus(), TurnClock(), ManualSink()
+    speech = reply(FakeBackend(TWO_SENTENCES), FakeSpeechEngine(frames_per_text=3), sink, bus, clock)
+    task = asyncio.create_task(speech.run())
+    await until(lambda: sink.queued >= 6 * FRAME)
+    sink.advance(6 * FRAME)  # all of it heard; the reply has not seen it yet
+    speech.pause()  # speech over its last moments (the echo of its tail, say) pauses it as it ends
+    spoken = await task
+    assert not spoken.interrupted and spoken.codes.shape[1] == 6
+    assert not sink.paused  # the next reply plays
+
+
 async def test_an_interrupt_before_the_second_chunk_plays_drops_its_text() -> None:
     bus, clock = EventBus(), TurnClock()
     engine, sink = FakeSpeechEngine(frames_per_text=3, frame_s=0.005), ManualSink()
