@@ -6,10 +6,11 @@ starts no reply.
 
 Whisper's encoder always reads 30 s of audio: faster-whisper pads a 2 s turn with 28 s of silence, and on a CPU
 that encoding is ~85 % of the time a short turn takes (tiny.en: 440 of ~500 ms on one core). With `asr.window:
-fitted` the encoder reads only the turn and `FITTED_PAD_S` of silence. Whisper then tends to repeat the turn into
+fitted` (not the default) the encoder reads only the turn and `FITTED_PAD_S` of silence. Whisper then tends to repeat the turn into
 the silence it was not trained to see, so the fitted path asks for timestamps and keeps only the segments that
 start inside the audio, and caps the tokens by the audio's length. On the bench's speech (LibriVox and espeak-ng,
-263 words) that gives the same word error rate within two words and ~10x less time (docs/benchmarks.md).
+263 words) that gives the same word error rate within four words and ~10x less time (docs/benchmarks.md), but
+some last words come out differently ("a coffee and" as "a coffee end."), and the last word decides the turn's end.
 """
 
 from __future__ import annotations

@@ -98,10 +98,10 @@ class TurnConfig(Section):
     """When the user's turn is over: decided from the words said so far (`assistant/turn_end.py`)."""
 
     speculate_ms: int = Field(
-        150, ge=0, le=5000,
+        200, ge=0, le=5000,
         description="Silence after which the words so far are transcribed and the reply is prepared; 0 = off.",
     )
-    complete_ms: int = Field(200, ge=30, le=5000, description="Silence that ends a turn ending in a finished sentence.")
+    complete_ms: int = Field(250, ge=30, le=5000, description="Silence that ends a turn ending in a finished sentence.")
     incomplete_ms: int = Field(1200, ge=30, le=10_000, description="Silence that ends a turn ending mid-clause.")
     hold_words: list[str] = Field(
         default_factory=lambda: list(HOLD_WORDS), description="Last words that mark an unfinished clause."
@@ -138,9 +138,9 @@ class AsrConfig(Section):
     language: str | None = "en"
     beam_size: int = Field(1, ge=1, le=10)
     download_root: str | None = None
-    window: Literal["fitted", "full"] = Field(
-        "fitted", description="fitted: Whisper's encoder reads the utterance and 3 s of silence instead of a fixed 30 s "
-        "window (about 10x faster on a CPU for a short turn); full: faster-whisper's own 30 s windows.",
+    window: Literal["full", "fitted"] = Field(
+        "full", description="full: faster-whisper's own 30 s windows; fitted: Whisper's encoder reads the utterance and "
+        "3 s of silence (about 10x faster on a CPU for a short turn, but it hears some last words differently).",
     )
 
 

@@ -1,6 +1,6 @@
 """Voice to voice through the live pipeline on PulseAudio's virtual devices; prints one JSON line.
 
-    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--speculate-ms 150] [--complete-ms 200] [--asr-window full]
+    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--speculate-ms 200] [--complete-ms 250] [--asr-window fitted]
 
 Real recorded speech goes into the virtual microphone in real time: LibriVox clips and espeak-ng sentences (the
 "complete" set), and espeak-ng utterances with a 300-700 ms pause inside a sentence, after a word that leaves
@@ -292,7 +292,7 @@ def main() -> None:
     parser.add_argument("--detector", choices=("words", "model"), default="words", help="turn.detector")
     parser.add_argument("--complete-ms", type=int, default=TurnConfig().complete_ms, help="turn.complete_ms")
     parser.add_argument("--no-take-back", dest="take_back", action="store_false", help="turn.take_back off")
-    parser.add_argument("--asr-window", choices=("fitted", "full"), default="fitted", help="asr.window")
+    parser.add_argument("--asr-window", choices=("full", "fitted"), default="full", help="asr.window")
     parser.add_argument("--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)")
     parser.add_argument("--output-latency-ms", type=int, default=400, help="audio.output_latency_ms")
     args = parser.parse_args()

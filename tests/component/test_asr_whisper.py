@@ -1,5 +1,5 @@
-"""faster-whisper tiny.en through the assistant's Transcriber, with the encoder's window fitted to the turn (the
-default) and with faster-whisper's own 30 s windows."""
+"""faster-whisper tiny.en through the assistant's Transcriber, with faster-whisper's own 30 s windows (the default)
+and with the encoder's window fitted to the turn."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_librivox_speech_is_transcribed(transcriber: WhisperTranscriber, speech_
 def test_a_fitted_window_reads_the_turn_and_three_seconds_and_a_long_turn_the_whole_30(
     whisper_tiny_en: Path, speech_clips: list[Clip]
 ) -> None:
-    transcriber = WhisperTranscriber(AsrConfig(model=str(whisper_tiny_en), device="cpu"), cpu_threads=1)
+    transcriber = WhisperTranscriber(AsrConfig(model=str(whisper_tiny_en), device="cpu", window="fitted"), cpu_threads=1)
     spy = transcriber.model.model = EncoderWindows(transcriber.model.model)
     clip = read_wav(speech_clips[0].path, 16000)[0]
     short = transcriber.transcribe(clip)
