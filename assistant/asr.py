@@ -6,11 +6,12 @@ starts no reply.
 
 Whisper's encoder always reads 30 s of audio: faster-whisper pads a 2 s turn with 28 s of silence, and on a CPU
 that encoding is ~85 % of the time a short turn takes (tiny.en: 440 of ~500 ms on one core). With `asr.window:
-fitted` (not the default) the encoder reads only the turn and `FITTED_PAD_S` of silence. Whisper then tends to repeat the turn into
-the silence it was not trained to see, so the fitted path asks for timestamps and keeps only the segments that
-start inside the audio, and caps the tokens by the audio's length. On the bench's speech (LibriVox and espeak-ng,
-263 words) that gives the same word error rate within four words and ~10x less time (docs/benchmarks.md), but
-some last words come out differently ("a coffee and" as "a coffee end."), and the last word decides the turn's end.
+fitted` (not the default) the encoder reads only the turn and `FITTED_PAD_S` of silence. Whisper then tends to
+repeat the turn into the silence it was not trained to see, so the fitted path asks for timestamps and keeps only
+the segments that start inside the audio, drops text that says again what the turn (or a segment) began with,
+and caps the tokens by the audio's length. On the bench's speech (LibriVox and espeak-ng, 263 words) that gives
+about the same word error rate in a tenth of the time (docs/benchmarks.md), but some last words come out
+differently ("a coffee and" as "a coffee end."), and the last word decides when a turn ends.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class WhisperTranscriber:
         for start, text in _segments(tokens, tokenizer):
             if start < audio_s - SEGMENT_SLACK_S and not _repeats(text, kept):
                 kept.append(text.strip())
-        return " ".join(kept)
+        return _unlooped(" ".join(kept))
 
 
 def _segments(tokens: list[int], tokenizer: Tokenizer) -> list[tuple[float, str]]:
@@ -173,6 +174,16 @@ def _repeats(text: str, before: list[str]) -> bool:
     """A segment that says again the start of one before it: Whisper looping over the silence after the turn."""
     words = re.findall(r"[\w']+", text.lower())
     return bool(words) and any(re.findall(r"[\w']+", b.lower())[: len(words)] == words for b in before)
+
+
+def _unlooped(text: str, opening: int = 3) -> str:
+    """`text` up to where its first `opening` words begin again: Whisper looping inside one segment."""
+    words = list(re.finditer(r"[\w']+", text))
+    said = [w.group().lower() for w in words]
+    for i in range(opening, len(said) - opening + 1):
+        if said[i : i + opening] == said[:opening]:
+            return text[: words[i].start()].rstrip()
+    return text
 
 
 def _no_speech(no_speech_prob: float, avg_logprob: float) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.asr import AsrError, WhisperTranscriber, _repeats, _segments
+from assistant.asr import AsrError, WhisperTranscriber, _repeats, _segments, _unlooped
 from assistant.audio.wavfile import read_wav
 from assistant.config import AsrConfig
 from tests.support.speech import Clip, word_error_rate
@@ -85,3 +85,5 @@ def test_a_timestamped_decode_splits_into_segments_with_their_starts() -> None:
     assert _segments(tokens, FakeTokenizer()) == [(0.0, "w1 w2"), (1.0, "w3"), (2.0, "w4"), (3.0, "w5")]
     assert _repeats("Set a timer for", ["Set a timer for 10 minutes."])
     assert not _repeats("for 10 minutes", ["Set a timer for 10 minutes."]) and not _repeats("...", ["Hello."])
+    assert _unlooped("Play some music... umm... play some music... u") == "Play some music... umm..."
+    assert _unlooped("No, no, no. Not that one, no.") == "No, no, no. Not that one, no."
