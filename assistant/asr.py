@@ -99,12 +99,15 @@ class WhisperTranscriber:
             ) from exc
         log.info("ASR: faster-whisper %s on %s (%s), %s window", config.model, device, compute_type, config.window)
         self._tokenizer: Tokenizer | None = None
+        self._suppressed: list[int] = []
         if config.window == "fitted" and (config.language or not self.model.model.is_multilingual):
             from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
 
             self._tokenizer = Tokenizer(
                 self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language=config.language
             )
+            self._suppressed = list(get_suppressed_tokens(self._tokenizer, [-1]))  # faster-whisper's default set
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         audio = np.asarray(audio, np.float32)
@@ -124,7 +127,6 @@ class WhisperTranscriber:
     def _fitted(self, audio: np.ndarray, audio_s: float) -> str:
         """One decode over an encoder window of the audio plus FITTED_PAD_S (see the module's docstring)."""
         import ctranslate2
-        from faster_whisper.transcribe import get_suppressed_tokens
 
         tokenizer = self._tokenizer
         assert tokenizer is not None
@@ -139,7 +141,7 @@ class WhisperTranscriber:
         result = whisper.generate(
             encoded, [list(tokenizer.sot_sequence)], beam_size=self.config.beam_size,
             max_length=min(MAX_TOKENS, 10 + int(TOKENS_PER_S * audio_s)),
-            suppress_blank=True, suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
+            suppress_blank=True, suppress_tokens=self._suppressed,
             return_scores=True, return_no_speech_prob=True,
         )[0]
         tokens = result.sequences_ids[0]
@@ -170,15 +172,22 @@ def _segments(tokens: list[int], tokenizer: Tokenizer) -> list[tuple[float, str]
     return segments
 
 
+_WORD = re.compile(r"[\w']+")
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
 def _repeats(text: str, before: list[str]) -> bool:
     """A segment that says again the start of one before it: Whisper looping over the silence after the turn."""
-    words = re.findall(r"[\w']+", text.lower())
-    return bool(words) and any(re.findall(r"[\w']+", b.lower())[: len(words)] == words for b in before)
+    words = _words(text)
+    return bool(words) and any(_words(b)[: len(words)] == words for b in before)
 
 
 def _unlooped(text: str, opening: int = 3) -> str:
     """`text` up to where its first `opening` words begin again: Whisper looping inside one segment."""
-    words = list(re.finditer(r"[\w']+", text))
+    words = list(_WORD.finditer(text))
     said = [w.group().lower() for w in words]
     for i in range(opening, len(said) - opening + 1):
         if said[i : i + opening] == said[:opening]:

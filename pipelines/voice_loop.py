@@ -447,9 +447,11 @@ class VoiceLoop:
                     speculation.reply.cancel()
             return await self._respond(turn, clock, self._speech_context(user, codes), deltas)
         except asyncio.CancelledError:
-            if user is not None:
+            _drop(codes, speculation)
+            if user is None:  # still transcribing (once replying, `_respond` says it is listening again)
+                self._state("listening")
+            else:
                 self.conversation.withdraw(user)
-            self._done(codes, speculation)
             raise
 
     async def _text_turn(self, text: str) -> Spoken | None:
@@ -509,10 +511,7 @@ class VoiceLoop:
         return self.conversation.speech_context()
 
     def _done(self, codes: asyncio.Future[torch.Tensor] | None, speculation: Speculation | None = None) -> None:
-        if codes is not None:
-            codes.cancel()
-        if speculation is not None:
-            speculation.cancel()
+        _drop(codes, speculation)
         self._state("listening")
         return None
 
@@ -522,6 +521,14 @@ class VoiceLoop:
     def _report(self, source: str, message: str) -> None:
         log.warning("%s", message)
         self.bus.publish(ErrorEvent(source=source, message=message))
+
+
+def _drop(codes: asyncio.Future[torch.Tensor] | None, speculation: Speculation | None) -> None:
+    """Stop the encoding and the pause's work a turn that ends without a reply leaves behind."""
+    if codes is not None:
+        codes.cancel()
+    if speculation is not None:
+        speculation.cancel()
 
 
 def _given(text: str) -> Deltas:

@@ -28,6 +28,11 @@ def cli(
     )
 
 
+def set_args(*settings: str) -> list[str]:
+    """`--set` before each setting, as the command line takes them."""
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
 def test_help_explains_every_option() -> None:
     result = cli("--help")
     assert result.returncode == 0

@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from assistant.audio.wavfile import read_wav, write_wav
-from tests.e2e.test_cli import cli
+from tests.e2e.test_cli import cli, set_args
 from tests.support.speech import Clip
 
 
 def model_settings(whisper: Path, csm: Path, mimi: Path, tokenizer: Path) -> list[str]:
-    settings = [f"asr.model={whisper}", f"csm.model={csm}", f"csm.mimi={mimi}", f"csm.tokenizer={tokenizer}",
-                "csm.device=cpu", "csm.seed=0", "asr.device=cpu", "llm.backend=scripted"]
-    return [arg for setting in settings for arg in ("--set", setting)]
+    return set_args(f"asr.model={whisper}", f"csm.model={csm}", f"csm.mimi={mimi}", f"csm.tokenizer={tokenizer}",
+                    "csm.device=cpu", "csm.seed=0", "asr.device=cpu", "llm.backend=scripted")
 
 
 def test_a_recording_in_gives_a_spoken_reply_out(

@@ -7,16 +7,15 @@ import re
 from pathlib import Path
 
 from assistant.audio.wavfile import read_wav
-from tests.e2e.test_cli import cli
+from tests.e2e.test_cli import cli, set_args
 from tests.support.processes import free_port
 from tests.support.speech import Clip
 from tests.support.speech_server import ServerProcess
 
 
 def assistant_settings(whisper: Path, url: str) -> list[str]:
-    settings = [f"asr.model={whisper}", "asr.device=cpu", "llm.backend=scripted", "csm.seed=0", "csm.backend=server",
-                f"csm.server.url={url}", "csm.model=/no/such/csm"]  # the server has the model, not the assistant
-    return [arg for setting in settings for arg in ("--set", setting)]
+    return set_args(f"asr.model={whisper}", "asr.device=cpu", "llm.backend=scripted", "csm.seed=0", "csm.backend=server",
+                    f"csm.server.url={url}", "csm.model=/no/such/csm")  # the server has the model, not the assistant
 
 
 def test_a_recording_is_answered_in_speech_from_the_server(

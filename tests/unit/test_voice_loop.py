@@ -60,6 +60,15 @@ async def speak_turn(source: QueueSource, sink: ManualSink) -> None:
     await asyncio.sleep(0.01)
 
 
+async def answer_the_words_and_stop(listening: asyncio.Task, source: QueueSource, sink: ManualSink) -> None:
+    """The speech that cut the reply ends; its turn's whole reply is queued and played; the loop stops."""
+    source.put(quiet(0.5))
+    await until(lambda: sink.queued >= sink.played + 6 * FRAME)
+    sink.advance(6 * FRAME)
+    source.end()
+    await listening
+
+
 async def test_off_mode_ignores_speech_while_speaking_and_answers_after() -> None:
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
     interrupts = bus.subscribe(Interrupted)
@@ -184,11 +193,7 @@ async def test_no_barge_in_while_the_reply_is_held_and_at_once_without_resume() 
     source.put(loud(0.6))
     await until(lambda: not events.queue.empty())
     assert events.queue.get_nowait().source == "barge-in" and sink.interrupts == 1
-    source.put(quiet(0.5))
-    await until(lambda: sink.queued >= sink.played + 6 * FRAME)  # the words' turn: its whole reply is queued
-    sink.advance(6 * FRAME)
-    source.end()
-    await listening
+    await answer_the_words_and_stop(listening, source, sink)
 
 
 async def test_speech_heard_in_the_hold_does_not_count_toward_a_barge_in() -> None:
@@ -206,11 +211,7 @@ async def test_speech_heard_in_the_hold_does_not_count_toward_a_barge_in() -> No
     source.put(loud(0.06))
     await until(lambda: not events.queue.empty())
     assert events.queue.get_nowait().source == "barge-in"
-    source.put(quiet(0.5))
-    await until(lambda: sink.queued >= sink.played + 6 * FRAME)  # the words' turn: its whole reply is queued
-    sink.advance(6 * FRAME)
-    source.end()
-    await listening
+    await answer_the_words_and_stop(listening, source, sink)
 
 
 async def test_an_empty_transcript_starts_no_reply() -> None:
