@@ -70,6 +70,10 @@ class AudioConfig(Section):
 
 class VadConfig(Section):
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 lenient .. 3 strict.")
+    min_level_db: float = Field(
+        -60.0, ge=-120, le=0, description="Frames quieter than this (dBFS) are not speech: webrtcvad judges a sound's "
+        "shape, not its loudness, and calls an echo canceller's faint residue speech. Lower it for a very quiet microphone.",
+    )
     frame_ms: Literal[10, 20, 30] = 30
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before speech onset.")
     end_silence_ms: int = Field(
@@ -277,8 +281,8 @@ class BargeInConfig(Section):
     tail_ms: int = Field(300, ge=0, le=5000, description="Mic stays ignored this long after speech ends (off mode).")
     hold_ms: int = Field(
         500, ge=0, le=10_000,
-        description="vad mode: no barge-in in a reply's first milliseconds of sound, and speech heard then does not count "
-        "toward min_speech_ms (an echo canceller converges meanwhile).",
+        description="vad mode: no barge-in in a reply's first milliseconds of sound or after it resumes from a pause, and "
+        "speech heard then does not count toward min_speech_ms (an echo canceller converges meanwhile).",
     )
     resume_ms: int = Field(
         2000, ge=0, le=10_000,

@@ -66,12 +66,16 @@ class SpeechResumed:
 SegmenterEvent = SpeechOnset | Pause | SpeechResumed | Utterance
 
 
-def webrtc_classifier(aggressiveness: int, sample_rate: int) -> SpeechClassifier:
+def webrtc_classifier(aggressiveness: int, sample_rate: int, min_level_db: float = -120.0) -> SpeechClassifier:
+    """webrtcvad's verdict on a frame, for frames at least `min_level_db` (dBFS, RMS) loud."""
     import webrtcvad
 
     vad = webrtcvad.Vad(aggressiveness)
+    floor = 10 ** (min_level_db / 10)  # mean square
 
     def is_speech(frame: np.ndarray) -> bool:
+        if np.mean(np.square(frame, dtype=np.float64)) < floor:
+            return False
         pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return vad.is_speech(pcm, sample_rate)
 
@@ -89,7 +93,7 @@ class VadSegmenter:
         self.config = config
         self.sample_rate = sample_rate
         self.frame = sample_rate * config.frame_ms // 1000
-        self._is_speech = classifier or webrtc_classifier(config.aggressiveness, sample_rate)
+        self._is_speech = classifier or webrtc_classifier(config.aggressiveness, sample_rate, config.min_level_db)
         self._pending = np.zeros(0, np.float32)
         self._preroll: deque[np.ndarray] = deque(maxlen=config.preroll_ms // config.frame_ms)
         self.pause_ms = 0  # 0: no Pause events (the voice loop sets its turn.speculate_ms)

@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.asr import WhisperTranscriber  # noqa: E402
 from assistant.audio.devices import sounddevice  # noqa: E402
+from assistant.audio.echo import EchoCanceller  # noqa: E402
 from assistant.audio.wavfile import read_wav, write_wav  # noqa: E402
-from assistant.config import Config  # noqa: E402
+from assistant.config import CONFIG_DIR, Config, load_config  # noqa: E402
 from assistant.events import BargeInPaused, BargeInResumed, Interrupted  # noqa: E402
 from assistant.segment import Segment  # noqa: E402
 from assistant.vad import webrtc_classifier  # noqa: E402
@@ -59,6 +60,7 @@ RATE = 16_000
 BLOCK = RATE // 100
 LEVELS_DB = (-6, -12, -20)
 DELAYS_MS = (30, 60, 120)
+KIOSK = load_config(CONFIG_DIR / "kiosk.yaml")  # its barge-in settings are the bench's
 QUESTIONS = ["Wait, stop, what time does the museum close today?", "Excuse me, where can I find the restrooms?",
              "Sorry to interrupt, can you repeat the last part?", "Hold on, how much does a ticket cost?"]
 
@@ -215,21 +217,30 @@ def first_voiced(audio: np.ndarray) -> int:
 
 
 class Metered:
-    """Wraps the canceller's `clean` to add up the energy in and out while no person speaks."""
+    """Adds up the energy into and out of the canceller while no person speaks, after its warm-up (which silences
+    the microphone, and says nothing about AEC3): wraps `EchoCanceller.clean` (which the microphone's
+    audio thread calls) for as long as it is open."""
 
-    def __init__(self, canceller: Any) -> None:
-        self.canceller, self.energy_in, self.energy_out, self.samples, self.echo_only = canceller, 0.0, 0.0, 0, True
-        inner = canceller.clean
+    def __init__(self) -> None:
+        self.energy_in, self.energy_out, self.samples, self.echo_only = 0.0, 0.0, 0, True
+        self._inner = EchoCanceller.clean
 
-        def clean(block: np.ndarray) -> np.ndarray:
-            out = inner(block)
-            self.samples += len(block)
-            if self.echo_only:
-                self.energy_in += float(np.sum(block.astype(np.float64) ** 2))
-                self.energy_out += float(np.sum(out.astype(np.float64) ** 2))
+    def __enter__(self) -> Metered:
+        inner, meter = self._inner, self
+
+        def clean(canceller: EchoCanceller, block: np.ndarray) -> np.ndarray:
+            out = inner(canceller, block)
+            meter.samples += len(block)
+            if meter.echo_only and not canceller.warming_up:  # the microphone silenced in its warm-up: not AEC3's
+                meter.energy_in += float(np.sum(block.astype(np.float64) ** 2))
+                meter.energy_out += float(np.sum(out.astype(np.float64) ** 2))
             return out
 
-        canceller.clean = clean
+        EchoCanceller.clean = clean  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        EchoCanceller.clean = self._inner  # type: ignore[method-assign]
 
 
 async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, replies_audio: list[np.ndarray],
@@ -241,7 +252,7 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
         "llm": {"backend": "scripted", "scripted": {"replies": ["Here is what I found."]}},
         "audio": {"input_device": "pulse", "output_device": "pulse", "echo_cancellation": cancel_echo,
                   "output_latency_ms": args.output_latency_ms, "input_latency_ms": args.input_latency_ms},
-        "barge_in": {"mode": "vad", "min_speech_ms": 300, "hold_ms": 1000, "resume_ms": 2000, "key": None},
+        "barge_in": KIOSK.barge_in.model_dump(),
         "voice": {"locked": False},
         "csm": {"chunk_frames": 2},
     })
@@ -253,13 +264,12 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
     try:
         pulse.use_sink(PulseAudio.SPEAKER)
         pulse.use_source(PulseAudio.MICROPHONE)
-        with MonitorRecording(pulse) as monitor:
+        with MonitorRecording(pulse) as monitor, Metered() as metered:
             room = Room(pulse, monitor, response)
             room.start()
             engine = RecordedSpeechEngine(replies_audio, args.reply_s)
             assistant = Assistant(config, engine=engine, transcriber=WhisperTranscriber(config.asr))
             async with assistant:
-                metered = Metered(assistant.echo_canceller) if assistant.echo_canceller is not None else None
                 events = assistant.subscribe(BargeInPaused, BargeInResumed, Interrupted)
                 false, paused_only = 0, 0
                 replies = args.replies if cancel_echo else args.replies_off
@@ -276,7 +286,7 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
                           f"{[type(e).__name__ for e in got]}", file=sys.stderr)
                 results["false_barge_ins"] = f"{false}/{replies}"
                 results["false_barge_ins_resumed"] = paused_only
-                if metered is not None:
+                if assistant.echo_canceller is not None:
                     results["erle_db"] = round(10 * np.log10(metered.energy_in / max(metered.energy_out, 1e-20)), 1)
                     results["canceller_cpu_percent_of_a_core"] = round(
                         100 * assistant.echo_canceller.cpu_s / (metered.samples / RATE), 2)
@@ -342,8 +352,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     return {
         "bench": "echo",
         "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {tuple(args.delays_ms)} ms (+ monitor and fifo) with sox "
-                  f"reverb; replies {args.reply_s:g} s of LibriVox speech; barge_in vad, min_speech_ms 300, hold_ms "
-                  f"1000, resume_ms 2000; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
+                  f"reverb; replies {args.reply_s:g} s of LibriVox speech; barge_in {KIOSK.barge_in.mode}, min_speech_ms "
+                  f"{KIOSK.barge_in.min_speech_ms}, hold_ms {KIOSK.barge_in.hold_ms}, resume_ms {KIOSK.barge_in.resume_ms}, "
+                  f"vad.min_level_db {KIOSK.vad.min_level_db:g}; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
                   f"{args.input_latency_ms}",
         "replies": args.replies,
         "settings": results,

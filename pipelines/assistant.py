@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from assistant.asr import Transcriber
-from assistant.audio.echo import EchoCancelledSource, EchoCanceller, EchoCancellerError
+from assistant.audio.echo import EchoCanceller, EchoCancellerError
 from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config, load_config
 from assistant.conversation import Conversation
@@ -194,18 +194,18 @@ class Assistant:
         audio, report = self.config.audio, device_reporter(self.bus)
         canceller = None
         if self._source is None:
+            if audio.echo_cancellation:
+                try:
+                    canceller = self.echo_canceller = EchoCanceller(audio.noise_suppression)
+                except EchoCancellerError as error:
+                    raise StartupError(f"audio.echo_cancellation: {error}") from None
             microphone = Microphone(
                 audio.input_device, audio.block_ms, audio.capture_rate, on_error=report, latency_ms=audio.input_latency_ms
             )
+            microphone.process = canceller.clean if canceller is not None else None  # in its audio thread
             self._owned.append(microphone)
             await microphone.start()
             self._source = microphone
-            if audio.echo_cancellation:
-                try:
-                    canceller = EchoCanceller(audio.noise_suppression)
-                except EchoCancellerError as error:
-                    raise StartupError(f"audio.echo_cancellation: {error}") from None
-                self._source, self.echo_canceller = EchoCancelledSource(microphone, canceller), canceller
         if self._sink is None:
             speaker = Speaker(
                 audio.output_device, playback_rate=audio.playback_rate, on_error=report, latency_ms=audio.output_latency_ms,

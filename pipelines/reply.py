@@ -129,7 +129,7 @@ class Reply:
         self._placed: list[_Placed] = []
         self._heard_until: int | None = None  # the sink position when interrupted
         self._tasks: list[asyncio.Task[None]] = []
-        self.sounding_since: float | None = None  # time.monotonic() when its first audio was heard
+        self.sounding_since: float | None = None  # time.monotonic() when its audio was heard starting (or resumed)
         self._paused = False  # it paused the sink
 
     @property
@@ -176,6 +176,8 @@ class Reply:
         if self._sink is not None and self._paused:
             self._sink.resume()
             self._paused = False
+            if self.sounding_since is not None:  # it sounds again from now
+                self.sounding_since = time.monotonic()
 
     async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
         """LLM deltas into sayable sentence chunks; a failing LLM ends the reply with what it had said."""

@@ -242,7 +242,9 @@ class VoiceLoop:
             self._holding = wanted
 
     def _past_hold(self, reply: Reply) -> bool:
-        """Barge-in is held in the first `barge_in.hold_ms` of a reply's sound (not before it sounds)."""
+        """Barge-in is held in the first `barge_in.hold_ms` of a reply's sound (not before it sounds), and again after
+        it resumes from a pause: the speaker's device started again, and an echo canceller learns anew where its
+        echo comes."""
         since = reply.sounding_since
         return since is None or time.monotonic() - since >= self.config.barge_in.hold_ms / 1000
 

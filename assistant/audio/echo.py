@@ -1,13 +1,25 @@
 """Echo cancellation on the microphone: WebRTC's AEC3, through livekit's AudioProcessingModule.
 
 With open speakers the microphone hears the assistant. The assistant plays every sample itself, so the canceller
-gets the exact far-end signal: the speaker reports each block as it hands it to its device (`rendered`, from the
-audio thread), and `clean` feeds AEC3 one frame of that reference, in the order it was handed out and through a
-short jitter buffer, before each 10 ms microphone frame. A block is handed out before it can be heard, so the
-reference always comes before its echo; AEC3's delay estimator finds the rest (the device's buffer, the room, the
-microphone's buffer: up to ~500 ms, so keep `audio.output_latency_ms` at 250 or less with it). The devices' own estimates of when a block is
-heard were tried for alignment and dropped: PulseAudio's null sink plays a block as soon as it has it, ~100 ms
-before PortAudio's estimate, which put the reference after its echo.
+gets the exact far-end signal: the speaker reports each block as it hands it to its device (`rendered`, from its
+audio thread) and the microphone's audio thread cleans each block as it is captured (`clean`). Both run in step
+with the devices, so the loop's delays never move the reference. A block handed out is placed where the
+microphone is at that moment by its clock, and each later block right after it: the echo then always comes a fixed
+distance after its reference (the device's buffer, the room, the microphone's buffer), which AEC3's delay
+estimator finds, up to ~500 ms (keep `audio.output_latency_ms` at 250 or less with it). Only a new start of the
+speaker's stream (after a pause or an interrupt dropped what its device held) or a speaker that fell behind places
+a block anew, which keeps the old distance.
+
+The microphone's clock, not its count of samples: its blocks reach the callback 0-40 ms late, varying, and
+placing a new start by the count moved the echo by that much (on PulseAudio the echo's distance after each restart
+followed the count's lateness with a correlation of 0.99); AEC3 then needed a second to find it again, and a loud
+echo passed meanwhile. The earliest-arriving of the recent blocks tell where the clock is. The devices' own
+estimates of when a block is heard were tried for alignment and dropped: PortAudio's estimate for PulseAudio's null
+sink is ~100 ms late, and 0 at a stream's first callback.
+
+When the echo's distance moves anyway (a changed room or device), AEC3 needs a second or two to find it again and
+lets a loud echo through meanwhile. Silencing the microphone then was tried (a cross-correlation noticing the move)
+and dropped: it also fired while people talked over the assistant, and held their barge-ins back by up to a second.
 """
 
 from __future__ import annotations
@@ -15,23 +27,27 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import numpy as np
 
 from assistant.audio.live import StreamResampler
-from assistant.audio.streams import CAPTURE_RATE, AudioSource
+from assistant.audio.streams import CAPTURE_RATE
 
 FRAME = CAPTURE_RATE // 100  # AEC3 works on 10 ms frames
-PRIME_S = 0.12
-MAX_AHEAD_S = 0.3
-"""Beyond this much reference not yet fed (the speaker handed out audio before the microphone started, or the loop
-fell behind), only the newest PRIME_S is kept: one reference frame goes with each microphone frame, so a backlog
-would put every echo that much further from its reference, past what AEC3 can find."""
+CLOCK_S = 5.0
+"""The microphone's clock is read from the blocks of the last this many seconds (long enough to hold a few that
+came on time, short enough to follow a sound card's drift)."""
+MAX_PENDING = 1000
+"""Speaker blocks kept while the microphone's clock is not known yet (~10 s of them); beyond, they start afresh."""
+MAX_AHEAD_S = 0.5
+"""A reference this far ahead of the microphone (the microphone stopped while the speaker went on) is placed anew."""
 WARM_UP_S = 3.0
 """Until AEC3 has heard this much of the speaker, the microphone is silent while the speaker sounds (as Unmute
 ignores the first 3 s): its first adaptation lets enough echo through to sound like speech."""
-SOUND = 1e-4
+ECHO_SPAN_S = 0.5
+"""The echo of a sound goes on this long after its reference (the distance and the room's reverberation)."""
+SOUND = 1e-4  # a reference frame with a sample above this has sound
 
 
 class EchoCancellerError(RuntimeError):
@@ -39,12 +55,12 @@ class EchoCancellerError(RuntimeError):
 
 
 class EchoCanceller:
-    """Cleans 16 kHz microphone blocks of what the speaker played (`clean`, on the loop's thread).
+    """Cleans 16 kHz microphone blocks of what the speaker played (`clean`, in the microphone's audio thread).
 
     `cpu_s` is the CPU time spent cancelling, for the benchmark.
     """
 
-    def __init__(self, noise_suppression: bool = False) -> None:
+    def __init__(self, noise_suppression: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         try:
             from livekit import rtc
         except ImportError as error:
@@ -53,80 +69,109 @@ class EchoCanceller:
         self._apm = rtc.AudioProcessingModule(
             echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
         )
-        self._rendered: deque[tuple[int, np.ndarray]] = deque()  # (rate, samples) from the audio thread
         self._lock = threading.Lock()
+        self._rendered: list[tuple[int, np.ndarray, float]] = []  # (rate, samples, when handed out)
+        self._restarted = True  # the speaker's stream (re)started: its next block is placed anew
         self._resampler: StreamResampler | None = None
         self._rate = 0
-        self._far = np.zeros(0, np.float32)  # 16 kHz reference handed out, not yet fed
-        self._drop_far = False  # the speaker dropped what its device held: so does `_far`
-        self._primed = False  # `_far` has filled to PRIME_S since it was last empty
+        self._far = np.zeros(0, np.float32)  # 16 kHz reference, from microphone position `_far_at`
+        self._far_at = 0
         self._near = np.zeros(0, np.float32)  # microphone samples short of a whole frame
+        self._position = 0  # microphone samples taken in so far (whole frames and `_near`)
+        self._clock = clock
+        # per block (of 10 ms or more): when the microphone would have started had that block come at once (its
+        # arrival less its position); the smallest is the clock
+        self._starts: deque[float] = deque(maxlen=round(CLOCK_S * 100))
+        self._last_sound = -CAPTURE_RATE  # microphone position of the last reference frame with sound
         self.sounded_s = 0.0  # seconds of the speaker's sound fed as the reference so far
         self.cpu_s = 0.0
 
     @property
     def warming_up(self) -> bool:
-        """AEC3 has heard less than WARM_UP_S of the speaker's sound: its first adaptation still lets echo through."""
+        """AEC3 has heard less than WARM_UP_S of the speaker: the microphone is silent while the speaker sounds."""
         return self.sounded_s < WARM_UP_S
 
     def rendered(self, audio: np.ndarray, rate: int) -> None:
-        """The speaker handed `audio` (mono, at its device rate) to its device. Called from the audio thread;
-        only a copy is queued."""
+        """The speaker handed `audio` (mono, at its device rate) to its device. Called from its audio thread;
+        only a copy is queued, with the time."""
         with self._lock:
-            self._rendered.append((rate, np.array(audio, np.float32)))
+            if len(self._rendered) > MAX_PENDING:  # the microphone has not started (or stopped): start afresh
+                self._rendered.clear()
+                self._restarted = True
+            self._rendered.append((rate, np.array(audio, np.float32), self._clock()))
+
+    def microphone_at(self, now: float) -> int:
+        """The microphone's position at time `now`, by its clock (once a block has come)."""
+        return round((now - min(self._starts)) * CAPTURE_RATE)
 
     def dropped(self) -> None:
-        """The speaker's device dropped what it held (an interrupt, a pause): that audio, the newest handed out, is
-        never heard, and the reference not yet fed is about the same audio, so it goes too; otherwise every later
-        echo would come that much after its reference. Called from the speaker's flushing thread."""
+        """The speaker's device dropped what it held and its stream starts again (an interrupt, a pause): the
+        reference not yet fed is never heard, and the next block handed out is placed anew. Called from the
+        speaker's flushing thread, while no callback runs."""
         with self._lock:
             self._rendered.clear()
-            self._drop_far = True
+            self._restarted = True
 
     def clean(self, block: np.ndarray) -> np.ndarray:
-        """The block with the speaker's echo taken out; up to one frame (10 ms) later than it came."""
-        started = time.thread_time()
+        """The block with the speaker's echo taken out; up to one frame (10 ms) later than it came. Called from
+        the microphone's audio thread."""
+        started, arrived = time.thread_time(), self._clock()
         self._take_rendered()
         near = np.concatenate([self._near, np.asarray(block, np.float32)])
         whole = len(near) // FRAME * FRAME
+        at = self._position - len(self._near)  # microphone position of `near[0]`
         out = np.empty(whole, np.float32)
         for start in range(0, whole, FRAME):
-            far = self._next_far()
-            sounding = bool(np.max(np.abs(far)) > SOUND)
-            self.sounded_s += sounding * FRAME / CAPTURE_RATE
+            far = self._far_frame(at + start)
+            if np.max(np.abs(far)) > SOUND:
+                self.sounded_s += FRAME / CAPTURE_RATE
+                self._last_sound = at + start
             self._apm.process_reverse_stream(self._frame(far))
             out[start : start + FRAME] = self._process(near[start : start + FRAME])
-            if sounding and self.warming_up:  # not adapted yet: what it lets through would be mostly echo
-                out[start : start + FRAME] = 0.0
+            if self.warming_up and at + start - self._last_sound < ECHO_SPAN_S * CAPTURE_RATE:
+                out[start : start + FRAME] = 0.0  # not adapted yet: what it lets through would be mostly echo
         self._near = near[whole:]
+        with self._lock:
+            self._position += len(block)
+            self._starts.append(arrived - self._position / CAPTURE_RATE)
         self.cpu_s += time.thread_time() - started
         return out
 
-    def _next_far(self) -> np.ndarray:
-        """The reference frame that goes with the next microphone frame. The speaker hands its audio out in bursts
-        (PulseAudio asks for ~100 ms at a time), so the reference waits in a jitter buffer: feeding starts once
-        PRIME_S is in, and only a buffer that ran dry starts again (with silence until then), so the reference
-        keeps one distance from its echo."""
-        if not self._primed and len(self._far) >= PRIME_S * CAPTURE_RATE:
-            self._primed = True
-        if not self._primed or len(self._far) < FRAME:
-            self._primed = False
-            return np.zeros(FRAME, np.float32)
-        far, self._far = self._far[:FRAME], self._far[FRAME:]
-        return far
-
     def _take_rendered(self) -> None:
+        """Place the blocks handed out since the last call on the microphone's timeline: each right after the one
+        before, except the first after a new start of the stream, and one the microphone has passed (the speaker
+        fell behind and its device ran dry) or has not nearly reached: those at the microphone's position when
+        they were handed out."""
         with self._lock:
-            blocks, self._rendered = self._rendered, deque()
-            if self._drop_far:
-                self._far, self._drop_far, self._primed = self._far[:0], False, False
-        for rate, audio in blocks:
+            if not self._starts:  # the microphone's clock is not known yet: they wait
+                return
+            blocks, self._rendered = self._rendered, []
+            restarted, self._restarted = self._restarted, False
+        if restarted:
+            self._far, self._rate = self._far[:0], 0
+        for rate, audio, handed_at in blocks:
+            position = self.microphone_at(handed_at)
             if rate != self._rate:
                 self._resampler, self._rate = StreamResampler(rate, CAPTURE_RATE), rate
             assert self._resampler is not None
-            self._far = np.concatenate([self._far, self._resampler(audio)])
-        if len(self._far) > MAX_AHEAD_S * CAPTURE_RATE:  # far ahead of the microphone: keep the newest
-            self._far = self._far[-int(PRIME_S * CAPTURE_RATE) :]
+            samples = self._resampler(audio)
+            end = self._far_at + len(self._far)
+            if restarted or not position <= end <= position + MAX_AHEAD_S * CAPTURE_RATE:
+                self._far, self._far_at, restarted = samples, position, False
+            else:
+                self._far = np.concatenate([self._far, samples])
+
+    def _far_frame(self, at: int) -> np.ndarray:
+        """The reference for the microphone frame at position `at` (silence where none was handed out)."""
+        if self._far_at < at:  # what the microphone has passed goes
+            passed = min(at - self._far_at, len(self._far))
+            self._far, self._far_at = self._far[passed:], self._far_at + passed
+        frame = np.zeros(FRAME, np.float32)
+        offset = self._far_at - at
+        if offset < FRAME:
+            part = self._far[: FRAME - offset]
+            frame[offset : offset + len(part)] = part
+        return frame
 
     def _process(self, samples: np.ndarray) -> np.ndarray:
         frame = self._frame(samples)
@@ -136,19 +181,3 @@ class EchoCanceller:
     def _frame(self, samples: np.ndarray) -> object:
         pcm = (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
         return self._rtc.AudioFrame(pcm.tobytes(), CAPTURE_RATE, 1, FRAME)
-
-
-class EchoCancelledSource:
-    """An AudioSource whose blocks went through an EchoCanceller."""
-
-    def __init__(self, source: AudioSource, canceller: EchoCanceller) -> None:
-        self.source = source
-        self.canceller = canceller
-
-    async def blocks(self) -> AsyncIterator[np.ndarray]:
-        async for block in self.source.blocks():
-            if (cleaned := self.canceller.clean(block)).size:
-                yield cleaned
-
-    async def aclose(self) -> None:
-        await self.source.aclose()

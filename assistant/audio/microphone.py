@@ -24,8 +24,10 @@ class Microphone(DeviceStream):
     `blocks()` just waits meanwhile and goes on when the device is back.
 
     The audio thread never waits: each block is resampled there (streaming, so block edges leave
-    no trace) and handed to the loop; when the consumer falls more than QUEUE_S behind, the
-    oldest blocks are dropped, reported once per episode.
+    no trace), goes through `process` when one is set (the echo canceller: there, in step with the
+    speaker's audio thread, the loop's own delays cannot move its reference), and is handed to the
+    loop; when the consumer falls more than QUEUE_S behind, the oldest blocks are dropped, reported
+    once per episode.
     """
 
     direction = "input"
@@ -47,6 +49,7 @@ class Microphone(DeviceStream):
         self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()  # None: closed
         self._queued = 0  # samples in the queue (soxr gives blocks of uneven size)
         self._behind = False
+        self.process: Callable[[np.ndarray], np.ndarray] | None = None  # applied to each block in the audio thread
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
         """Mono float32 blocks at 16 kHz until `aclose()`."""
@@ -71,6 +74,8 @@ class Microphone(DeviceStream):
 
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
             block = resample(indata[:, 0])
+            if self.process is not None:
+                block = self.process(block)
             if block.size:
                 self._notify(self._put, block)
 

@@ -4,6 +4,8 @@ after another, with the speaker's blocks reported before they are heard, as its 
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import pytest
 import soxr
@@ -50,3 +52,85 @@ def test_the_speakers_echo_is_taken_out_and_a_voice_over_it_is_kept(
     assert db(heard[echo_only]) - db(cleaned[echo_only]) > 20  # echo return loss enhancement
     spoken = slice(len(far) - len(voice) - RATE // 2, len(far) - RATE // 2)
     assert abs(db(cleaned[spoken]) - db(person[spoken])) < 6  # the person's voice is still there
+
+
+class SimulatedSpeaker:
+    """A device that holds `ahead` blocks: a stream that starts hands out that many at once (the first is heard at
+    once), then one a block, each heard `ahead` blocks later. `restart(gap)` drops what the device holds (never
+    heard; the content goes back to be played again, as a pause does) and starts again after `gap` blocks."""
+
+    def __init__(self, far: np.ndarray, canceller: EchoCanceller | None, ahead: int = 5) -> None:
+        self.far, self.canceller, self.ahead = far, canceller, ahead
+        self.queue: deque[np.ndarray] = deque()
+        self.next = 0  # far position handed out next
+        self.stopped_for = 0
+
+    def tick(self) -> np.ndarray:
+        """One block of time: the speaker hands out what its device has room for; returns what is heard."""
+        if self.stopped_for:
+            self.stopped_for -= 1
+            return np.zeros(BLOCK)
+        while len(self.queue) < self.ahead:
+            block = self.far[self.next : self.next + BLOCK]
+            block = np.pad(block, (0, BLOCK - len(block)))
+            self.next += BLOCK
+            self.queue.append(block)
+            if self.canceller is not None:
+                self.canceller.rendered(soxr.resample(block, RATE, SPEAKER_RATE).astype(np.float32), SPEAKER_RATE)
+        return self.queue.popleft()
+
+    def restart(self, gap: int) -> None:
+        self.next -= BLOCK * len(self.queue)
+        self.queue.clear()
+        if self.canceller is not None:
+            self.canceller.dropped()
+        self.stopped_for = gap
+
+
+def run_room(far: np.ndarray, restart_at: int) -> tuple[np.ndarray, np.ndarray]:
+    """The canceller over `far` played into a room 60 ms away, with the speaker's stream restarted at block
+    `restart_at`: (heard, cleaned)."""
+    blocks = len(far) // BLOCK
+    speaker = SimulatedSpeaker(far, None)  # what the room hears first; then the same again, with the canceller
+    played = []
+    for k in range(blocks):
+        if k == restart_at:
+            speaker.restart(gap=3)
+        played.append(speaker.tick())
+    played_all = np.concatenate(played)
+    heard = room(played_all, 0.06, -6)
+    out, now = [], [0.0]
+    canceller = EchoCanceller(clock=lambda: now[0])
+    speaker = SimulatedSpeaker(far, canceller)
+    for k in range(blocks):
+        now[0] = (k + 1) * BLOCK / RATE  # a microphone block comes once its last sample is in
+        if k == restart_at:
+            speaker.restart(gap=3)
+        speaker.tick()
+        out.append(canceller.clean(heard[k * BLOCK : (k + 1) * BLOCK]))
+    return heard, np.concatenate(out)
+
+
+def test_a_restarted_speaker_keeps_the_echo_where_it_was(speech_clips: list[Clip]) -> None:
+    """A pause or an interrupt restarts the speaker's stream; its next block is placed where the microphone is when
+    it is handed out, so the echo keeps its distance and AEC3 goes on cancelling without learning it anew."""
+    restart = int(10 * RATE / BLOCK)
+    far = np.concatenate([read_wav(clip.path, RATE)[0] for clip in speech_clips[:4]])
+    heard, cleaned = run_room(far, restart_at=restart)
+    for second in (0.0, 0.5, 1.0):  # a canceller that lost the distance leaks ~10-20 dB here for a second or so
+        resumed = slice((restart + 3) * BLOCK + int(second * RATE), (restart + 3) * BLOCK + int((second + 0.5) * RATE))
+        assert db(heard[resumed]) - db(cleaned[resumed]) > 30
+
+
+def test_the_microphone_is_placed_by_its_clock_not_by_how_late_its_blocks_came() -> None:
+    """Its blocks reach the audio thread 0-40 ms late, varying; a reference block placed by the count of samples
+    taken in would move its echo by that much at each new start of the speaker."""
+    now = [0.0]
+    canceller = EchoCanceller(clock=lambda: now[0])
+    lateness = np.random.default_rng(0).uniform(0, 0.04, 200)
+    lateness[::7] = 0  # now and then one comes on time
+    for k, late in enumerate(lateness):
+        now[0] = (k + 1) * BLOCK / RATE + late  # the block's last sample was captured at (k + 1) * BLOCK
+        canceller.clean(np.zeros(BLOCK, np.float32))
+        at = now[0] + 0.005
+        assert abs(canceller.microphone_at(at) - at * RATE) <= 1

@@ -39,3 +39,16 @@ def test_two_sentences_with_a_pause_are_two_turns_and_noise_is_none(espeak_wav) 
     assert len(turns) == 2
     for turn, sentence in zip(turns, (first, second)):
         assert abs(turn.duration_s - len(sentence) / RATE) < 0.6
+
+
+def test_speech_quieter_than_the_floor_is_not_speech(speech_clips: list[Clip]) -> None:
+    """webrtcvad judges a sound's shape, not its loudness: a clip 40 dB down (-67 dBFS median, about the level of
+    what an echo canceller leaves of a loud echo) is still speech to it; `vad.min_level_db` (-60 dBFS) says no."""
+    audio, _ = read_wav(speech_clips[0].path, RATE)
+    silence = np.zeros(RATE, np.float32)
+    faint = np.concatenate([silence, audio * 10 ** (-40 / 20), silence])
+    turns = lambda config: [e for e in feed_in_blocks(VadSegmenter(config), faint) if isinstance(e, Utterance)]  # noqa: E731
+    assert turns(VadConfig(min_level_db=-120))
+    assert turns(VadConfig()) == []
+    assert len([e for e in feed_in_blocks(VadSegmenter(VadConfig()), np.concatenate([silence, audio, silence]))
+                if isinstance(e, Utterance)]) == 1  # the clip as recorded (-27 dBFS median) is unchanged

@@ -214,6 +214,34 @@ async def test_speech_heard_in_the_hold_does_not_count_toward_a_barge_in() -> No
     await answer_the_words_and_stop(listening, source, sink)
 
 
+async def test_barge_in_is_held_again_after_the_reply_resumes() -> None:
+    """A resumed reply restarts the speaker's device, and an echo canceller learns its echo anew: as at its start."""
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    events = bus.subscribe(BargeInPaused, BargeInResumed)
+    cfg = config("vad", hold_ms=300, resume_ms=100)
+    voice = voice_loop(cfg, FakeTranscriber("tell me a story", "Mm-hmm.", "Mm-hmm."), sink, bus)
+    listening = asyncio.create_task(voice.listen(source))
+    await speak_turn(source, sink)
+    await asyncio.sleep(0.35)  # past the reply's hold
+    source.put(loud(0.6))
+    await until(lambda: events.queue.qsize() == 2, timeout_s=5)
+    assert [type(events.queue.get_nowait()) for _ in range(2)] == [BargeInPaused, BargeInResumed]
+    source.put(quiet(0.5))
+    source.put(loud(0.3))  # right after it resumed: held
+    await until(lambda: voice.segmenter.voiced_ms >= 290)
+    await asyncio.sleep(0.05)
+    assert events.queue.empty() and not sink.paused
+    await asyncio.sleep(0.3)  # the hold after the resume is over
+    source.put(loud(0.2))
+    await until(lambda: not events.queue.empty(), timeout_s=5)
+    assert isinstance(events.queue.get_nowait(), BargeInPaused)
+    await until(lambda: not events.queue.empty(), timeout_s=5)
+    sink.advance(6 * FRAME)
+    source.put(quiet(0.5))
+    source.end()
+    await listening
+
+
 async def test_an_empty_transcript_starts_no_reply() -> None:
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
     latencies = bus.subscribe(TurnLatency)
