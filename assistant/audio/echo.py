@@ -146,7 +146,8 @@ class EchoCanceller:
             if not self._starts:  # the microphone's clock is not known yet: they wait
                 return
             blocks, self._rendered = self._rendered, []
-            restarted, self._restarted = self._restarted, False
+            restarted = self._restarted
+            self._restarted &= not blocks  # a new start waits for its first block
         if restarted:
             self._far, self._rate = self._far[:0], 0
         for rate, audio, handed_at in blocks:
