@@ -354,7 +354,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {tuple(args.delays_ms)} ms (+ monitor and fifo) with sox "
                   f"reverb; replies {args.reply_s:g} s of LibriVox speech; barge_in {KIOSK.barge_in.mode}, min_speech_ms "
                   f"{KIOSK.barge_in.min_speech_ms}, hold_ms {KIOSK.barge_in.hold_ms}, resume_ms {KIOSK.barge_in.resume_ms}, "
-                  f"vad.min_level_db {KIOSK.vad.min_level_db:g}; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
+                  f"vad.min_level_db {Config().vad.min_level_db:g}; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
                   f"{args.input_latency_ms}",
         "replies": args.replies,
         "settings": results,

@@ -69,7 +69,7 @@ class EchoCanceller:
         self._apm = rtc.AudioProcessingModule(
             echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
         )
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards `_rendered` and `_restarted`; the rest is the microphone thread's
         self._rendered: list[tuple[int, np.ndarray, float]] = []  # (rate, samples, when handed out)
         self._restarted = True  # the speaker's stream (re)started: its next block is placed anew
         self._resampler: StreamResampler | None = None
@@ -131,9 +131,8 @@ class EchoCanceller:
             if self.warming_up and at + start - self._last_sound < ECHO_SPAN_S * CAPTURE_RATE:
                 out[start : start + FRAME] = 0.0  # not adapted yet: what it lets through would be mostly echo
         self._near = near[whole:]
-        with self._lock:
-            self._position += len(block)
-            self._starts.append(arrived - self._position / CAPTURE_RATE)
+        self._position += len(block)
+        self._starts.append(arrived - self._position / CAPTURE_RATE)
         self.cpu_s += time.thread_time() - started
         return out
 
@@ -142,17 +141,17 @@ class EchoCanceller:
         before, except the first after a new start of the stream, and one the microphone has passed (the speaker
         fell behind and its device ran dry) or has not nearly reached: those at the microphone's position when
         they were handed out."""
+        if not self._starts:  # the microphone's clock is not known yet: they wait
+            return
         with self._lock:
-            if not self._starts:  # the microphone's clock is not known yet: they wait
-                return
             blocks, self._rendered = self._rendered, []
             restarted = self._restarted
             self._restarted &= not blocks  # a new start waits for its first block
         if restarted:
-            self._far, self._rate = self._far[:0], 0
+            self._far, self._resampler = self._far[:0], None
         for rate, audio, handed_at in blocks:
             position = self.microphone_at(handed_at)
-            if rate != self._rate:
+            if self._resampler is None or rate != self._rate:
                 self._resampler, self._rate = StreamResampler(rate, CAPTURE_RATE), rate
             assert self._resampler is not None
             samples = self._resampler(audio)
