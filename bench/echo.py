@@ -336,7 +336,7 @@ async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, 
             got += drain(events)
         await settle(assistant)  # the answer
         got += drain(events)
-        said = next(e.turn for e in got if isinstance(e, ReplyText))
+        said = next((e.turn for e in got if isinstance(e, ReplyText)), None)  # None: the reply never began
         caught += any(isinstance(e, Interrupted) and e.source == "barge-in" and e.turn == said for e in got)
         in_answer = [e for e in got if isinstance(e, BargeInPaused) and e.at > asked + 0.1]
         false_in_answers += bool(in_answer)

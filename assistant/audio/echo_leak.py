@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-RATE = 16_000
+from assistant.audio.streams import CAPTURE_RATE as RATE
+
 WINDOW_S = 0.3
 MAX_LAG_S = 0.5
 """The longest distance looked at: AEC3 finds echoes up to about this far behind their reference."""
@@ -48,6 +49,7 @@ class EchoLeakDetector:
         self._far = np.zeros(self._window + self._max_lag, np.float32)
         self._out = np.zeros(self._window, np.float32)
         self._size = 1 << int(np.ceil(np.log2(len(self._far) // DECIMATE)))  # no lag up to MAX_LAG_S wraps around
+        self._fed: list[tuple[np.ndarray, np.ndarray]] = []  # frames since the last check (joined only for it)
         self._since_check = 0
         self._lag: int | None = None  # the best lag at the last check of an output that was not quiet (decimated)
         self._leak_lag: int | None = None  # where the last leak was
@@ -56,11 +58,12 @@ class EchoLeakDetector:
 
     def feed(self, far: np.ndarray, out: np.ndarray) -> bool:
         """One frame of reference and the output for the microphone frame at the same time; returns `leaking`."""
-        self._far = np.concatenate([self._far[len(far) :], far])
-        self._out = np.concatenate([self._out[len(out) :], out])
+        self._fed.append((far, out))
         self._since_check += len(out)
         if self._since_check >= CHECK_S * RATE:
-            self._since_check = 0
+            self._far = _slid(self._far, [f for f, _ in self._fed])
+            self._out = _slid(self._out, [o for _, o in self._fed])
+            self._fed, self._since_check = [], 0
             self._check()
         return self.leaking
 
@@ -97,6 +100,11 @@ class EchoLeakDetector:
         correlations = np.abs(products) / (far_norms * np.sqrt(np.sum(out.astype(np.float64) ** 2)) + 1e-9)
         best = int(np.argmax(correlations))
         return float(correlations[best]), max_lag - best
+
+
+def _slid(history: np.ndarray, frames: list[np.ndarray]) -> np.ndarray:
+    """`history` moved on by `frames`, its length kept."""
+    return np.concatenate([history, *frames])[-len(history) :]
 
 
 def _prepared(signal: np.ndarray) -> np.ndarray:
