@@ -24,7 +24,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from assistant.asr import Transcriber
-from assistant.audio.echo import EchoCanceller, EchoCancellerError
+from assistant.audio.aec3 import EchoCancellerError
+from assistant.audio.echo import EchoCanceller
 from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config, load_config
 from assistant.conversation import Conversation

@@ -1,4 +1,4 @@
-"""Echo cancellation on the microphone: WebRTC's AEC3, through livekit's AudioProcessingModule.
+"""Echo cancellation on the microphone: WebRTC's AEC3, through livekit's native library (`assistant.audio.aec3`).
 
 With open speakers the microphone hears the assistant. The assistant plays every sample itself, so the canceller
 gets the exact far-end signal: the speaker reports each block as it hands it to its device (`rendered`, from its
@@ -33,11 +33,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from assistant.audio.aec3 import FRAME, Aec3
 from assistant.audio.echo_leak import EchoLeakDetector
 from assistant.audio.live import StreamResampler
 from assistant.audio.streams import CAPTURE_RATE
 
-FRAME = CAPTURE_RATE // 100  # AEC3 works on 10 ms frames
 CLOCK_S = 5.0
 """The microphone's clock is read from the blocks of the last this many seconds (long enough to hold a few that
 came on time, short enough to follow a sound card's drift)."""
@@ -53,25 +53,14 @@ ECHO_SPAN_S = 0.5
 SOUND = 1e-4  # a reference frame with a sample above this has sound
 
 
-class EchoCancellerError(RuntimeError):
-    """The canceller's library is missing or would not start."""
-
-
 class EchoCanceller:
     """Cleans 16 kHz microphone blocks of what the speaker played (`clean`, in the microphone's audio thread).
 
-    `cpu_s` is the CPU time spent cancelling, for the benchmark.
+    `cpu_s` is the CPU time it has spent, in both audio threads, for the benchmark.
     """
 
     def __init__(self, noise_suppression: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
-        try:
-            from livekit import rtc
-        except ImportError as error:
-            raise EchoCancellerError(f"echo cancellation needs the livekit package ({error})") from None
-        self._rtc = rtc
-        self._apm = rtc.AudioProcessingModule(
-            echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
-        )
+        self._aec3 = Aec3(noise_suppression)
         self._lock = threading.Lock()  # guards `_rendered` and `_restarted`; the rest is the microphone thread's
         self._rendered: list[tuple[int, np.ndarray, float]] = []  # (rate, samples, when handed out)
         self._restarted = True  # the speaker's stream (re)started: its next block is placed anew
@@ -88,7 +77,11 @@ class EchoCanceller:
         self._last_sound = -CAPTURE_RATE  # microphone position of the last reference frame with sound
         self._leak = EchoLeakDetector()
         self.sounded_s = 0.0  # seconds of the speaker's sound fed as the reference so far
-        self.cpu_s = 0.0
+        self._cpu_s = [0.0, 0.0]  # in the speaker's audio thread, in the microphone's
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu_s)
 
     @property
     def warming_up(self) -> bool:
@@ -98,11 +91,13 @@ class EchoCanceller:
     def rendered(self, audio: np.ndarray, rate: int) -> None:
         """The speaker handed `audio` (mono, at its device rate) to its device. Called from its audio thread;
         only a copy is queued, with the time."""
+        started = time.thread_time()
         with self._lock:
             if len(self._rendered) > MAX_PENDING:  # the microphone has not started (or stopped): start afresh
                 self._rendered.clear()
                 self._restarted = True
             self._rendered.append((rate, np.array(audio, np.float32), self._clock()))
+        self._cpu_s[0] += time.thread_time() - started
 
     def microphone_at(self, now: float) -> int:
         """The microphone's position at time `now`, by its clock (once a block has come)."""
@@ -124,21 +119,21 @@ class EchoCanceller:
         near = np.concatenate([self._near, np.asarray(block, np.float32)])
         whole = len(near) // FRAME * FRAME
         at = self._position - len(self._near)  # microphone position of `near[0]`
-        out = np.empty(whole, np.float32)
+        far = self._far_span(at, whole)
+        cleaned = self._cancel(far, near[:whole])
+        out = cleaned.copy()  # the leak check keeps `cleaned`'s frames; the silenced ones are zeroed in `out`
+        sounding = np.max(np.abs(far.reshape(-1, FRAME)), axis=1, initial=0.0) > SOUND
         for start in range(0, whole, FRAME):
-            far = self._far_frame(at + start)
-            if np.max(np.abs(far)) > SOUND:
+            if sounding[start // FRAME]:
                 self.sounded_s += FRAME / CAPTURE_RATE
                 self._last_sound = at + start
-            self._apm.process_reverse_stream(self._frame(far))
-            out[start : start + FRAME] = cleaned = self._process(near[start : start + FRAME])
-            leaking = self._leak.feed(far, cleaned)
+            leaking = self._leak.feed(far[start : start + FRAME], cleaned[start : start + FRAME])
             if leaking or self.warming_up and at + start - self._last_sound < ECHO_SPAN_S * CAPTURE_RATE:
                 out[start : start + FRAME] = 0.0  # what it lets through is mostly echo (not adapted yet, or lost it)
         self._near = near[whole:]
         self._position += len(block)
         self._starts.append(arrived - self._position / CAPTURE_RATE)
-        self.cpu_s += time.thread_time() - started
+        self._cpu_s[1] += time.thread_time() - started
         return out
 
     def _take_rendered(self) -> None:
@@ -166,23 +161,31 @@ class EchoCanceller:
             else:
                 self._far = np.concatenate([self._far, samples])
 
-    def _far_frame(self, at: int) -> np.ndarray:
-        """The reference for the microphone frame at position `at` (silence where none was handed out)."""
+    def _far_span(self, at: int, length: int) -> np.ndarray:
+        """The reference for the `length` microphone samples from position `at` (silence where none was handed
+        out)."""
         if self._far_at < at:  # what the microphone has passed goes
             passed = min(at - self._far_at, len(self._far))
             self._far, self._far_at = self._far[passed:], self._far_at + passed
-        frame = np.zeros(FRAME, np.float32)
+        span = np.zeros(length, np.float32)
         offset = self._far_at - at
-        if offset < FRAME:
-            part = self._far[: FRAME - offset]
-            frame[offset : offset + len(part)] = part
-        return frame
+        if offset < length:
+            part = self._far[: length - offset]
+            span[offset : offset + len(part)] = part
+        return span
 
-    def _process(self, samples: np.ndarray) -> np.ndarray:
-        frame = self._frame(samples)
-        self._apm.process_stream(frame)
-        return np.frombuffer(frame.data, np.int16).astype(np.float32) / 32768
+    def _cancel(self, far: np.ndarray, near: np.ndarray) -> np.ndarray:
+        """AEC3 over whole frames: each frame of the reference, then the microphone's frame at the same time."""
+        far_pcm, near_pcm = _pcm(far), _pcm(near)
+        out = np.empty(len(near), np.float32)
+        for start in range(0, len(near), FRAME):
+            self._aec3.far[:] = far_pcm[start : start + FRAME]
+            self._aec3.near[:] = near_pcm[start : start + FRAME]
+            self._aec3.process()
+            out[start : start + FRAME] = self._aec3.near
+        out *= 1 / 32768
+        return out
 
-    def _frame(self, samples: np.ndarray) -> object:
-        pcm = (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-        return self._rtc.AudioFrame(pcm.tobytes(), CAPTURE_RATE, 1, FRAME)
+
+def _pcm(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16)
