@@ -9,7 +9,7 @@ from livekit import rtc
 from assistant.audio.aec3 import FRAME, Aec3, EchoCancellerError
 from assistant.audio.streams import CAPTURE_RATE
 from assistant.audio.wavfile import read_wav
-from tests.component.test_echo import room
+from tests.support.room import room
 from tests.support.speech import Clip
 
 
