@@ -30,7 +30,8 @@ class EchoCancellerError(RuntimeError):
 
 class Aec3:
     """`process()` takes the speaker's frame in `far` and the microphone's frame at the same time in `near`, and
-    leaves the microphone's frame cleaned in `near` (int16, FRAME samples each)."""
+    leaves the microphone's frame cleaned in `near` (int16, FRAME samples each: fill them, never replace them, as
+    the library is given their addresses)."""
 
     def __init__(self, noise_suppression: bool) -> None:
         try:
@@ -41,15 +42,23 @@ class Aec3:
             self._module = rtc.AudioProcessingModule(
                 echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
             )
-            self.far, self.near = np.zeros(FRAME, np.int16), np.zeros(FRAME, np.int16)
+            self._far, self._near = np.zeros(FRAME, np.int16), np.zeros(FRAME, np.int16)  # the requests point at them
             native = FfiClient.instance._ffi_lib
             self._send, self._drop = native.livekit_ffi_request, native.livekit_ffi_drop_handle
-            self._reverse = _request(ffi_pb2, "apm_process_reverse_stream", self._module._ffi_handle.handle, self.far)
-            self._forward = _request(ffi_pb2, "apm_process_stream", self._module._ffi_handle.handle, self.near)
+            self._reverse = _request(ffi_pb2, "apm_process_reverse_stream", self._module._ffi_handle.handle, self._far)
+            self._forward = _request(ffi_pb2, "apm_process_stream", self._module._ffi_handle.handle, self._near)
         except (ImportError, AttributeError) as error:
             raise EchoCancellerError(f"echo cancellation needs the livekit package, version 1.2 ({error})") from None
         self._response, self._response_size = ctypes.POINTER(ctypes.c_ubyte)(), ctypes.c_size_t()
         self._out = ctypes.byref(self._response), ctypes.byref(self._response_size)
+
+    @property
+    def far(self) -> np.ndarray:
+        return self._far
+
+    @property
+    def near(self) -> np.ndarray:
+        return self._near
 
     def process(self) -> None:
         self._call(*self._reverse)
