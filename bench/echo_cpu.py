@@ -27,32 +27,13 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import assistant.audio.echo as echo  # noqa: E402
-from assistant.audio.aec3 import FRAME  # noqa: E402
 from assistant.audio.streams import CAPTURE_RATE as RATE  # noqa: E402
 from assistant.audio.wavfile import read_wav  # noqa: E402
+from tests.support.public_aec3 import PublicApiAec3  # noqa: E402
 from tests.support.room import db, room  # noqa: E402
 from tests.support.speech import librivox_clips  # noqa: E402
 
 SPEAKER_RATE, BLOCK_S, SPEAKER_BLOCK_S, AHEAD_S = 44_100, 0.02, 0.01, 0.1
-
-
-class PublicApiAec3:
-    """The reference: AEC3 through livekit's public API, a frame object built and read back per 10 ms."""
-
-    def __init__(self, noise_suppression: bool) -> None:
-        from livekit import rtc
-
-        self._rtc = rtc
-        self._module = rtc.AudioProcessingModule(
-            echo_cancellation=True, noise_suppression=noise_suppression, high_pass_filter=True
-        )
-        self.far, self.near = np.zeros(FRAME, np.int16), np.zeros(FRAME, np.int16)
-
-    def process(self) -> None:
-        self._module.process_reverse_stream(self._rtc.AudioFrame(self.far.tobytes(), RATE, 1, FRAME))
-        near = self._rtc.AudioFrame(self.near.tobytes(), RATE, 1, FRAME)
-        self._module.process_stream(near)
-        self.near[:] = np.frombuffer(near.data, np.int16)
 
 
 def run(far: np.ndarray, heard: np.ndarray, noise_suppression: bool, paced: bool) -> tuple[float, float]:

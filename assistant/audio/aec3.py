@@ -45,6 +45,7 @@ class Aec3:
             self._far, self._near = np.zeros(FRAME, np.int16), np.zeros(FRAME, np.int16)  # the requests point at them
             native = FfiClient.instance._ffi_lib
             self._send, self._drop = native.livekit_ffi_request, native.livekit_ffi_drop_handle
+            self._parse = ffi_pb2.FfiResponse.FromString
             self._reverse = _request(ffi_pb2, "apm_process_reverse_stream", self._module._ffi_handle.handle, self._far)
             self._forward = _request(ffi_pb2, "apm_process_stream", self._module._ffi_handle.handle, self._near)
         except (ImportError, AttributeError) as error:
@@ -71,9 +72,7 @@ class Aec3:
         response = ctypes.string_at(self._response, self._response_size.value)
         self._drop(handle)
         if response != succeeded:
-            from livekit.rtc._proto import ffi_pb2
-
-            parsed = ffi_pb2.FfiResponse.FromString(response)
+            parsed = self._parse(response)
             raise EchoCancellerError(f"{field}: {getattr(parsed, field).error or parsed}")
 
 
