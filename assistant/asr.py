@@ -158,7 +158,8 @@ def _segments(tokens: list[int], tokenizer: Tokenizer) -> list[tuple[float, str]
     """(start in seconds, text) of each segment of a timestamped decode; text after the last timestamp counts too."""
     first = tokenizer.timestamp_begin
     segments: list[tuple[float, str]] = []
-    start, words = 0.0, []
+    start = 0.0
+    words: list[int] = []
     for token in tokens:
         if token >= first:  # a segment's end (when words came since its start) or the next one's start
             if words:

@@ -448,9 +448,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     applied: dict[tuple[str, ...], str] = {}
     for text in overrides:
-        path, value = parse_override(text)
-        _apply_override(data, path, value, origin=f"--set {text}")
-        applied[tuple(path)] = text
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value, origin=f"--set {text}")
+        applied[tuple(keys)] = text
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -94,7 +94,7 @@ class VadSegmenter:
         self.sample_rate = sample_rate
         self.frame = sample_rate * config.frame_ms // 1000
         self._is_speech = classifier or webrtc_classifier(config.aggressiveness, sample_rate, config.min_level_db)
-        self._pending = np.zeros(0, np.float32)
+        self._pending: np.ndarray = np.zeros(0, np.float32)
         self._preroll: deque[np.ndarray] = deque(maxlen=config.preroll_ms // config.frame_ms)
         self.pause_ms = 0  # 0: no Pause events (the voice loop sets its turn.speculate_ms)
         self.samples_seen = 0
@@ -130,6 +130,11 @@ class VadSegmenter:
         """Silence so far in the turn now in progress (0 outside speech)."""
         return self._silent_run * self.config.frame_ms if self._frames else 0
 
+    @property
+    def can_reopen(self) -> bool:
+        """Whether `reopen` would take back the turn that ended last (the speech in progress would continue it)."""
+        return self._closed is not None and bool(self._frames)
+
     def so_far(self) -> Utterance | None:
         """The turn in progress as it is now (None outside speech)."""
         return self._utterance(truncated=False) if self._frames else None
@@ -146,8 +151,9 @@ class VadSegmenter:
         """Take back the turn that ended last: the speech in progress continues it, with everything heard since (the
         pause included), as if the turn had never ended. False when there is no speech in progress, or no turn to
         take back (a reset since, or too long ago to fit `max_utterance_s`)."""
-        if self._closed is None or not self._frames:
+        if not self.can_reopen:
             return False
+        assert self._closed is not None
         frames, voiced = self._closed
         self._frames = frames + self._since_close  # the speech in progress, pre-roll included, is the tail of it
         self._voiced += voiced

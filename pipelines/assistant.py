@@ -120,7 +120,8 @@ class Assistant:
             raise
 
     async def stop(self) -> None:
-        """Stop the bridge, interrupt what is being said, stop listening and close what `start()` opened."""
+        """Stop the bridge, end what is being said and drop what is queued, stop listening and close what `start()`
+        opened."""
         if self._bridge is not None:
             await self._bridge.aclose()
             self._bridge = None
@@ -140,9 +141,10 @@ class Assistant:
         if self._listening is not None:
             await asyncio.wait([self._listening])
 
-    def interrupt(self, source: str = "api") -> bool:
-        """Stop the current reply at once; what was heard of it is kept. False when nothing was being said."""
-        return self._loop().interrupt(source)
+    def interrupt(self, source: str = "api", *, all: bool = False) -> bool:
+        """Stop what is sounding or about to sound, at once; what was heard of it is kept. With `all`, every turn queued
+        behind it is dropped too. False when nothing was being said or waiting to be."""
+        return self._loop().interrupt(source, every=all)
 
     def say(self, text: str) -> asyncio.Task[str]:
         """Speak `text` in the assistant's voice, as its own turn of the conversation.
@@ -167,7 +169,8 @@ class Assistant:
         return self._loop().muted
 
     def reset(self) -> asyncio.Task[Any]:
-        """Interrupt, and start a new conversation once the turn under way has ended (the task ends then)."""
+        """Interrupt, drop the turns queued, and start a new conversation once the turn under way has ended (the task
+        ends then)."""
         return self._loop().reset()
 
     def subscribe(self, *types: type[Event], maxsize: int = 1000) -> Subscription:

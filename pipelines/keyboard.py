@@ -16,7 +16,7 @@ from assistant.config import KEY_NAMES
 
 
 @contextlib.contextmanager
-def key_binding(key: str | None, on_press: Callable[[], None], terminal: TextIO = sys.stdin) -> Iterator[bool]:
+def key_binding(key: str | None, on_press: Callable[[], object], terminal: TextIO = sys.stdin) -> Iterator[bool]:
     """While inside, pressing `key` calls `on_press` from a reader thread; yields False when there is no terminal.
 
     The terminal's settings are restored on exit, whatever happens.

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +51,7 @@ class SpeechEngine(Protocol):
         cancel: Any = ...,
         chunk_frames: int = ...,
         reference: Segment | None = ...,
-    ) -> AsyncIterator[SpokenChunk]: ...
+    ) -> AsyncGenerator[SpokenChunk, None]: ...
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,7 @@ class Reply:
         context: Awaitable[list[Segment]] | None = None,
         voice: Voice = Voice(),
         apology: str | None = None,
+        on_sounding: Callable[[], None] = lambda: None,
     ) -> None:
         self.turn = turn
         self._deltas = deltas
@@ -129,7 +129,7 @@ class Reply:
         self._placed: list[_Placed] = []
         self._heard_until: int | None = None  # the sink position when interrupted
         self._tasks: list[asyncio.Task[None]] = []
-        self.sounding_since: float | None = None  # time.monotonic() when its audio was heard starting (or resumed)
+        self._on_sounding = on_sounding  # called when its first audio is heard
         self._paused = False  # it paused the sink
 
     @property
@@ -176,8 +176,6 @@ class Reply:
         if self._sink is not None and self._paused:
             self._sink.resume()
             self._paused = False
-            if self.sounding_since is not None:  # it sounds again from now
-                self.sounding_since = time.monotonic()
 
     async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
         """LLM deltas into sayable sentence chunks; a failing LLM ends the reply with what it had said."""
@@ -242,8 +240,8 @@ class Reply:
     async def _watch_first_played(self, position: int) -> None:
         assert self._sink is not None
         if await self._sink.wait_played(position):
-            self.sounding_since = time.monotonic()
             self._clock.mark("first_played")
+            self._on_sounding()
             self._bus.publish(StateChanged(state="speaking"))
 
     def _spoken(self) -> Spoken:

@@ -80,7 +80,12 @@ class Speculation:
         self.reply: PrefetchedReply | None = None
         self.others: list[asyncio.Future[Any]] = []  # more work started at the pause (the end-of-turn model)
         self.transcript: asyncio.Task[Transcript] = asyncio.create_task(self._transcribe(transcriber))
-        self.transcript.add_done_callback(lambda task: task.cancelled() or task.exception() or on_transcript(self))
+
+        def transcribed(task: asyncio.Task[Transcript]) -> None:
+            if not (task.cancelled() or task.exception()):
+                on_transcript(self)
+
+        self.transcript.add_done_callback(transcribed)
 
     async def _transcribe(self, transcriber: Transcriber) -> Transcript:
         try:

@@ -66,9 +66,9 @@ class EchoCanceller:
         self._restarted = True  # the speaker's stream (re)started: its next block is placed anew
         self._resampler: StreamResampler | None = None
         self._rate = 0
-        self._far = np.zeros(0, np.float32)  # 16 kHz reference, from microphone position `_far_at`
+        self._far: np.ndarray = np.zeros(0, np.float32)  # 16 kHz reference, from microphone position `_far_at`
         self._far_at = 0
-        self._near = np.zeros(0, np.float32)  # microphone samples short of a whole frame
+        self._near: np.ndarray = np.zeros(0, np.float32)  # microphone samples short of a whole frame
         self._position = 0  # microphone samples taken in so far (whole frames and `_near`)
         self._clock = clock
         # per block (of 10 ms or more): when the microphone would have started had that block come at once (its

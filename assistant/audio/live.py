@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
@@ -58,21 +59,17 @@ async def in_thread(call: Callable[[], T]) -> T:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T, error: BaseException | None) -> None:
-        if done.done():  # the awaiting task was cancelled
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():  # else the awaiting task was cancelled
+            outcome()
 
     def work() -> None:
         try:
             result = call()
         except Exception as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(settle, None, exc)
+            loop.call_soon_threadsafe(settle, partial(done.set_exception, exc))
         else:
-            loop.call_soon_threadsafe(settle, result, None)
+            loop.call_soon_threadsafe(settle, partial(done.set_result, result))
 
     thread = threading.Thread(target=work, name="audio-device-call", daemon=True)
     thread.start()
@@ -220,6 +217,7 @@ class DeviceStream:
 
     def _notify(self, call: Callable[..., object], *args: object) -> None:
         """Run `call` on the loop, from the audio thread."""
+        assert self._loop is not None  # set by start(), before any stream opens
         try:
             self._loop.call_soon_threadsafe(call, *args)
         except RuntimeError:  # the loop has closed
@@ -294,6 +292,7 @@ class DeviceStream:
             self._stream = stream
 
     def _new_stream(self, sd: ModuleType, callback: Callback, finished: Callable[[], None]) -> Any:
+        assert self.device is not None  # resolved by start()
         stream_type = sd.InputStream if self.direction == "input" else sd.OutputStream
         return stream_type(
             device=self.device.index,

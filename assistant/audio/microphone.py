@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class Microphone(DeviceStream):
 
     direction = "input"
     role = "microphone"
-    latency: float | str = "high"  # larger host buffers, fewer overruns (`latency_ms` asks for less)
+    latency: float | Literal["low", "high"] = "high"  # larger host buffers, fewer overruns (`latency_ms` asks for less)
 
     def __init__(
         self,
@@ -85,7 +85,9 @@ class Microphone(DeviceStream):
         if self.closed:
             return
         while self._queued + block.size > QUEUE_S * CAPTURE_RATE and not self._queue.empty():
-            self._queued -= self._queue.get_nowait().size
+            dropped = self._queue.get_nowait()
+            assert dropped is not None  # None is put only once closed
+            self._queued -= dropped.size
             if not self._behind:
                 self._behind = True
                 self._report(f"{self.role} {self.name}: audio is not read fast enough; dropping the oldest")

@@ -83,7 +83,7 @@ class Speaker(DeviceStream):
             self.latency = latency_ms / 1000
         self._lock = threading.Lock()  # guards the queue and the run, shared with the audio thread
         self._queue: deque[np.ndarray] = deque()  # 24 kHz audio not yet resampled
-        self._ready = _EMPTY  # the current run's resampled audio, not yet handed out
+        self._ready: np.ndarray = _EMPTY  # the current run's resampled audio, not yet handed out
         self._resampler: StreamResampler | None = None
         self._run = _Run(start=0)
         self._end = 0

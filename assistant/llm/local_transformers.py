@@ -90,7 +90,9 @@ class LocalBackend:
         dtype = getattr(torch, config.dtype) if config.dtype != "auto" else torch.bfloat16 if device == "cuda" else torch.float32
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            # PreTrainedModel.to is decorated with functools.wraps, whose stub does not bind it to the model
+            model = model.to(device).eval()  # type: ignore[arg-type]
         except Exception as error:  # a broken or incomplete folder, an unknown architecture, no GPU: one line
             raise LlmError(
                 f"cannot load the local LLM {config.model!r} from {folder}: {type(error).__name__}: {error}",
@@ -143,5 +145,5 @@ class _StopOnEvent(StoppingCriteria):
     def __init__(self, event: threading.Event) -> None:
         self._event = event
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool, device=input_ids.device)

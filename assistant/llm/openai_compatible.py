@@ -13,9 +13,11 @@ import errno
 import itertools
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from assistant.config import OpenAIBackendConfig
 from assistant.llm.backend import BackendUnavailable, LlmError, Message
@@ -74,9 +76,10 @@ class OpenAICompatibleBackend:
     async def _read(self, messages: list[Message], feed: Feed) -> None:
         config = self._config
         try:
+            # a Message is one of openai's message types, but a TypedDict with a union of roles matches none of them
             stream = await self._client.chat.completions.create(
-                model=config.model, messages=messages, stream=True, temperature=config.temperature,  # type: ignore[arg-type]
-                max_tokens=config.max_tokens,
+                model=config.model, messages=cast(list[ChatCompletionMessageParam], messages), stream=True,
+                temperature=config.temperature, max_tokens=config.max_tokens,
             )
             finished = False
             async with stream:

@@ -22,12 +22,13 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from assistant.config import MqttConfig
@@ -47,7 +48,7 @@ PUBLISH_TIMEOUT_S = 5.0
 class Commands(Protocol):
     """What the bridge asks of the assistant; each call takes effect in the order commands arrive."""
 
-    def interrupt(self, source: str = ...) -> bool: ...
+    def interrupt(self, source: str = ..., *, all: bool = ...) -> bool: ...
 
     def say(self, text: str) -> asyncio.Future[str]: ...
 
@@ -205,7 +206,7 @@ class MqttBridge:
 
     def _carry_out(self, command: Command) -> None:
         if command.name == "interrupt":
-            self.commands.interrupt("mqtt")
+            self.commands.interrupt("mqtt", all=command.all)
         elif command.name in ("say", "ask"):
             assert command.text is not None
             turn = (self.commands.say if command.name == "say" else self.commands.ask)(command.text)
@@ -238,9 +239,9 @@ class MqttBridge:
 
 
 def _code(error: MqttCodeError) -> int | None:
-    return getattr(error.rc, "value", error.rc)
+    return error.rc.value if isinstance(error.rc, ReasonCode) else error.rc
 
 
-def _retrieve(turn: asyncio.Future[object]) -> None:
+def _retrieve(turn: asyncio.Future[Any]) -> None:
     if not turn.cancelled():
         turn.exception()  # already reported on the bus by the voice loop

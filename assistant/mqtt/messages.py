@@ -62,8 +62,12 @@ class _Text(_NoArguments):
         return value
 
 
+class _Interrupt(_NoArguments):
+    all: bool = False  # also drop every turn queued
+
+
 COMMANDS: dict[str, type[_NoArguments]] = {
-    "interrupt": _NoArguments,
+    "interrupt": _Interrupt,
     "say": _Text,
     "ask": _Text,
     "mute": _NoArguments,
@@ -76,6 +80,7 @@ COMMANDS: dict[str, type[_NoArguments]] = {
 class Command:
     name: str
     text: str | None = None
+    all: bool = False  # interrupt: every queued turn too
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ def event_message(event: Event) -> tuple[str, bytes] | None:
 def parse_command(name: str, payload: bytes, max_bytes: int) -> Command:
     """Validate a command; raises CommandError with a reason a sender can act on.
 
-    Commands without arguments take `{}` or an empty payload; `say` and `ask` take `{"text": "..."}`.
+    Commands without arguments take `{}` or an empty payload; `say` and `ask` take `{"text": "..."}`; `interrupt` may
+    take `{"all": true}`.
     """
     model = COMMANDS.get(name)
     if model is None:
@@ -131,4 +137,4 @@ def parse_command(name: str, payload: bytes, max_bytes: int) -> Command:
         where = ".".join(str(part) for part in first["loc"]) or "payload"
         message = "unexpected field" if first["type"] == "extra_forbidden" else first["msg"]
         raise CommandError(f"{where}: {message.removeprefix('Value error, ')}") from None
-    return Command(name, getattr(parsed, "text", None))
+    return Command(name, getattr(parsed, "text", None), getattr(parsed, "all", False))

@@ -9,7 +9,7 @@ Closing a stream (or setting its cancel event) closes its HTTP response, which f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -99,7 +99,7 @@ class RemoteCSM:
         cancel: CancelSignal | None = None,
         chunk_frames: int = 1,
         reference: Segment | None = None,
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         """As `CSMEngine.stream`: chunks as the server generates them."""
         body: dict[str, Any] = {
             "model": self.model_id, "input": text, "voice": str(speaker), "response_format": "csm",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -143,6 +144,39 @@ async def test_each_command_is_carried_out_and_each_event_published(broker: Mosq
         assert assistant.conversation.turns == []
 
 
+@pytest.mark.parametrize("pace_s", [0.0, 0.15])
+async def test_every_interrupt_lands_in_a_storm_of_ask_and_interrupt(broker: Mosquitto, pace_s: float) -> None:
+    """Each `ask` is followed by an `interrupt` (at once, or paced): each interrupt stops its own ask, never the
+    reply before it a second time, and nothing is left speaking or queued."""
+    pairs = 40 if not pace_s else 12
+    async with controller(broker) as remote, kiosk(kiosk_config(broker), ManualSink()) as assistant:
+        await remote.next("status", lambda s: s == "online")
+        rng = random.Random(0)
+        for n in range(pairs):
+            await remote.send("ask", {"text": f"Question {n}?"})
+            await asyncio.sleep(rng.uniform(0, pace_s))
+            await remote.send("interrupt")
+        interrupted = [await remote.next("interrupted") for _ in range(pairs)]
+        assert {e["source"] for e in interrupted} == {"mqtt"}
+        assert len({e["turn"] for e in interrupted}) == pairs  # one each: none spent twice on the same turn
+        await until(lambda: not assistant.busy)
+        await asyncio.sleep(0.2)
+        assert remote.drain("interrupted") == []
+        assert all(r["interrupted"] for r in remote.drain("reply") if r["final"])
+
+
+async def test_interrupt_all_over_mqtt_drops_every_queued_turn(broker: Mosquitto) -> None:
+    async with controller(broker) as remote, kiosk(kiosk_config(broker), ManualSink()) as assistant:
+        await remote.next("status", lambda s: s == "online")
+        for text in ("One.", "Two.", "Three."):
+            await remote.send("say", {"text": text})
+        await remote.next("state", lambda s: s["state"] == "thinking")
+        await remote.send("interrupt", {"all": True})
+        assert len({(await remote.next("interrupted"))["turn"] for _ in range(3)}) == 3
+        await until(lambda: not assistant.busy)
+        assert assistant.conversation.turns == []
+
+
 BAD = [
     ("say", b"{not json", "payload is not JSON"),
     ("say", b'{"text": 5}', "text: Input should be a valid string"),
@@ -151,6 +185,7 @@ BAD = [
     ("say", b'{"text": "hi", "voice": "loud"}', "voice: unexpected field"),
     ("mute", b'["now"]', "payload must be a JSON object, not list"),
     ("interrupt", b'{"now": true}', "now: unexpected field"),
+    ("interrupt", b'{"all": "yes"}', "all: Input should be a valid boolean"),
     ("say", json.dumps({"text": "la " * 400}).encode(), "over the limit of 1024"),
     ("ask", b"[" * 1000, "payload is not JSON"),
     ("ask", b"\xff\xfe", "payload is not JSON"),

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,9 @@ from assistant.config import Config
 from assistant.events import Interrupted
 from pipelines import Assistant
 from tests.component.test_mqtt_bridge import controller
-from tests.conftest import require
+from tests.conftest import REPO, require
+from tests.e2e.test_cli import SCRIPT, set_args
+from tests.e2e.test_file_mode import model_settings
 from tests.e2e.test_live_mode import STORY, engine, transcriber  # noqa: F401 (module fixtures)
 from tests.support.mosquitto import Mosquitto
 from tests.support.pulse import MonitorRecording, PulseAudio
@@ -95,3 +100,36 @@ async def test_an_mqtt_interrupt_silences_the_speaker_and_keeps_only_what_was_pl
     assert len(from_call) == MEASURED, f"no sound to stop at most of {ATTEMPTS} interrupts: machine too busy?"
     assert np.median(from_call) < 0.050
     assert max(from_publish) < Speaker.latency
+
+
+async def test_sigterm_after_a_burst_of_asks_ends_the_kiosk_at_once(
+    pulse: PulseAudio, broker: Mosquitto, tmp_path: Path, whisper_tiny_en: Path, tiny_csm_dir: Path,
+    random_mimi_file: Path, llama3_tokenizer_json: Path,
+) -> None:
+    """`run_assistant.py` with the kiosk preset on the virtual devices: 20 asks arrive at once over MQTT, the first is
+    spoken, and SIGTERM (what `systemctl stop` sends) ends it without speaking the other 19."""
+    pulse.microphone()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, SCRIPT, "--config", str(REPO / "configs" / "kiosk.yaml"),
+        *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json),
+        *set_args("audio.input_device=pulse", "audio.output_device=pulse", "audio.echo_cancellation=false",
+                  f"mqtt.host={broker.host}", f"mqtt.port={broker.port}", "mqtt.topic_prefix=kiosk",
+                  "csm.max_audio_ms=4000", "llm.scripted.replies=['" + STORY + "']"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )
+    try:
+        async with controller(broker) as remote:
+            await remote.next("status", lambda s: s == "online", timeout_s=300)  # loads torch, Whisper and CSM
+            for n in range(20):
+                await remote.send("ask", {"text": f"Tell me story number {n}."})
+            await remote.next("state", lambda s: s["state"] == "speaking", timeout_s=60)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+            replies = [r for r in remote.drain("reply") if r["final"]]
+    finally:
+        if process.returncode is None:
+            process.kill()
+    log = stderr.decode()
+    assert process.returncode == 0 and "Traceback" not in log, log[-3000:]
+    assert log.rstrip().endswith("Stopped.")
+    assert len(replies) <= 1 and all(r["interrupted"] for r in replies)  # the one under way was cut, no other began

@@ -69,6 +69,48 @@ async def test_interrupt_keeps_what_was_heard_and_turns_run_in_the_order_they_we
         assert not kiosk.interrupt()  # nothing is being said
 
 
+async def test_an_interrupt_is_spent_once_and_the_next_stops_the_turn_asked_behind_the_stopping_reply() -> None:
+    sink = ManualSink()
+    async with assistant(sink) as kiosk:
+        with kiosk.subscribe(Interrupted) as events:
+            first = kiosk.say("One two three. Four five six.")
+            await until(lambda: sink.queued >= 3 * FRAME)
+            sink.advance(FRAME)
+            assert kiosk.interrupt()
+            second = kiosk.ask("and then?")  # asked while the first winds down
+            assert kiosk.interrupt()  # stops the second before it sounds, not the first again
+            assert not kiosk.interrupt() and not kiosk.busy
+            assert (await first, await second) == ("One two three.", "")
+            interrupts = drain(events.queue)
+        assert [e.turn for e in interrupts] == [interrupts[0].turn, interrupts[0].turn + 1]
+        assert [t.text for t in kiosk.conversation.turns] == ["One two three."]  # the second never began
+        assert sink.interrupts == 1
+
+
+async def test_interrupting_all_drops_every_queued_turn() -> None:
+    sink = ManualSink()
+    async with assistant(sink) as kiosk:
+        with kiosk.subscribe(Interrupted) as events:
+            turns = [kiosk.say("One two three."), kiosk.ask("and then?"), kiosk.say("Goodbye.")]
+            await until(lambda: sink.queued >= FRAME)
+            assert kiosk.interrupt("mqtt", all=True)
+            assert [await t for t in turns] == ["", "", ""]
+            assert len(drain(events.queue)) == 3 and not kiosk.interrupt()
+        assert kiosk.conversation.turns == []
+
+
+async def test_stop_ends_the_reply_and_drops_the_queue_at_once() -> None:
+    sink = ManualSink()  # it plays nothing unless told: a queued turn that was spoken would never finish
+    kiosk = assistant(sink)
+    await kiosk.start()
+    turns = [kiosk.ask("A"), kiosk.ask("B"), kiosk.ask("C")]
+    await until(lambda: sink.queued >= 3 * FRAME)
+    conversation = kiosk.conversation
+    await asyncio.wait_for(kiosk.stop(), 5)
+    assert [await t for t in turns] == ["", "", ""]
+    assert [t.text for t in conversation.turns] == ["A"]  # nothing of the reply was heard
+
+
 async def test_reset_interrupts_and_forgets_the_conversation_after_the_turn_under_way() -> None:
     sink = ManualSink()
     async with assistant(sink) as kiosk:

@@ -18,7 +18,7 @@ import heapq
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +73,7 @@ class _Stream:
     plan: SpeechPlan
     sampler: TopKSampler
     stop: Callable[[], bool]
-    deliver: Callable[[Any], None]  # an AudioChunk, an exception, or _DONE
+    deliver: Callable[[Any], object]  # an AudioChunk, an exception, or _DONE
     chunk_frames: int
     slot: int = -1
     piece: Piece | None = None
@@ -204,7 +204,7 @@ class BatchedCSMEngine:
         cancel: CancelSignal | None = None,
         chunk_frames: int = 1,
         reference: Segment | None = None,
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         """Yield audio as it is generated, as `CSMEngine.stream` does; setting `cancel` or closing the iterator
         frees the request's slot within one frame."""
         request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
@@ -350,7 +350,7 @@ class BatchedCSMEngine:
                 self._waiting.append(item)
 
     def _new_stream(
-        self, request: SpeechRequest, stop: Callable[[], bool], deliver: Callable[[Any], None], chunk_frames: int
+        self, request: SpeechRequest, stop: Callable[[], bool], deliver: Callable[[Any], object], chunk_frames: int
     ) -> _Stream:
         """A request made ready to speak (ValueError, at once, for a sampling setting or text it cannot speak)."""
         generator = torch.Generator(self.model.device)
@@ -421,6 +421,7 @@ class BatchedCSMEngine:
         for slot, stream in list(self._speaking.items()):
             assert stream.piece is not None
             if spoken[slot]:
+                assert audio is not None  # decoded, as a slot spoke
                 stream.spoken.append(codes[slot])
                 stream.add(codes[slot], audio[slot])
             if not spoken[slot] or len(stream.spoken) >= stream.piece.frames:

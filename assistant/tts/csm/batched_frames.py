@@ -12,6 +12,8 @@ second `Stack` with a slot per row and K positions, written again at every frame
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +98,7 @@ class BatchGraphs:
         self.buckets = [b for b in BATCH_BUCKETS if b < frames.slots] + [frames.slots]
         # At load every slot is idle: the capture's runs write only position 0 of each and move none.
         self.graphs = {
-            b: (capture(lambda b=b: frames.decode(b), self.pool), capture(lambda b=b: frames.append(b), self.pool))
+            b: (capture(partial(frames.decode, b), self.pool), capture(partial(frames.append, b), self.pool))
             for b in reversed(self.buckets)  # largest first: the smaller ones reuse its memory in the pool
         }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -215,7 +215,7 @@ class CSMEngine:
         cancel: CancelSignal | None = None,
         chunk_frames: int = 1,
         reference: Segment | None = None,
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         """Yield audio as it is generated: the first chunk after the first frame, then `chunk_frames` at a time.
 
         The model runs on the engine's thread; setting `cancel`, or closing the iterator (`contextlib.aclosing`

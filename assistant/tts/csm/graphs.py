@@ -102,13 +102,13 @@ class CUDAGraphFrames:
             state = generator.get_state() if generator is not None else None
             run = lambda: self.codes.copy_(self.model.decode_frame(self.hidden, captured))  # noqa: E731
             self.decoders[key] = capture(run, self.pool, generator)
-            if generator is not None:  # warm-up and capture drew numbers: leave the seeded stream as it was
+            if generator is not None and state is not None:  # warm-up and capture drew numbers: rewind the stream
                 generator.set_state(state)
         return self.decoders[key]
 
 
 def capture(
-    run: Callable[[], object], pool: tuple[int, int], generator: torch.Generator | None = None
+    run: Callable[[], object], pool: torch.cuda._POOL_HANDLE, generator: torch.Generator | None = None
 ) -> torch.cuda.CUDAGraph:
     """Run `run` eagerly on a side stream (lazy initialisation must not happen during capture), then capture it
     into a graph drawing on `pool`, with `generator`'s state registered when it is a CUDA one."""

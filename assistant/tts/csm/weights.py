@@ -137,30 +137,35 @@ def _from_layout(
                 return tensors[name]
         raise CheckpointError(f"the checkpoint lacks the weight {options[0]!r}: incomplete or not a CSM checkpoint")
 
+    def single(key: str) -> str:
+        option = names[key]
+        assert isinstance(option, str), key  # only top-level weights have alternative names
+        return option
+
     def top(key: str) -> torch.Tensor:
         option = names[key]
         return take(*option) if isinstance(option, tuple) else take(option)
 
     out = {key: top(key) for key in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection")}
-    out["backbone.norm"] = take(names["backbone"] + names["norm"])
-    decoder_norm = take(names["decoder"] + names["norm"])
+    out["backbone.norm"] = take(single("backbone") + single("norm"))
+    decoder_norm = take(single("decoder") + single("norm"))
     # stack.rms_scale and DepthDecoder.normalized leave each norm's weight and its sqrt(dim) to the matrix after it
     audio_head = top("audio_head") * (decoder_norm * config.decoder.dim**0.5)[:, None]
     out["audio_head"] = audio_head.transpose(1, 2).contiguous()  # [K-1, vocab, dim]
     for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
-        prefix = names[stack]
+        prefix = single(stack)
         for i in range(cfg.layers):
             p = f"{prefix}layers.{i}."
-            q, k = take(p + names["q"]), take(p + names["k"])
+            q, k = take(p + single("q")), take(p + single("k"))
             if interleaved:
                 q, k = interleaved_to_half(q, cfg.heads), interleaved_to_half(k, cfg.kv_heads)
             ours = f"{stack}.layers.{i}."
-            qkv = torch.cat([q * cfg.head_dim**-0.5, k, take(p + names["v"])])
-            out[ours + "qkv"] = qkv * (take(p + names["attn_norm"]) * cfg.dim**0.5)
-            out[ours + "o"] = take(p + names["o"])
-            gate_up = torch.cat([take(p + names["gate"]), take(p + names["up"])])
-            out[ours + "gate_up"] = gate_up * (take(p + names["mlp_norm"]) * cfg.dim**0.5)
-            out[ours + "down"] = take(p + names["down"])
+            qkv = torch.cat([q * cfg.head_dim**-0.5, k, take(p + single("v"))])
+            out[ours + "qkv"] = qkv * (take(p + single("attn_norm")) * cfg.dim**0.5)
+            out[ours + "o"] = take(p + single("o"))
+            gate_up = torch.cat([take(p + single("gate")), take(p + single("up"))])
+            out[ours + "gate_up"] = gate_up * (take(p + single("mlp_norm")) * cfg.dim**0.5)
+            out[ours + "down"] = take(p + single("down"))
     return out
 
 

@@ -44,7 +44,8 @@ class Metrics:
 
     def _histogram(self) -> list[str]:
         name = "csm_first_chunk_seconds"
-        cumulative, samples = 0, []
+        cumulative = 0
+        samples: list[tuple[str, float]] = []
         for bound, count in zip((*map(str, FIRST_CHUNK_BUCKETS), "+Inf"), self._first_chunk):
             cumulative += count
             samples.append((f'_bucket{{le="{bound}"}}', cumulative))

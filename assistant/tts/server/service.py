@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -25,14 +25,16 @@ class Engine(Protocol):
     """What the server needs of a CSM engine (`assistant.tts.csm.CSMEngine`, or a batched one with `slots`)."""
 
     codec: Any  # .fingerprint: names the Mimi weights
-    budget: Any  # .max_seq_len
     model: Any  # .config.num_codebooks, .config.codec_bins
+
+    @property
+    def budget(self) -> Any: ...  # .max_seq_len
 
     def stream(
         self, text: str, speaker: int = ..., context: Sequence[Segment] = ..., temperature: float = ...,
         topk: int = ..., seed: int | None = ..., max_audio_ms: float | None = ..., cancel: Any = ...,
         chunk_frames: int = ..., reference: Segment | None = ...,
-    ) -> AsyncIterator[Any]: ...
+    ) -> AsyncGenerator[Any, None]: ...
 
     async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor: ...
 

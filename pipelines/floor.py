@@ -1,0 +1,805 @@
+"""The floor: who speaks when. One sans-I/O state machine for turn-taking, barge-in and the queue of turns.
+
+`actions = floor.on(event, now)`: the voice loop (the shell) feeds it what the microphone's VAD heard, what the
+replies did and what the user asked for, each with the time it happened, and carries out the actions it returns.
+The floor does no I/O, owns no task and reads no clock; it asks for a timer (`SetTimer`) and is told when it fires.
+
+Turns are answered one at a time, in the order they were queued (`Queued` for typed and given turns; spoken turns
+are committed by the floor itself). The head of the queue is the turn being answered.
+
+Two regions, each in one named state at a time (`floor.user`, `floor.assistant`):
+
+The user's side (the microphone):
+
+| state     | event                                    | next      | actions                                                  |
+|-----------|------------------------------------------|-----------|----------------------------------------------------------|
+| LISTENING | Heard(in_speech)                         | SOUND     | hold an unheard reply of the user's last turn            |
+| SOUND     | Heard(not in_speech): a click, a cough   | LISTENING | release the hold                                         |
+| SOUND     | VoiceOnset                               | SPEAKING  | SpeechStarted; take the last turn back if still unheard  |
+| SPEAKING  | VoicePause (with a turn ending now to be answered) | PAUSE | StartSpeculation, EndTurnAfter(incomplete_ms)     |
+| PAUSE     | PauseWords / TurnScore                   | PAUSE     | PrepareReply; EndTurnAfter(the silence words or model ask) |
+| PAUSE     | VoiceResumed                             | SPEAKING  | DropSpeculation                                          |
+| SPEAKING, PAUSE | VoiceEnded                         | LISTENING | CommitTurn (or hand it to a barge-in's judgement, or ignore it: a reply is being answered) |
+| any       | Mute(True)                               | MUTED     | ForgetSpeech, Listen(False)                              |
+| any       | barge-in off, a reply under way or its echo tail | DEAF | ForgetSpeech, Listen(False)                        |
+| MUTED, DEAF | Mute(False); the reply and its tail over | LISTENING | Listen(True)                                           |
+
+The assistant's side (the turn at the head of the queue):
+
+| state      | event                                         | next       | actions                                         |
+|------------|-----------------------------------------------|------------|-------------------------------------------------|
+| IDLE       | Queued / CommitTurn                           | ANSWERING  | StartTurn                                       |
+| ANSWERING  | the user's sound while the reply is unheard   | HOLDING    | PauseReply                                      |
+| HOLDING    | the sound ends or is speech that takes the turn back | ANSWERING / (gone) | ResumeReply / TakeBack          |
+| ANSWERING  | ReplySounding                                 | SPEAKING   |                                                 |
+| SPEAKING   | speech past `hold_ms` and `min_speech_ms` (vad) | PAUSED   | PauseReply, BargeInPaused, SetTimer(judge)      |
+| PAUSED     | VoiceEnded / TimerFired(judge)                | PAUSED     | JudgeUtterance / JudgeSoFar                     |
+| PAUSED     | JudgedWords with words                        | STOPPING   | InterruptTurn, Interrupted; the words' turn commits |
+| PAUSED     | JudgedWords without (a cough, "mm-hm")        | SPEAKING   | ResumeReply, BargeInResumed                     |
+| any but IDLE | Interrupt                                   | STOPPING   | InterruptTurn, Interrupted                      |
+| any        | ReplyEnded after it sounded (barge-in off)    | ECHO_TAIL  | SetTimer(tail)                                  |
+| ECHO_TAIL  | TimerFired(tail)                              | IDLE       |                                                 |
+| STOPPING, any | TurnEnded                                  | next turn's, or IDLE | StartTurn (the next)                  |
+
+Designed in, not built yet (each is a state of one region and the events that move it):
+- waiting for a wake word: a user-side state before LISTENING; audio reaches the wake-word detector only, and
+  `WakeWord` moves it to LISTENING; after a reply (and its follow-up window) it returns there.
+- a follow-up window: after ReplyEnded, LISTENING with a timer; its firing moves the user's side back to waiting
+  for the wake word, speech within it is a turn without one.
+- a tool call running: an assistant-side state between ANSWERING and SPEAKING; a timer (`tools.filler_ms`) may
+  queue a filler (`Say`), an interrupt cancels the call, speculation never reaches it (only committed turns run tools).
+- push-to-talk: `TalkPressed` / `TalkReleased` events; pressed acts as a VoiceOnset (and interrupts the reply),
+  released as a VoiceEnded of the audio held, with no silence waited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+from assistant.config import BargeInConfig, TurnConfig
+from assistant.events import (
+    BargeInPaused,
+    BargeInResumed,
+    Event,
+    Interrupted,
+    MuteChanged,
+    SpeechStarted,
+    TurnTakenBack,
+    UtteranceEnded,
+    next_turn_id,
+)
+from assistant.turn_end import silence_to_end, takes_the_turn
+from assistant.vad import Utterance
+
+log = logging.getLogger(__name__)
+
+
+class UserState(Enum):
+    LISTENING = "listening"
+    SOUND = "sound"  # a sound too short to tell (under vad.min_speech_ms)
+    SPEAKING = "speaking"
+    PAUSE = "pause"  # a pause in the user's speech: a speculation may be running
+    MUTED = "muted"
+    DEAF = "deaf"  # barge-in off: the assistant is answering, or its echo may still linger
+
+
+class AssistantState(Enum):
+    IDLE = "idle"
+    ANSWERING = "answering"  # transcribing, thinking or generating: not heard yet
+    HOLDING = "holding"  # an unheard reply waits while a sound is too short to tell
+    SPEAKING = "speaking"
+    PAUSED = "paused"  # paused for a barge-in: its words are being judged
+    STOPPING = "stopping"  # interrupted, winding down
+    ECHO_TAIL = "echo_tail"  # barge-in off: its last sound may still echo
+
+
+TurnKind = Literal["voice", "text", "reset"]
+
+
+# Events: what happened, fed with `floor.on(event, now)`.
+
+
+@dataclass(frozen=True)
+class Heard:
+    """After each block the VAD read: whether a sound is in progress (confirmed or not), and its voiced ms."""
+
+    in_speech: bool
+    voiced_ms: int
+
+
+@dataclass(frozen=True)
+class VoiceOnset:
+    """The sound is speech (`vad.min_speech_ms` voiced); `continues_last`: the VAD can reopen the turn it ended last."""
+
+    continues_last: bool
+
+
+@dataclass(frozen=True)
+class VoicePause:
+    utterance: Utterance  # the turn so far, as it would end here
+
+
+@dataclass(frozen=True)
+class VoiceResumed:
+    pass
+
+
+@dataclass(frozen=True)
+class VoiceEnded:
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class PauseWords:
+    """The pause's transcript is in."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnScore:
+    """The end-of-turn model's probability that the pause ends the turn; None: the model failed."""
+
+    probability: float | None
+
+
+@dataclass(frozen=True)
+class JudgedWords:
+    """The words of the speech that paused a reply (empty when they could not be read)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A typed (`ask`) or given (`say`) turn, or a reset, queued by the API, MQTT or the terminal."""
+
+    turn: int
+    kind: TurnKind = "text"
+
+
+@dataclass(frozen=True)
+class ReplyStarted:
+    turn: int
+
+
+@dataclass(frozen=True)
+class ReplySounding:
+    """The reply's first sound was heard."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class ReplyEnded:
+    """The reply is over: played out, interrupted or failed."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    turn: int
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Stop what sounds or is about to sound; `every` also drops every turn queued."""
+
+    source: str
+    every: bool = False
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Interrupt everything, then forget the conversation (`turn` is the reset's place in the queue)."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class Mute:
+    muted: bool
+
+
+@dataclass(frozen=True)
+class SourceEnded:
+    """The audio source ended: speech cut off by it is no turn."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The assistant stops: the reply ends, the queue is dropped, nothing new is taken."""
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    name: str
+
+
+FloorEvent = (
+    Heard | VoiceOnset | VoicePause | VoiceResumed | VoiceEnded | PauseWords | TurnScore | JudgedWords | Queued
+    | ReplyStarted | ReplySounding | ReplyEnded | TurnEnded | Interrupt | Reset | Mute | SourceEnded | Stop
+    | TimerFired
+)
+
+
+# Actions: what the shell must do, in order.
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Feed the microphone's audio to the VAD (True) or drop it (False)."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class ForgetSpeech:
+    """Forget the speech in progress (the VAD's turn so far)."""
+
+
+@dataclass(frozen=True)
+class StartSpeculation:
+    """Transcribe and encode the turn so far; `score` it with the end-of-turn model too."""
+
+    utterance: Utterance
+    score: bool
+
+
+@dataclass(frozen=True)
+class PrepareReply:
+    """Start the LLM on the pause's words (nothing is published or remembered before the turn commits)."""
+
+    words: str
+
+
+@dataclass(frozen=True)
+class DropSpeculation:
+    pass
+
+
+@dataclass(frozen=True)
+class EndTurnAfter:
+    """End the user's turn after this much silence (at once if it has passed)."""
+
+    silence_ms: int
+
+
+@dataclass(frozen=True)
+class CommitTurn:
+    """Queue the user's turn; `prepared` names the work it takes over: the pause's, a barge-in judgement's, or none."""
+
+    turn: int
+    utterance: Utterance
+    prepared: Literal["pause", "judgement"] | None
+
+
+@dataclass(frozen=True)
+class StartTurn:
+    turn: int
+
+
+@dataclass(frozen=True)
+class DropTurn:
+    """A queued turn that never started: it ends with nothing said."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class InterruptTurn:
+    """Stop the turn under way: its reply keeps what was heard; one still being transcribed is dropped."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class TakeBack:
+    """The user went on before hearing the reply: drop it unheard, withdraw the turn, and let the speech in
+    progress continue it (the VAD reopens it)."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class PauseReply:
+    turn: int
+
+
+@dataclass(frozen=True)
+class ResumeReply:
+    turn: int
+
+
+@dataclass(frozen=True)
+class JudgeUtterance:
+    """Transcribe the speech that paused the reply, which has ended (and encode it, as a pause's would be)."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class JudgeSoFar:
+    """Transcribe the speech that paused the reply as it is now (it goes on)."""
+
+
+@dataclass(frozen=True)
+class DropJudgement:
+    pass
+
+
+@dataclass(frozen=True)
+class Publish:
+    event: Event
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    name: str
+    at: float  # the floor's clock
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    name: str
+
+
+Action = (
+    Listen | ForgetSpeech | StartSpeculation | PrepareReply | DropSpeculation | EndTurnAfter | CommitTurn | StartTurn
+    | DropTurn | InterruptTurn | TakeBack | PauseReply | ResumeReply | JudgeUtterance | JudgeSoFar | DropJudgement
+    | Publish | SetTimer | CancelTimer
+)
+
+JUDGE, TAIL = "judge", "tail"
+
+
+@dataclass
+class _Turn:
+    id: int
+    kind: TurnKind
+    started: bool = False
+    stopping: bool = False  # interrupted, dropped or taken back
+    replying: bool = False  # its reply has begun and not ended
+    heard: bool = False  # its reply has sounded
+    sounding_since: float | None = None  # when it sounded, or last resumed after a pause
+
+
+@dataclass
+class _Judgement:
+    """Speech paused `turn`'s reply: until its words are known, `utterance` (once it ended) is held here."""
+
+    turn: int
+    utterance: Utterance | None = None
+    transcribing: bool = False
+    whole: bool = False  # what is transcribed is `utterance` (not the speech so far): its work can become the turn's
+
+
+@dataclass
+class _Pause:
+    """A pause with a speculation running."""
+
+    utterance: Utterance
+    words: str | None = None
+
+
+class Floor:
+    """The rules of who speaks when; see the module's docstring for the states and what moves them.
+
+    `undecided_ms` is the silence that ends a turn the words do not decide (vad.end_silence_ms); with `model`, an
+    end-of-turn model scores each pause and decides instead of the words; `tail_ms` overrides barge_in.tail_ms.
+    """
+
+    def __init__(
+        self, turn: TurnConfig, barge_in: BargeInConfig, undecided_ms: int, *, model: bool = False,
+        tail_ms: int | None = None, new_turn_id: Callable[[], int] = next_turn_id,
+    ) -> None:
+        self.turn, self.barge_in, self.undecided_ms, self.model = turn, barge_in, undecided_ms, model
+        self.tail_ms = barge_in.tail_ms if tail_ms is None else tail_ms
+        self.new_turn_id = new_turn_id
+        self.user = UserState.LISTENING
+        self.muted = False
+        self._turns: list[_Turn] = []  # the queue; its head is being answered once started
+        self._last_voice: int | None = None  # the microphone's last committed turn
+        self._in_speech = False
+        self._voiced_ms = 0
+        self._held_ms = 0  # voiced ms of the speech in progress heard in a reply's hold: not counted for a barge-in
+        self._forgiven = False  # the speech in progress was judged to say nothing: it does not pause the reply again
+        self._pause: _Pause | None = None
+        self._holding: int | None = None  # the turn whose reply waits for a sound to tell
+        self._judgement: _Judgement | None = None
+        self._tail = False
+        self._timers: set[str] = set()
+        self._stopped = False
+        self._now = 0.0
+        self._out: list[Action] = []
+
+    # --- what the shell may read
+
+    @property
+    def assistant(self) -> AssistantState:
+        head = self._head()
+        if head is None:
+            return AssistantState.ECHO_TAIL if self._tail else AssistantState.IDLE
+        if head.stopping:
+            return AssistantState.STOPPING
+        if self._judgement is not None and self._judgement.turn == head.id:
+            return AssistantState.PAUSED
+        if self._holding == head.id:
+            return AssistantState.HOLDING
+        return AssistantState.SPEAKING if head.heard else AssistantState.ANSWERING
+
+    @property
+    def busy(self) -> bool:
+        """A turn is being answered or waits to be (one interrupted and winding down is not)."""
+        return any(not t.stopping and t.kind != "reset" for t in self._turns)
+
+    @property
+    def queued(self) -> list[int]:
+        """The turns in the queue, the one being answered first."""
+        return [t.id for t in self._turns]
+
+    @property
+    def timers(self) -> frozenset[str]:
+        return frozenset(self._timers)
+
+    # --- the one entry point
+
+    def on(self, event: FloorEvent, now: float) -> list[Action]:
+        self._now, self._out = now, []
+        handler: Callable[[FloorEvent], None] = getattr(self, f"_on_{type(event).__name__}")
+        handler(event)
+        self._settle()
+        return self._out
+
+    # --- events from the microphone
+
+    def _on_Heard(self, event: Heard) -> None:
+        if not self._hearing():
+            return
+        self._in_speech, self._voiced_ms = event.in_speech, event.voiced_ms
+        if not event.in_speech:
+            self._held_ms, self._forgiven = 0, False
+            if self.user is not UserState.LISTENING:
+                self.user = UserState.LISTENING
+        elif self.user is UserState.LISTENING:
+            self.user = UserState.SOUND
+        self._settle()
+        self._check_barge_in()
+
+    def _on_VoiceOnset(self, event: VoiceOnset) -> None:
+        self.user = UserState.SPEAKING
+        self._in_speech = True
+        self._emit(Publish(SpeechStarted(at=self._now)))
+        last = self._retractable()
+        if last is not None and event.continues_last:
+            self._stop(last, taken_back=True)
+            self._last_voice = None
+            log.info("turn %d: the user went on before hearing the reply; taken back", last.id)
+            self._emit(TakeBack(last.id), Publish(TurnTakenBack(turn=last.id, at=self._now)))
+
+    def _on_VoicePause(self, event: VoicePause) -> None:
+        self.user = UserState.PAUSE
+        self._drop_pause()
+        if not self._answering():
+            return
+        self._pause = _Pause(event.utterance)
+        self._emit(EndTurnAfter(self.turn.incomplete_ms), StartSpeculation(event.utterance, score=self.model))
+
+    def _on_VoiceResumed(self, event: VoiceResumed) -> None:
+        self.user = UserState.SPEAKING
+        self._drop_pause()
+
+    def _on_PauseWords(self, event: PauseWords) -> None:
+        if self._pause is None:
+            return
+        self._pause.words = event.text
+        if event.text.strip():
+            self._emit(PrepareReply(event.text))
+        if not self.model:
+            self._emit(EndTurnAfter(silence_to_end(event.text, self.turn, self.undecided_ms)))
+
+    def _on_TurnScore(self, event: TurnScore) -> None:
+        if self._pause is None or not self.model:
+            return
+        if event.probability is None:  # the model failed: the words decide from now on
+            self.model = False
+            if self._pause.words is not None:
+                self._emit(EndTurnAfter(silence_to_end(self._pause.words, self.turn, self.undecided_ms)))
+            return
+        complete = event.probability >= self.turn.model_threshold
+        self._emit(EndTurnAfter(self.turn.complete_ms if complete else self.turn.incomplete_ms))
+
+    def _on_VoiceEnded(self, event: VoiceEnded) -> None:
+        self.user = UserState.LISTENING
+        self._in_speech = False
+        judgement = self._judgement
+        if judgement is not None and judgement.utterance is None:  # the speech over the reply ended: judged there
+            judgement.utterance = event.utterance
+            if not judgement.transcribing:
+                judgement.transcribing = judgement.whole = True
+                self._cancel_timer(JUDGE)
+                self._emit(JudgeUtterance(event.utterance))
+            return
+        pause, self._pause = self._pause, None
+        prepared = pause is not None and pause.utterance.end_sample == event.utterance.end_sample
+        if pause is not None and not prepared:
+            self._emit(DropSpeculation())
+        self._commit(event.utterance, "pause" if prepared else None)
+
+    # --- barge-in
+
+    def _check_barge_in(self) -> None:
+        head = self._head()
+        if (
+            self.barge_in.mode != "vad" or head is None or not head.replying or head.stopping
+            or self._judgement is not None or self._forgiven or self._retractable() is not None
+        ):
+            return
+        if head.sounding_since is not None and self._now - head.sounding_since < self.barge_in.hold_ms / 1000:
+            self._held_ms = self._voiced_ms  # heard in the hold (echo a canceller still learns): not counted
+        elif self._voiced_ms - self._held_ms >= self.barge_in.min_speech_ms:
+            if not self.barge_in.resume_ms:
+                self._stop(head, source="barge-in")
+                return
+            log.info("turn %d: speech over the reply; paused", head.id)
+            self._judgement = _Judgement(head.id)
+            self._set_timer(JUDGE, self.barge_in.resume_ms)
+            self._emit(PauseReply(head.id), Publish(BargeInPaused(turn=head.id, at=self._now)))
+
+    def _on_TimerFired(self, event: TimerFired) -> None:
+        if event.name not in self._timers:
+            return  # cancelled after it fired
+        self._timers.discard(event.name)
+        if event.name == TAIL:
+            self._tail = False
+        elif event.name == JUDGE and (judgement := self._judgement) is not None and not judgement.transcribing:
+            if self._in_speech:  # the speech goes on: judge what was said so far
+                judgement.transcribing = True
+                self._emit(JudgeSoFar())
+            else:
+                self._judged("")
+
+    def _on_JudgedWords(self, event: JudgedWords) -> None:
+        if self._judgement is not None and self._judgement.transcribing:
+            self._judged(event.text)
+
+    def _judged(self, words: str) -> None:
+        judgement, self._judgement = self._judgement, None
+        assert judgement is not None
+        head = self._head()
+        paused = head if head is not None and head.id == judgement.turn and not head.stopping else None
+        if takes_the_turn(words):
+            if paused is not None:
+                self._stop(paused, source="barge-in")
+            if judgement.utterance is not None:  # it is the user's turn, with its transcript
+                self._commit(judgement.utterance, "judgement" if judgement.whole else None)
+            return
+        if judgement.whole:
+            self._emit(DropJudgement())
+        if paused is not None:
+            log.info("turn %d: no words over the reply (%r); resuming", paused.id, words)
+            self._forgiven = self._in_speech
+            self._resume(paused)
+            self._emit(Publish(BargeInResumed(turn=paused.id, at=self._now)))
+
+    def _abandon_judgement(self) -> None:
+        """The reply the speech paused is gone or stopping: the speech, if it goes on, is a turn like any other."""
+        if self._judgement is not None and not self._judgement.transcribing:
+            self._judgement = None
+            self._cancel_timer(JUDGE)
+
+    # --- the replies' progress
+
+    def _on_ReplyStarted(self, event: ReplyStarted) -> None:
+        if (head := self._head(event.turn)) is not None:
+            head.replying = True
+
+    def _on_ReplySounding(self, event: ReplySounding) -> None:
+        if (head := self._head(event.turn)) is not None and head.replying:
+            head.heard, head.sounding_since = True, self._now
+
+    def _on_ReplyEnded(self, event: ReplyEnded) -> None:
+        head = self._head(event.turn)
+        if head is None:
+            return
+        head.replying = False
+        if self._holding == head.id:
+            self._holding = None
+        self._abandon_judgement()
+        if head.heard and self.barge_in.mode == "off" and self.tail_ms:
+            self._tail = True
+            self._set_timer(TAIL, self.tail_ms)
+
+    def _on_TurnEnded(self, event: TurnEnded) -> None:
+        turn = next((t for t in self._turns if t.id == event.turn), None)
+        if turn is None:
+            return
+        was_head = turn is self._turns[0]
+        self._turns.remove(turn)
+        if self._holding == turn.id:
+            self._holding = None
+        if was_head:
+            self._abandon_judgement()
+            self._start_next()
+
+    # --- the user's and the program's requests
+
+    def _on_Queued(self, event: Queued) -> None:
+        self._queue(_Turn(event.turn, event.kind))
+
+    def _on_Interrupt(self, event: Interrupt) -> None:
+        targets = [t for t in self._turns if not t.stopping and t.kind != "reset"]
+        if not targets:
+            log.info("interrupt (%s): nothing is being said or waits to be", event.source)
+            return
+        for turn in targets if event.every else targets[:1]:
+            self._stop(turn, source=event.source)
+
+    def _on_Reset(self, event: Reset) -> None:
+        self._on_Interrupt(Interrupt("reset", every=True))
+        self._queue(_Turn(event.turn, "reset"))
+
+    def _on_Mute(self, event: Mute) -> None:
+        self.muted = event.muted
+        log.info("microphone %s", "muted" if event.muted else "unmuted")
+        self._emit(Publish(MuteChanged(muted=event.muted, at=self._now)))
+
+    def _on_SourceEnded(self, event: SourceEnded) -> None:
+        self._forget_speech()
+
+    def _on_Stop(self, event: Stop) -> None:
+        self._stopped = True
+        for turn in [t for t in self._turns if not t.stopping]:
+            self._stop(turn, source="shutdown", quietly=turn.kind == "reset")
+        self._forget_speech()
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        self._tail = False
+
+    # --- rules that hold after every event
+
+    def _settle(self) -> None:
+        hearing = self._hearing()
+        listening = self.user not in (UserState.MUTED, UserState.DEAF)
+        if listening and not hearing:
+            self._forget_speech()
+            self.user = UserState.MUTED if self.muted else UserState.DEAF
+            self._emit(Listen(False))
+        elif not listening and hearing:
+            self.user = UserState.LISTENING
+            self._emit(Listen(True))
+        elif not hearing:
+            self.user = UserState.MUTED if self.muted else UserState.DEAF
+        self._hold_for_sound()
+
+    def _hearing(self) -> bool:
+        """Muted, nothing is heard. With barge-in off, nothing is heard while a turn is answered (unless speech would
+        take it back), while an interrupted reply that sounded winds down, or in the echo tail after it."""
+        if self.muted:
+            return False
+        if self.barge_in.mode != "off":
+            return True
+        occupied = any((not t.stopping and t.kind != "reset") or (t.replying and t.heard) for t in self._turns)
+        return not self._tail and not (occupied and self._retractable() is None)
+
+    def _hold_for_sound(self) -> None:
+        """An unheard reply waits while a sound that may take its turn back is too short to tell."""
+        last = self._retractable() if self._in_speech else None
+        wanted = last.id if last is not None and last.replying else None
+        if self._holding is not None and self._holding != wanted:
+            held = self._head(self._holding)
+            if held is not None and not held.stopping and held.replying:
+                self._resume(held)
+            self._holding = None
+        if wanted is not None and self._holding is None:
+            self._holding = wanted
+            self._emit(PauseReply(wanted))
+
+    def _retractable(self) -> _Turn | None:
+        """The microphone's last turn, when it is the last queued and its reply has not been heard: speech now
+        continues it."""
+        if not self.turn.take_back or not self._turns:
+            return None
+        last = self._turns[-1]
+        if last.id != self._last_voice or last.stopping or last.heard:
+            return None
+        return last
+
+    def _answering(self) -> bool:
+        """Whether a turn ending now would be answered: nothing is being answered, or that turn was interrupted."""
+        head = self._head()
+        return head is None or head.stopping
+
+    # --- helpers
+
+    def _commit(self, utterance: Utterance, prepared: Literal["pause", "judgement"] | None) -> None:
+        self._emit(Publish(UtteranceEnded(duration_s=utterance.duration_s, at=self._now)))
+        if not self._answering() or self._stopped:
+            log.info("ignored %.1f s of speech that came while replying without interrupting", utterance.duration_s)
+            if prepared is not None:
+                self._emit(DropSpeculation() if prepared == "pause" else DropJudgement())
+            return
+        turn = self.new_turn_id()
+        self._last_voice = turn
+        self._emit(CommitTurn(turn, utterance, prepared))
+        self._queue(_Turn(turn, "voice"))
+
+    def _queue(self, turn: _Turn) -> None:
+        if self._stopped:
+            self._emit(DropTurn(turn.id))
+            return
+        self._turns.append(turn)
+        if len(self._turns) == 1:
+            self._start_next()
+
+    def _start_next(self) -> None:
+        if self._turns and not self._turns[0].started:
+            self._turns[0].started = True
+            self._emit(StartTurn(self._turns[0].id))
+
+    def _stop(self, turn: _Turn, *, source: str = "", taken_back: bool = False, quietly: bool = False) -> None:
+        """Interrupt (or take back) a turn under way; drop one still queued."""
+        turn.stopping = True
+        if self._holding == turn.id:
+            self._holding = None
+        if self._judgement is not None and self._judgement.turn == turn.id:
+            self._abandon_judgement()
+        if not turn.started:
+            self._turns.remove(turn)
+            if not taken_back:
+                self._emit(DropTurn(turn.id))
+        elif not taken_back:
+            self._emit(InterruptTurn(turn.id))
+        if source and not quietly:
+            log.info("interrupted turn %d (%s)", turn.id, source)
+            self._emit(Publish(Interrupted(source=source, turn=turn.id, at=self._now)))
+
+    def _resume(self, turn: _Turn) -> None:
+        if turn.sounding_since is not None:  # it sounds again from now: held as at its start
+            turn.sounding_since = self._now
+        self._emit(ResumeReply(turn.id))
+
+    def _forget_speech(self) -> None:
+        if self._in_speech or self.user in (UserState.SOUND, UserState.SPEAKING, UserState.PAUSE):
+            self._emit(ForgetSpeech())
+            self.user = UserState.LISTENING  # until _settle says the microphone is not heard
+        self._in_speech, self._voiced_ms, self._held_ms, self._forgiven = False, 0, 0, False
+        self._drop_pause()
+        if (judgement := self._judgement) is not None:  # the speech it judged is gone: the reply plays on
+            self._judgement = None
+            self._cancel_timer(JUDGE)
+            if judgement.transcribing:
+                self._emit(DropJudgement())
+            head = self._head(judgement.turn)
+            if head is not None and not head.stopping:
+                self._resume(head)
+                self._emit(Publish(BargeInResumed(turn=head.id, at=self._now)))
+
+    def _drop_pause(self) -> None:
+        if self._pause is not None:
+            self._pause = None
+            self._emit(DropSpeculation())
+
+    def _head(self, turn: int | None = None) -> _Turn | None:
+        """The turn being answered (when it is `turn`, if given)."""
+        if not self._turns or not self._turns[0].started:
+            return None
+        head = self._turns[0]
+        return head if turn is None or head.id == turn else None
+
+    def _set_timer(self, name: str, after_ms: int) -> None:
+        self._timers.add(name)
+        self._emit(SetTimer(name, self._now + after_ms / 1000))
+
+    def _cancel_timer(self, name: str) -> None:
+        if name in self._timers:
+            self._timers.discard(name)
+            self._emit(CancelTimer(name))
+
+    def _emit(self, *actions: Action) -> None:
+        self._out.extend(actions)
