@@ -26,36 +26,51 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", type=Path, metavar="YAML", help="configuration file (default: configs/default.yaml)",
+        "--config",
+        type=Path,
+        metavar="YAML",
+        help="configuration file (default: configs/default.yaml)",
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one setting, e.g. --set vad.aggressiveness=3 (repeatable; VALUE is read as YAML)",
     )
     parser.add_argument(
-        "--list-devices", action="store_true",
+        "--list-devices",
+        action="store_true",
         help="list audio input and output devices with their default sample rates, then exit",
     )
     parser.add_argument("--input-device", metavar="INDEX|NAME", help="microphone to use (see --list-devices)")
     parser.add_argument("--output-device", metavar="INDEX|NAME", help="speaker to use (see --list-devices)")
     parser.add_argument("--text", action="store_true", help="type to the assistant instead of speaking")
     parser.add_argument(
-        "--no-speech", action="store_true", help="with --text: print replies without loading the speech model",
+        "--no-speech",
+        action="store_true",
+        help="with --text: print replies without loading the speech model",
     )
     parser.add_argument("--input", type=Path, metavar="WAV", help="headless: answer the speech in this wav file")
     parser.add_argument("--output", type=Path, metavar="WAV", help="headless: write the spoken reply here")
     parser.add_argument(
-        "--voice", type=Path, metavar="FILE",
+        "--voice",
+        type=Path,
+        metavar="FILE",
         help="speak in this voice: a reference clip (5-15 s; its transcript in a .txt file of the same name, or "
         "--set voice.text=...) or a voice file the assistant saved",
     )
     parser.add_argument("--show-voice", action="store_true", help="say which voice the assistant speaks in, then exit")
     parser.add_argument(
-        "--reset-voice", action="store_true",
+        "--reset-voice",
+        action="store_true",
         help="forget the locked voice (the next run makes a new one), then exit",
     )
     parser.add_argument(
-        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
         help="how much to log (default: logging.level from the config)",
     )
     return parser
@@ -92,10 +107,14 @@ def _show_voice(path: str | None, locked: bool) -> int:
         except VoiceError as exc:
             print(f"locked voice: {exc}; --reset-voice removes it")
             return EXIT_FAILURE
-        print(f"locked voice: {lock} (speaker {voice.speaker}, {voice.seconds:.1f} s: {voice.text!r})"
-              + ("" if path is None and locked else "; not in use"))
+        print(
+            f"locked voice: {lock} (speaker {voice.speaker}, {voice.seconds:.1f} s: {voice.text!r})"
+            + ("" if path is None and locked else "; not in use")
+        )
     else:
-        print(f"locked voice: none yet; {'the first run makes it' if path is None and locked else 'not in use'} ({lock})")
+        print(
+            f"locked voice: none yet; {'the first run makes it' if path is None and locked else 'not in use'} ({lock})"
+        )
     return 0
 
 

@@ -139,10 +139,14 @@ class WhisperTranscriber:
         whisper = self.model.model
         encoded = whisper.encode(ctranslate2.StorageView.from_array(window), to_cpu=False)
         result = whisper.generate(
-            encoded, [list(tokenizer.sot_sequence)], beam_size=self.config.beam_size,
+            encoded,
+            [list(tokenizer.sot_sequence)],
+            beam_size=self.config.beam_size,
             max_length=min(MAX_TOKENS, 10 + int(TOKENS_PER_S * audio_s)),
-            suppress_blank=True, suppress_tokens=self._suppressed,
-            return_scores=True, return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppressed,
+            return_scores=True,
+            return_no_speech_prob=True,
         )[0]
         tokens = result.sequences_ids[0]
         if _no_speech(result.no_speech_prob, result.scores[0] * len(tokens) / (len(tokens) + 1)):

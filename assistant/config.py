@@ -42,7 +42,7 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    return yaml.load(text, Loader=_Loader)
 
 
 class Section(BaseModel):
@@ -59,8 +59,11 @@ class AudioConfig(Section):
         None, ge=1, le=2000, description="Microphone buffering asked of PortAudio; null = its 'high' default."
     )
     output_latency_ms: int = Field(
-        400, ge=1, le=2000,
-        description="Audio the speaker device holds: lower answers sooner, but stalls of a busy machine then chop speech.",
+        400,
+        ge=1,
+        le=2000,
+        description="Audio the speaker device holds: lower answers sooner, "
+        "but stalls of a busy machine then chop speech.",
     )
     echo_cancellation: bool = Field(
         False, description="Take the assistant's own voice out of the microphone (WebRTC AEC3): for open speakers."
@@ -71,8 +74,12 @@ class AudioConfig(Section):
 class VadConfig(Section):
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 lenient .. 3 strict.")
     min_level_db: float = Field(
-        -60.0, ge=-120, le=0, description="Frames quieter than this (dBFS) are not speech: webrtcvad judges a sound's "
-        "shape, not its loudness, and calls an echo canceller's faint residue speech. Lower it for a very quiet microphone.",
+        -60.0,
+        ge=-120,
+        le=0,
+        description="Frames quieter than this (dBFS) are not speech: webrtcvad judges a sound's "
+        "shape, not its loudness, and calls an echo canceller's faint residue speech. "
+        "Lower it for a very quiet microphone.",
     )
     frame_ms: Literal[10, 20, 30] = 30
     preroll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before speech onset.")
@@ -92,9 +99,50 @@ class VadConfig(Section):
 
 
 HOLD_WORDS = (
-    "and", "or", "but", "so", "because", "cause", "um", "uh", "er", "erm", "hmm", "like", "if", "then", "that",
-    "which", "who", "when", "while", "with", "to", "of", "for", "the", "a", "an", "my", "your", "is", "are", "was",
-    "i", "we", "you", "also", "although", "though", "unless", "until", "whether", "about", "in", "on", "at",
+    "and",
+    "or",
+    "but",
+    "so",
+    "because",
+    "cause",
+    "um",
+    "uh",
+    "er",
+    "erm",
+    "hmm",
+    "like",
+    "if",
+    "then",
+    "that",
+    "which",
+    "who",
+    "when",
+    "while",
+    "with",
+    "to",
+    "of",
+    "for",
+    "the",
+    "a",
+    "an",
+    "my",
+    "your",
+    "is",
+    "are",
+    "was",
+    "i",
+    "we",
+    "you",
+    "also",
+    "although",
+    "though",
+    "unless",
+    "until",
+    "whether",
+    "about",
+    "in",
+    "on",
+    "at",
 )
 
 
@@ -102,7 +150,9 @@ class TurnConfig(Section):
     """When the user's turn is over: decided from the words said so far (`assistant/turn_end.py`)."""
 
     speculate_ms: int = Field(
-        200, ge=0, le=5000,
+        200,
+        ge=0,
+        le=5000,
         description="Silence after which the words so far are transcribed and the reply is prepared; 0 = off.",
     )
     complete_ms: int = Field(250, ge=30, le=5000, description="Silence that ends a turn ending in a finished sentence.")
@@ -113,10 +163,13 @@ class TurnConfig(Section):
     detector: Literal["words", "model"] = Field(
         "words", description="What decides a pause: the rules on its words, or the Smart Turn model on its audio."
     )
-    model: str | None = Field(None, description="Smart Turn ONNX file for detector 'model'; null = the copy scripts/setup.sh placed.")
+    model: str | None = Field(
+        None, description="Smart Turn ONNX file for detector 'model'; null = the copy scripts/setup.sh placed."
+    )
     model_threshold: float = Field(0.5, gt=0, lt=1, description="Model probability above which a turn is complete.")
     take_back: bool = Field(
-        True, description="Speech before the reply to a spoken turn is heard continues that turn: the reply is dropped "
+        True,
+        description="Speech before the reply to a spoken turn is heard continues that turn: the reply is dropped "
         "unheard and the turn withdrawn (event TurnTakenBack).",
     )
 
@@ -143,7 +196,8 @@ class AsrConfig(Section):
     beam_size: int = Field(1, ge=1, le=10)
     download_root: str | None = None
     window: Literal["full", "fitted"] = Field(
-        "full", description="full: faster-whisper's own 30 s windows; fitted: Whisper's encoder reads the utterance and "
+        "full",
+        description="full: faster-whisper's own 30 s windows; fitted: Whisper's encoder reads the utterance and "
         "3 s of silence (about 10x faster on a CPU for a short turn, but it hears some last words differently).",
     )
 
@@ -164,13 +218,18 @@ class OpenAIBackendConfig(Section):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return value if value is None else _check_http_url(value, "http://localhost:11434/v1")
+
     model: str = "gpt-4o-mini"
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(300, ge=1, le=32_768)
     timeout_s: float = Field(20.0, gt=0, le=600, description="Time allowed before the first token.")
-    stall_timeout_s: float = Field(10.0, gt=0, le=600, description="Time allowed between tokens once the reply has begun.")
-    max_retries: int = Field(1, ge=0, le=5, description="Retries after a failed connection or a timeout, before any text.")
+    stall_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Time allowed between tokens once the reply has begun."
+    )
+    max_retries: int = Field(
+        1, ge=0, le=5, description="Retries after a failed connection or a timeout, before any text."
+    )
 
     def api_key(self) -> str | None:
         return secret(self.api_key_env)
@@ -197,7 +256,8 @@ class LlmConfig(Section):
         "short, natural sentences. Never use markdown, lists, code, links or emoji."
     )
     apology: str | None = Field(
-        "Sorry, I can't think right now.", description="Spoken when the LLM fails before its first token; null = silent."
+        "Sorry, I can't think right now.",
+        description="Spoken when the LLM fails before its first token; null = silent.",
     )
     openai: OpenAIBackendConfig = Field(default_factory=OpenAIBackendConfig)
     local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)
@@ -208,7 +268,9 @@ class SpeechServerConfig(Section):
     url: str = Field("http://127.0.0.1:8000", description="The speech server (python -m assistant.tts.server).")
     api_key_env: str | None = Field(None, description="Environment variable holding its API key; null = no key.")
     timeout_s: float = Field(
-        10.0, gt=0, le=600,
+        10.0,
+        gt=0,
+        le=600,
         description="Time allowed to connect, and between pieces of an answer (a request waiting for a free slot too).",
     )
 
@@ -235,12 +297,17 @@ class CsmConfig(Section):
     topk: int = Field(50, ge=1, le=2051)
     seed: int | None = None
     max_audio_ms: int | None = Field(
-        None, gt=0, le=120_000,
-        description="Cap on each spoken chunk (the first clause, then each sentence), not the whole reply; null = derived from the chunk's length.",
+        None,
+        gt=0,
+        le=120_000,
+        description="Cap on each spoken chunk (the first clause, then each sentence), not the whole reply; "
+        "null = derived from the chunk's length.",
     )
     chunk_frames: int = Field(2, ge=1, le=50, description="80 ms frames per streamed audio chunk.")
     cuda_graphs: bool = True
-    fused: bool = Field(False, description="Compile the per-frame work with TorchInductor (slower load, fewer GPU kernels).")
+    fused: bool = Field(
+        False, description="Compile the per-frame work with TorchInductor (slower load, fewer GPU kernels)."
+    )
     server: SpeechServerConfig = Field(default_factory=SpeechServerConfig)
 
     @model_validator(mode="after")
@@ -261,7 +328,9 @@ class VoiceConfig(Section):
         "file (.safetensors) the assistant saved; null = the locked voice.",
     )
     text: str | None = Field(None, description="What the clip says, word for word; null = the .txt file beside it.")
-    speaker: int | None = Field(None, ge=0, le=9, description="The speaker id the voice stands for; null = csm.speaker.")
+    speaker: int | None = Field(
+        None, ge=0, le=9, description="The speaker id the voice stands for; null = csm.speaker."
+    )
     locked: bool = Field(
         True,
         description="Without a path: make a voice on the first run, keep it in the user's data directory and speak "
@@ -280,16 +349,22 @@ class BargeInConfig(Section):
     min_speech_ms: int = Field(300, ge=30, le=5000, description="Speech needed before it interrupts.")
     tail_ms: int = Field(300, ge=0, le=5000, description="Mic stays ignored this long after speech ends (off mode).")
     hold_ms: int = Field(
-        500, ge=0, le=10_000,
-        description="vad mode: no barge-in in a reply's first milliseconds of sound or after it resumes from a pause, and "
-        "speech heard then does not count toward min_speech_ms (an echo canceller converges meanwhile).",
+        500,
+        ge=0,
+        le=10_000,
+        description="vad mode: no barge-in in a reply's first milliseconds of sound or after it resumes from a pause, "
+        "and speech heard then does not count toward min_speech_ms (an echo canceller converges meanwhile).",
     )
     resume_ms: int = Field(
-        2000, ge=0, le=10_000,
+        2000,
+        ge=0,
+        le=10_000,
         description="vad mode: speech pauses the reply; with words it interrupts, with none (a cough, 'mm-hm') "
         "within this long the reply resumes where it paused; 0 = speech interrupts at once.",
     )
-    key: str | None = Field("space", description="Terminal key that interrupts: one character, space, enter, tab or escape; null = none.")
+    key: str | None = Field(
+        "space", description="Terminal key that interrupts: one character, space, enter, tab or escape; null = none."
+    )
 
     @field_validator("key")
     @classmethod
@@ -318,7 +393,9 @@ class MqttConfig(Section):
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttConfig:
         if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError(f"reconnect_min_s ({self.reconnect_min_s}) is above reconnect_max_s ({self.reconnect_max_s})")
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s}) is above reconnect_max_s ({self.reconnect_max_s})"
+            )
         return self
 
     @model_validator(mode="after")
@@ -413,7 +490,9 @@ def _describe(error: ValidationError, data: dict[str, Any], file: Path, override
     first = error.errors()[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # an override may name a key below the one at fault (--set nosuch.key=1 is an unknown 'nosuch')
-    origin = next((text for path, text in overrides.items() if loc[: len(path)] == path or path[: len(loc)] == loc), None)
+    origin = next(
+        (text for path, text in overrides.items() if loc[: len(path)] == path or path[: len(loc)] == loc), None
+    )
     source = f"{file} (--set {origin})" if origin else f"{file}"
     key = ".".join(str(p) for p in loc) or "(top level)"
     if first["type"] == "extra_forbidden":

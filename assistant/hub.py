@@ -45,7 +45,9 @@ def _download(repo: str, files: Sequence[str], setting: str) -> Path:
             f"(`huggingface-cli login` or HF_TOKEN), {instead}"
         ) from error
     except RepositoryNotFoundError as error:
-        raise ModelNotFound(f"{repo} is not on the Hugging Face hub (or it is private): check {setting}, {instead}") from error
+        raise ModelNotFound(
+            f"{repo} is not on the Hugging Face hub (or it is private): check {setting}, {instead}"
+        ) from error
     except LocalEntryNotFoundError as error:
         raise ModelNotFound(
             f"{repo} is not downloaded yet and the hub cannot be reached (offline, or HF_HUB_OFFLINE=1): "

@@ -2,8 +2,9 @@
 
 It reads the last 8 s of the user's turn as Whisper log-mel features and gives the probability that the turn is
 complete. The weights ship inside the `pipecat-ai` wheel; `scripts/setup.sh` copies that one file into the
-virtualenv's `share/csm-assistant/` (pipecat itself is not installed), so it works offline. Chosen with `turn.detector: model`; see
-`assistant/turn_end.py` for the rules that read the words instead, and docs/benchmarks.md for how each did.
+virtualenv's `share/csm-assistant/` (pipecat itself is not installed), so it works offline. Chosen with
+`turn.detector: model`; see `assistant/turn_end.py` for the rules that read the words instead, and
+docs/benchmarks.md for how each did.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ class SmartTurn:
         audio = np.asarray(audio, np.float32)[-samples:]
         audio = np.pad(audio, (samples - len(audio), 0))  # the model was trained with silence before, not after
         features = self._features(
-            audio, sampling_rate=RATE, return_tensors="np", padding="max_length", max_length=samples,
-            truncation=True, do_normalize=True,
+            audio,
+            sampling_rate=RATE,
+            return_tensors="np",
+            padding="max_length",
+            max_length=samples,
+            truncation=True,
+            do_normalize=True,
         ).input_features
         (probability,) = self._session.run(None, {"input_features": features.astype(np.float32)})
         return float(np.asarray(probability).reshape(-1)[0])

@@ -211,8 +211,11 @@ class VadSegmenter:
     def _utterance(self, truncated: bool) -> Utterance:
         keep = len(self._frames) - self._silent_run + min(self._silent_run, 3)  # a little trailing silence
         return Utterance(
-            audio=np.concatenate(self._frames[:keep]), sample_rate=self.sample_rate,
-            voiced_ms=self._voiced * self.config.frame_ms, end_sample=self._last_voiced_end, truncated=truncated,
+            audio=np.concatenate(self._frames[:keep]),
+            sample_rate=self.sample_rate,
+            voiced_ms=self._voiced * self.config.frame_ms,
+            end_sample=self._last_voiced_end,
+            truncated=truncated,
         )
 
     def _close(self, truncated: bool) -> Utterance | None:

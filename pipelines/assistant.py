@@ -30,10 +30,10 @@ from assistant.audio.streams import AudioSink, AudioSource
 from assistant.config import Config, load_config
 from assistant.conversation import Conversation
 from assistant.events import ErrorEvent, Event, EventBus, Subscription
-from assistant.tts.reference_voice import ReferenceVoice
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.mqtt import MqttBridge, MqttSetupError
+from assistant.tts.reference_voice import ReferenceVoice
 from assistant.vad import VadSegmenter
 from pipelines.components import Models, StartupError, load_models, load_voice
 from pipelines.reply import SpeechEngine, Spoken
@@ -69,9 +69,13 @@ class Assistant:
         sink: AudioSink | None = None,
         voice: ReferenceVoice | str | Path | None = None,
     ) -> None:
-        if voice is not None:  # a path is loaded with the engine, as the config's would be; a ReferenceVoice is used as is
+        if (
+            voice is not None
+        ):  # a path is loaded with the engine, as the config's would be; a ReferenceVoice is used as is
             path = None if isinstance(voice, ReferenceVoice) else str(voice)
-            config = config.model_copy(update={"voice": config.voice.model_copy(update={"path": path, "locked": False})})
+            config = config.model_copy(
+                update={"voice": config.voice.model_copy(update={"path": path, "locked": False})}
+            )
         self.config = config
         self.bus = bus or EventBus()
         self._backend, self._engine, self._encode_audio = backend, engine, encode_audio
@@ -93,7 +97,9 @@ class Assistant:
         await self.start()
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -204,7 +210,11 @@ class Assistant:
                 except EchoCancellerError as error:
                     raise StartupError(f"audio.echo_cancellation: {error}") from None
             microphone = Microphone(
-                audio.input_device, audio.block_ms, audio.capture_rate, on_error=report, latency_ms=audio.input_latency_ms
+                audio.input_device,
+                audio.block_ms,
+                audio.capture_rate,
+                on_error=report,
+                latency_ms=audio.input_latency_ms,
             )
             microphone.process = canceller.clean if canceller is not None else None  # in its audio thread
             self._owned.append(microphone)
@@ -212,7 +222,10 @@ class Assistant:
             self._source = microphone
         if self._sink is None:
             speaker = Speaker(
-                audio.output_device, playback_rate=audio.playback_rate, on_error=report, latency_ms=audio.output_latency_ms,
+                audio.output_device,
+                playback_rate=audio.playback_rate,
+                on_error=report,
+                latency_ms=audio.output_latency_ms,
                 on_render=canceller.rendered if canceller is not None else None,
                 on_drop=canceller.dropped if canceller is not None else None,
             )
@@ -240,10 +253,18 @@ class Assistant:
     def _voice_loop(self) -> VoiceLoop:
         assert self._backend is not None
         return VoiceLoop(
-            self.config, self.bus, self._backend, transcriber=self._transcriber, engine=self._engine,
-            encode_audio=self._encode_audio, sink=self._sink, segmenter=VadSegmenter(self.config.vad),
-            turn_model=self._turn_model, reference=self._reference,
+            self.config,
+            self.bus,
+            self._backend,
+            transcriber=self._transcriber,
+            engine=self._engine,
+            encode_audio=self._encode_audio,
+            sink=self._sink,
+            segmenter=VadSegmenter(self.config.vad),
+            turn_model=self._turn_model,
+            reference=self._reference,
         )
+
 
 def device_reporter(bus: EventBus) -> Callable[[str], None]:
     """Device trouble (already phrased, naming the device) to the log and the bus, from any thread."""
@@ -267,4 +288,3 @@ def _heard(turn: asyncio.Task[Spoken | None]) -> asyncio.Task[str]:
         return spoken.text if spoken is not None else ""
 
     return asyncio.ensure_future(text())
-

@@ -77,14 +77,20 @@ def load_engine(config: CsmConfig) -> CSMEngine:
     start = time.monotonic()
     try:
         engine = CSMEngine.from_pretrained(
-            config.model, config.mimi, config.tokenizer, device=device, dtype=dtype, cuda_graphs=config.cuda_graphs,
+            config.model,
+            config.mimi,
+            config.tokenizer,
+            device=device,
+            dtype=dtype,
+            cuda_graphs=config.cuda_graphs,
             fused=config.fused,
         )
     except CheckpointError as error:
         raise StartupError(f"cannot load the CSM speech model {config.model!r}: {error}") from None
     except Exception as error:  # tokenizer, Mimi or torch failures: still one line, not a traceback
         raise StartupError(
-            f"cannot load the CSM speech model {config.model!r} (mimi={config.mimi!r}, tokenizer={config.tokenizer!r}): "
+            f"cannot load the CSM speech model {config.model!r} "
+            f"(mimi={config.mimi!r}, tokenizer={config.tokenizer!r}): "
             f"{type(error).__name__}: {error}"
         ) from None
     log.info("CSM: %s on %s (%s) in %.1f s", config.model, device, engine.model.dtype, time.monotonic() - start)
@@ -155,9 +161,7 @@ async def _close(engine: Engine | None) -> None:
         await engine.aclose()
 
 
-async def load_models(
-    config: Config, backend: ChatBackend, *, engine: bool = True, transcriber: bool = True
-) -> Models:
+async def load_models(config: Config, backend: ChatBackend, *, engine: bool = True, transcriber: bool = True) -> Models:
     """CSM with its voice and Whisper (those asked for), the end-of-turn model with Whisper, and the LLM backend's
     model, loaded side by side, once every model they need is known to be here or downloadable (`model_check.py`)."""
     from assistant.llm.local_transformers import LocalBackend

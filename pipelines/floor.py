@@ -7,39 +7,42 @@ The floor does no I/O, owns no task and reads no clock; it asks for a timer (`Se
 Turns are answered one at a time, in the order they were queued (`Queued` for typed and given turns; spoken turns
 are committed by the floor itself). The head of the queue is the turn being answered.
 
-Two regions, each in one named state at a time (`floor.user`, `floor.assistant`):
+Two regions, each in one named state at a time (`floor.user`, `floor.assistant`). Each line reads
+`state --event--> next: actions`.
 
 The user's side (the microphone):
 
-| state     | event                                    | next      | actions                                                  |
-|-----------|------------------------------------------|-----------|----------------------------------------------------------|
-| LISTENING | Heard(in_speech)                         | SOUND     | hold an unheard reply of the user's last turn            |
-| SOUND     | Heard(not in_speech): a click, a cough   | LISTENING | release the hold                                         |
-| SOUND     | VoiceOnset                               | SPEAKING  | SpeechStarted; take the last turn back if still unheard  |
-| SPEAKING  | VoicePause (with a turn ending now to be answered) | PAUSE | StartSpeculation, EndTurnAfter(incomplete_ms)     |
-| PAUSE     | PauseWords / TurnScore                   | PAUSE     | PrepareReply; EndTurnAfter(the silence words or model ask) |
-| PAUSE     | VoiceResumed                             | SPEAKING  | DropSpeculation                                          |
-| SPEAKING, PAUSE | VoiceEnded                         | LISTENING | CommitTurn (or hand it to a barge-in's judgement, or ignore it: a reply is being answered) |
-| any       | Mute(True)                               | MUTED     | ForgetSpeech, Listen(False)                              |
-| any       | barge-in off, a reply under way or its echo tail | DEAF | ForgetSpeech, Listen(False)                        |
-| MUTED, DEAF | Mute(False); the reply and its tail over | LISTENING | Listen(True)                                           |
+    LISTENING --Heard(in speech)--> SOUND: PauseReply of an unheard reply to the user's last turn (a hold)
+    SOUND --Heard(silence): a click, a cough--> LISTENING: ResumeReply (the hold ends)
+    SOUND --VoiceOnset--> SPEAKING: publish SpeechStarted; TakeBack the last turn if its reply is still unheard
+    SPEAKING --VoicePause--> PAUSE: StartSpeculation, EndTurnAfter(incomplete_ms) (if a turn ending now is answered)
+    PAUSE --PauseWords / TurnScore--> PAUSE: PrepareReply; EndTurnAfter(the silence the words or the model ask)
+    PAUSE --VoiceResumed--> SPEAKING: DropSpeculation
+    SPEAKING, PAUSE --VoiceEnded--> LISTENING: CommitTurn; or JudgeUtterance (it paused a reply); or nothing (a
+        reply not interrupted is being answered)
+    any --Mute(True)--> MUTED: ForgetSpeech, Listen(False); a judgement or a hold waiting on the speech ends
+    any --barge-in off: a turn answered, an interrupted reply winding down, or its echo tail--> DEAF: the same
+    MUTED, DEAF --Mute(False); the turn and its echo tail over--> LISTENING: Listen(True)
 
 The assistant's side (the turn at the head of the queue):
 
-| state      | event                                         | next       | actions                                         |
-|------------|-----------------------------------------------|------------|-------------------------------------------------|
-| IDLE       | Queued / CommitTurn                           | ANSWERING  | StartTurn                                       |
-| ANSWERING  | the user's sound while the reply is unheard   | HOLDING    | PauseReply                                      |
-| HOLDING    | the sound ends or is speech that takes the turn back | ANSWERING / (gone) | ResumeReply / TakeBack          |
-| ANSWERING  | ReplySounding                                 | SPEAKING   |                                                 |
-| SPEAKING   | speech past `hold_ms` and `min_speech_ms` (vad) | PAUSED   | PauseReply, BargeInPaused, SetTimer(judge)      |
-| PAUSED     | VoiceEnded / TimerFired(judge)                | PAUSED     | JudgeUtterance / JudgeSoFar                     |
-| PAUSED     | JudgedWords with words                        | STOPPING   | InterruptTurn, Interrupted; the words' turn commits |
-| PAUSED     | JudgedWords without (a cough, "mm-hm")        | SPEAKING   | ResumeReply, BargeInResumed                     |
-| any but IDLE | Interrupt                                   | STOPPING   | InterruptTurn, Interrupted                      |
-| any        | ReplyEnded after it sounded (barge-in off)    | ECHO_TAIL  | SetTimer(tail)                                  |
-| ECHO_TAIL  | TimerFired(tail)                              | IDLE       |                                                 |
-| STOPPING, any | TurnEnded                                  | next turn's, or IDLE | StartTurn (the next)                  |
+    IDLE --Queued / CommitTurn--> ANSWERING: StartTurn
+    ANSWERING --ReplyStarted, then the user's sound--> HOLDING: PauseReply
+    HOLDING --the sound ends--> ANSWERING: ResumeReply
+    HOLDING --the sound is speech: VoiceOnset--> STOPPING: TakeBack, publish TurnTakenBack
+    ANSWERING --ReplySounding--> SPEAKING
+    SPEAKING --speech past hold_ms for min_speech_ms (barge-in vad)--> PAUSED: PauseReply, publish BargeInPaused,
+        SetTimer(judge); resume_ms 0: InterruptTurn at once
+    PAUSED --VoiceEnded / TimerFired(judge)--> PAUSED: JudgeUtterance / JudgeSoFar
+    PAUSED --JudgedWords with words--> STOPPING: InterruptTurn, publish Interrupted; an ended utterance commits
+    PAUSED --JudgedWords without (a cough, "mm-hm")--> SPEAKING: ResumeReply, publish BargeInResumed
+    PAUSED --ReplyEnded--> (the speech is a turn of its own when it ends)
+    ANSWERING, HOLDING, SPEAKING, PAUSED --Interrupt--> STOPPING: InterruptTurn, publish Interrupted (once a turn;
+        a turn queued behind a stopping one is dropped instead: DropTurn; `every` drops them all)
+    any --ReplyEnded after it sounded (barge-in off)--> ECHO_TAIL: SetTimer(tail)
+    ECHO_TAIL --TimerFired(tail)--> IDLE
+    any --TurnEnded of the head--> the next turn's ANSWERING (StartTurn), or IDLE
+    any --Stop--> STOPPING: every turn interrupted or dropped, timers cancelled; whatever is queued later is dropped
 
 Designed in, not built yet (each is a state of one region and the events that move it):
 - waiting for a wake word: a user-side state before LISTENING; audio reaches the wake-word detector only, and
@@ -222,8 +225,24 @@ class TimerFired:
 
 
 FloorEvent = (
-    Heard | VoiceOnset | VoicePause | VoiceResumed | VoiceEnded | PauseWords | TurnScore | JudgedWords | Queued
-    | ReplyStarted | ReplySounding | ReplyEnded | TurnEnded | Interrupt | Reset | Mute | SourceEnded | Stop
+    Heard
+    | VoiceOnset
+    | VoicePause
+    | VoiceResumed
+    | VoiceEnded
+    | PauseWords
+    | TurnScore
+    | JudgedWords
+    | Queued
+    | ReplyStarted
+    | ReplySounding
+    | ReplyEnded
+    | TurnEnded
+    | Interrupt
+    | Reset
+    | Mute
+    | SourceEnded
+    | Stop
     | TimerFired
 )
 
@@ -350,9 +369,25 @@ class CancelTimer:
 
 
 Action = (
-    Listen | ForgetSpeech | StartSpeculation | PrepareReply | DropSpeculation | EndTurnAfter | CommitTurn | StartTurn
-    | DropTurn | InterruptTurn | TakeBack | PauseReply | ResumeReply | JudgeUtterance | JudgeSoFar | DropJudgement
-    | Publish | SetTimer | CancelTimer
+    Listen
+    | ForgetSpeech
+    | StartSpeculation
+    | PrepareReply
+    | DropSpeculation
+    | EndTurnAfter
+    | CommitTurn
+    | StartTurn
+    | DropTurn
+    | InterruptTurn
+    | TakeBack
+    | PauseReply
+    | ResumeReply
+    | JudgeUtterance
+    | JudgeSoFar
+    | DropJudgement
+    | Publish
+    | SetTimer
+    | CancelTimer
 )
 
 JUDGE, TAIL = "judge", "tail"
@@ -395,8 +430,14 @@ class Floor:
     """
 
     def __init__(
-        self, turn: TurnConfig, barge_in: BargeInConfig, undecided_ms: int, *, model: bool = False,
-        tail_ms: int | None = None, new_turn_id: Callable[[], int] = next_turn_id,
+        self,
+        turn: TurnConfig,
+        barge_in: BargeInConfig,
+        undecided_ms: int,
+        *,
+        model: bool = False,
+        tail_ms: int | None = None,
+        new_turn_id: Callable[[], int] = next_turn_id,
     ) -> None:
         self.turn, self.barge_in, self.undecided_ms, self.model = turn, barge_in, undecided_ms, model
         self.tail_ms = barge_in.tail_ms if tail_ms is None else tail_ms
@@ -536,8 +577,13 @@ class Floor:
     def _check_barge_in(self) -> None:
         head = self._head()
         if (
-            self.barge_in.mode != "vad" or head is None or not head.replying or head.stopping
-            or self._judgement is not None or self._forgiven or self._retractable() is not None
+            self.barge_in.mode != "vad"
+            or head is None
+            or not head.replying
+            or head.stopping
+            or self._judgement is not None
+            or self._forgiven
+            or self._retractable() is not None
         ):
             return
         if head.sounding_since is not None and self._now - head.sounding_since < self.barge_in.hold_ms / 1000:

@@ -65,10 +65,14 @@ def missing_models(needed: Sequence[Needed], hub_reachable: Callable[[], bool]) 
     parts = [f"{n.setting} = {n.value}: no such file or folder" for n in absent]
     if offline:
         listed = "; ".join(f"{n.setting} = {n.value}" for n in offline)
-        parts.append(f"the hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and these are not on this machine: {listed}")
+        parts.append(
+            f"the hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and these are not on this machine: {listed}"
+        )
     settings = " ".join(f"--set {n.setting}=/local/path" for n in absent + offline)
-    return f"{len(absent) + len(offline)} model(s) missing: " + "; and ".join(parts) + (
-        f". Connect once to download them, or point each at a local copy: {settings}"
+    return (
+        f"{len(absent) + len(offline)} model(s) missing: "
+        + "; and ".join(parts)
+        + (f". Connect once to download them, or point each at a local copy: {settings}")
     )
 
 

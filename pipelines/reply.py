@@ -210,11 +210,20 @@ class Reply:
             try:
                 context = (await self._context if self._context is not None else []) + spoken
                 codes = []
-                async with contextlib.aclosing(self._engine.stream(
-                    piece, self._voice.speaker, context, self._voice.temperature, self._voice.topk,
-                    self._voice.seed, self._voice.max_audio_ms, self._cancel, self._voice.chunk_frames,
-                    reference=self._voice.reference,
-                )) as stream:
+                async with contextlib.aclosing(
+                    self._engine.stream(
+                        piece,
+                        self._voice.speaker,
+                        context,
+                        self._voice.temperature,
+                        self._voice.topk,
+                        self._voice.seed,
+                        self._voice.max_audio_ms,
+                        self._cancel,
+                        self._voice.chunk_frames,
+                        reference=self._voice.reference,
+                    )
+                ) as stream:
                     async for chunk in stream:
                         end = self._place(index, chunk)
                         codes.append(chunk.codes)

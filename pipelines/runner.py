@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.audio.streams import PLAYBACK_RATE, AudioSink, FileSink, FileSource
-from assistant.config import Config
 from assistant.audio.wavfile import WavError
+from assistant.config import Config
 from assistant.events import EventBus, UtteranceEnded
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
@@ -63,7 +63,9 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 
     audio = config.audio
     speaker = Speaker(
-        audio.output_device, playback_rate=audio.playback_rate, on_error=device_reporter(bus),
+        audio.output_device,
+        playback_rate=audio.playback_rate,
+        on_error=device_reporter(bus),
         latency_ms=audio.output_latency_ms,
     )
     async with speaker:
@@ -92,7 +94,10 @@ async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         mode.output_wav.unlink(missing_ok=True)
         raise WavError(f"{mode.input_wav}: no speech found in it, so nothing to answer (no {mode.output_wav} written)")
     log.info(
-        "wrote %d frames (%.2f s) of reply audio to %s", voice.frames_spoken, sink.played / PLAYBACK_RATE, mode.output_wav
+        "wrote %d frames (%.2f s) of reply audio to %s",
+        voice.frames_spoken,
+        sink.played / PLAYBACK_RATE,
+        mode.output_wav,
     )
 
 
@@ -109,6 +114,14 @@ def _voice_loop(config: Config, bus: EventBus, backend: ChatBackend, sink: Audio
     assert engine is not None
     segmenter = VadSegmenter(config.vad) if models.transcriber is not None else None
     return VoiceLoop(
-        config, bus, backend, transcriber=models.transcriber, engine=engine, encode_audio=engine.encode, sink=sink,
-        segmenter=segmenter, turn_model=models.turn_model, reference=models.voice,
+        config,
+        bus,
+        backend,
+        transcriber=models.transcriber,
+        engine=engine,
+        encode_audio=engine.encode,
+        sink=sink,
+        segmenter=segmenter,
+        turn_model=models.turn_model,
+        reference=models.voice,
     )

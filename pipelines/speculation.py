@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from assistant.asr import Transcript, Transcriber
+from assistant.asr import Transcriber, Transcript
 from assistant.llm.backend import ChatBackend, Message
 from assistant.vad import Utterance
 from pipelines.reply import Deltas

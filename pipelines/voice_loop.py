@@ -88,6 +88,7 @@ from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
 
+
 class TurnDetector(Protocol):
     """An end-of-turn model (`assistant.turn_model.SmartTurn`): the probability that a turn's audio so far is all."""
 
@@ -131,7 +132,12 @@ class VoiceLoop:
         csm = config.csm
         speaker = reference.speaker if reference is not None else csm.speaker  # the voice speaks as who it stands for
         self.voice = Voice(
-            speaker, csm.temperature, csm.topk, csm.seed, csm.max_audio_ms, csm.chunk_frames,
+            speaker,
+            csm.temperature,
+            csm.topk,
+            csm.seed,
+            csm.max_audio_ms,
+            csm.chunk_frames,
             reference.segment() if reference is not None else None,
         )
         user_speaker = 0 if speaker != 0 else 1
@@ -463,7 +469,8 @@ class VoiceLoop:
     ) -> Spoken | None:
         """Answer a turn that ended; what its last pause started (`speculation`) is taken over where it still fits.
 
-        Cancelled (taken back, or dropped while transcribing), it leaves nothing behind: no history, no work going on."""
+        Cancelled (taken back, or dropped while transcribing), it leaves nothing behind: no history, no work going
+        on."""
         transcriber = self.transcriber
         assert transcriber is not None
         self._begin()
@@ -526,12 +533,21 @@ class VoiceLoop:
         """Speak a reply: the LLM's answer to the conversation, or the `deltas` given."""
         if deltas is None:
             deltas = functools.partial(self.backend.stream, self.conversation.messages())
+
         def sounding() -> None:
             self._feed(ReplySounding(turn))
 
         reply = Reply(
-            turn, deltas, self.bus, clock, engine=self.engine, sink=self.sink, context=context,
-            voice=self.voice, apology=self.config.llm.apology, on_sounding=sounding,
+            turn,
+            deltas,
+            self.bus,
+            clock,
+            engine=self.engine,
+            sink=self.sink,
+            context=context,
+            voice=self.voice,
+            apology=self.config.llm.apology,
+            on_sounding=sounding,
         )
         self._reply = reply
         self._feed(ReplyStarted(turn))

@@ -21,8 +21,14 @@ _Handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
 @_Handler
 def _to_log(file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None) -> None:
     text = (fmt or b"").decode(errors="replace")
-    log.debug("ALSA %s:%d (%s) %s%s", (file or b"?").decode(), line, (function or b"?").decode(), text,
-              f" [error {err}]" if err else "")
+    log.debug(
+        "ALSA %s:%d (%s) %s%s",
+        (file or b"?").decode(),
+        line,
+        (function or b"?").decode(),
+        text,
+        f" [error {err}]" if err else "",
+    )
 
 
 @functools.cache

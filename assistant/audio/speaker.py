@@ -144,7 +144,11 @@ class Speaker(DeviceStream):
         with self._lock:
             self._hear(time.monotonic())
             self._paused = self._silenced = True
-            replay = [audio[max(self._played - start, 0) :] for start, audio in self._handed if start + audio.size > self._played]
+            replay = [
+                audio[max(self._played - start, 0) :]
+                for start, audio in self._handed
+                if start + audio.size > self._played
+            ]
             self._queue.extendleft(reversed(replay))
             self._rewind()
         self._flush()

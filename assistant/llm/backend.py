@@ -13,7 +13,8 @@ class Message(TypedDict):
 
 
 class LlmError(RuntimeError):
-    """A backend failed, in one line a user can act on; `before_first_token` tells whether any text had been produced."""
+    """A backend failed, in one line a user can act on; `before_first_token` tells whether any text had been
+    produced."""
 
     def __init__(self, message: str, *, before_first_token: bool) -> None:
         super().__init__(message)

@@ -11,7 +11,24 @@ import re
 
 SENTENCE_END = re.compile(r"(?:[.!?…]+[\"')\]]*|\n+)(?=\s)")
 CLAUSE_END = re.compile(r"(?:[,;:]|\s[–—-])(?=\s)")
-ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "approx", "no"}
+ABBREVIATIONS = {
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "st",
+    "prof",
+    "sr",
+    "jr",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "a.m",
+    "p.m",
+    "approx",
+    "no",
+}
 
 
 class SentenceChunker:

@@ -54,7 +54,9 @@ class LocalBackend:
                 messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
         except Exception as error:  # a template may refuse a conversation (e.g. one without system messages)
-            raise LlmError(f"the local LLM's chat template refused the conversation: {error}", before_first_token=True) from error
+            raise LlmError(
+                f"the local LLM's chat template refused the conversation: {error}", before_first_token=True
+            ) from error
         feed, stop = Feed(cancel), threading.Event()
         worker = asyncio.ensure_future(asyncio.to_thread(self._generate, prompt, feed, stop))
         said = False
@@ -84,10 +86,17 @@ class LocalBackend:
             raise LlmError(f"cannot load the local LLM: {error}", before_first_token=True) from None
         except Exception as error:  # the hub answered with an error, the disk is full, ...
             raise LlmError(
-                f"cannot download the local LLM {config.model!r}: {type(error).__name__}: {error}", before_first_token=True
+                f"cannot download the local LLM {config.model!r}: {type(error).__name__}: {error}",
+                before_first_token=True,
             ) from None
         device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, config.dtype) if config.dtype != "auto" else torch.bfloat16 if device == "cuda" else torch.float32
+        dtype = (
+            getattr(torch, config.dtype)
+            if config.dtype != "auto"
+            else torch.bfloat16
+            if device == "cuda"
+            else torch.float32
+        )
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
@@ -100,7 +109,8 @@ class LocalBackend:
             ) from None
         if not tokenizer.chat_template:
             raise LlmError(
-                f"the local LLM {config.model!r} has no chat template: llm.local.model must be an instruct (chat) model",
+                f"the local LLM {config.model!r} has no chat template: "
+                "llm.local.model must be an instruct (chat) model",
                 before_first_token=True,
             )
         log.info("local LLM: %s on %s (%s) in %.1f s", config.model, device, dtype, time.monotonic() - started)
@@ -116,12 +126,16 @@ class LocalBackend:
         try:
             with torch.inference_mode():
                 self.model.generate(
-                    input_ids=prompt["input_ids"].to(self.model.device),  # not token_type_ids, which some tokenizers add
+                    input_ids=prompt["input_ids"].to(
+                        self.model.device
+                    ),  # not token_type_ids, which some tokenizers add
                     attention_mask=prompt["attention_mask"].to(self.model.device),
                     max_new_tokens=config.max_new_tokens,
                     streamer=_FeedStreamer(tokenizer, feed),
                     stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id
+                    if tokenizer.pad_token_id is not None
+                    else tokenizer.eos_token_id,
                     **sampling,
                 )
             feed.put_threadsafe(None)

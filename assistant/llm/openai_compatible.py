@@ -78,8 +78,11 @@ class OpenAICompatibleBackend:
         try:
             # a Message is one of openai's message types, but a TypedDict with a union of roles matches none of them
             stream = await self._client.chat.completions.create(
-                model=config.model, messages=cast(list[ChatCompletionMessageParam], messages), stream=True,
-                temperature=config.temperature, max_tokens=config.max_tokens,
+                model=config.model,
+                messages=cast(list[ChatCompletionMessageParam], messages),
+                stream=True,
+                temperature=config.temperature,
+                max_tokens=config.max_tokens,
             )
             finished = False
             async with stream:
@@ -89,7 +92,9 @@ class OpenAICompatibleBackend:
                             feed.put(choice.delta.content)
                         finished |= choice.finish_reason is not None
                         if choice.finish_reason == "length":
-                            log.info("the reply reached llm.openai.max_tokens (%d) and was cut there", config.max_tokens)
+                            log.info(
+                                "the reply reached llm.openai.max_tokens (%d) and was cut there", config.max_tokens
+                            )
             if not finished:  # the body ended without a finish reason: a cut the HTTP layer could not see
                 raise StreamEndedEarly("the stream ended without a finish reason")
             feed.put(None)
@@ -101,7 +106,10 @@ class OpenAICompatibleBackend:
         config, server = self._config, f"the LLM server at {self.url}"
         if isinstance(error, (TimeoutError, openai.APITimeoutError)):
             if said:
-                return f"{server} stopped sending mid-reply (nothing for {config.stall_timeout_s:g} s, llm.openai.stall_timeout_s)"
+                return (
+                    f"{server} stopped sending mid-reply "
+                    f"(nothing for {config.stall_timeout_s:g} s, llm.openai.stall_timeout_s)"
+                )
             return f"{server} sent no reply within {config.timeout_s:g} s (llm.openai.timeout_s)"
         if isinstance(error, StreamEndedEarly):
             return f"{server} ended the reply stream before it was finished (no finish reason; the connection closed)"

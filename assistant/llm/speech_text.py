@@ -23,7 +23,9 @@ CODE_NOTE = "I'll skip the code here."
 
 FENCE = re.compile(r"^\s*(?:```|~~~)")
 MARKER = re.compile(r"^\s*(?:#{1,6}|[-*+•]|\d{1,3}[.)]|(?:>\s*)+)\s+(?=\S)")
-MAYBE_MARKER = re.compile(r"^\s*(?:#{1,6}\s*|[-*+•]\s*|\d{1,3}(?:[.)]\s*)?|(?:>\s*)+|`{1,2}|~{1,2}|(?:[-*_=]\s*){2,})?$")
+MAYBE_MARKER = re.compile(
+    r"^\s*(?:#{1,6}\s*|[-*+•]\s*|\d{1,3}(?:[.)]\s*)?|(?:>\s*)+|`{1,2}|~{1,2}|(?:[-*_=]\s*){2,})?$"
+)
 RULE = re.compile(r"^\s*(?:(?:[-*_=]\s*){3,}|#{1,6}|[-*+•>])\s*$")  # rules, setext underlines, bare markers
 TABLE_SEPARATOR = re.compile(r"^:?-{3,}:?$")
 LINE_ENDINGS = ".!?:;,…"
@@ -161,7 +163,8 @@ def for_speech(text: str) -> str:
 
 
 def clean_inline(text: str) -> str:
-    """One chunk: links to their text, URLs to their domain, markup and emoji gone, symbols said; "" if nothing is left."""
+    """One chunk: links to their text, URLs to their domain, markup and emoji gone, symbols said; "" if nothing is
+    left."""
     text = html.unescape(text)
     text = IMAGE.sub("", text)
     text = LINK.sub(r"\1", text)

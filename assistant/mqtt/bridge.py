@@ -114,7 +114,8 @@ class MqttBridge:
         password = self.config.password()
         if self.config.password_env and password is None:
             raise MqttSetupError(
-                f"mqtt.password_env names ${self.config.password_env}, which is not set (the broker password goes there)"
+                f"mqtt.password_env names ${self.config.password_env}, which is not set "
+                "(the broker password goes there)"
             )
         return password
 
@@ -131,9 +132,16 @@ class MqttBridge:
         session = Properties(PacketTypes.CONNECT)
         session.SessionExpiryInterval = 0 if clean else NEVER_EXPIRES
         return aiomqtt.Client(
-            self.config.host, self.config.port, username=self.config.username, password=password,
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=clean, properties=session,
-            keepalive=self.config.keepalive_s, tls_context=tls,
+            self.config.host,
+            self.config.port,
+            username=self.config.username,
+            password=password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=clean,
+            properties=session,
+            keepalive=self.config.keepalive_s,
+            tls_context=tls,
             will=aiomqtt.Will(self.topics.status, "offline", qos=1, retain=True),
         )
 
@@ -146,12 +154,18 @@ class MqttBridge:
                     async with self._client_for(password, tls, clean=True):  # drops the earlier run's session
                         self._cleared = True
                 async with self._client_for(password, tls) as client:
-                    await client.subscribe(self.topics.commands, options=SubscribeOptions(qos=1, retainAsPublished=True))
+                    await client.subscribe(
+                        self.topics.commands, options=SubscribeOptions(qos=1, retainAsPublished=True)
+                    )
                     await client.subscribe(self.topics.status, qos=1)
                     self._client = client  # connected before "online" can reach anyone
                     await client.publish(self.topics.status, "online", qos=1, retain=True)
-                    log.info("MQTT: connected to %s as %r (after %.1f s)", self.broker, self.client_id,
-                             time.monotonic() - lost_at)
+                    log.info(
+                        "MQTT: connected to %s as %r (after %.1f s)",
+                        self.broker,
+                        self.client_id,
+                        time.monotonic() - lost_at,
+                    )
                     delay = self.config.reconnect_min_s
                     async for message in client.messages:
                         if message.topic.value == self.topics.status:
@@ -186,8 +200,9 @@ class MqttBridge:
 
     async def _stay_online(self, client: aiomqtt.Client, status: aiomqtt.Message) -> None:
         if status.payload != b"online" and not self._closing:
-            log.info("MQTT: the broker marked %s %r while connected; saying online again", self.topics.status,
-                     status.payload)
+            log.info(
+                "MQTT: the broker marked %s %r while connected; saying online again", self.topics.status, status.payload
+            )
             await client.publish(self.topics.status, "online", qos=1, retain=True)
 
     def _receive(self, message: aiomqtt.Message) -> None:

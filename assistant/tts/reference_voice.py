@@ -72,7 +72,9 @@ class ReferenceVoice:
                 metadata = opened.metadata() or {}
                 codes = opened.get_tensor("codes").to(torch.long)
         except (OSError, SafetensorError, KeyError, ValueError) as error:
-            raise VoiceError(f"{path}: not a voice file this assistant saved ({type(error).__name__}: {error})") from None
+            raise VoiceError(
+                f"{path}: not a voice file this assistant saved ({type(error).__name__}: {error})"
+            ) from None
         if metadata.get("format") != FORMAT or codes.ndim != 2 or not metadata.get("text"):
             raise VoiceError(f"{path}: not a voice file this assistant saved (format {metadata.get('format')!r})")
         return cls(int(metadata["speaker"]), metadata["text"], codes, metadata.get("codec", ""), str(path))
@@ -166,7 +168,12 @@ async def locked_voice(speaker: int, engine: CSMEngine | RemoteCSM, temperature:
         return voice
     log.info("voice: making the assistant's voice (once, seed %d); it is kept in %s", LOCK_SEED, path)
     result = await asyncio.to_thread(
-        engine.generate, GREETING, speaker, temperature=temperature, topk=topk, seed=LOCK_SEED,
+        engine.generate,
+        GREETING,
+        speaker,
+        temperature=temperature,
+        topk=topk,
+        seed=LOCK_SEED,
         max_audio_ms=LOCK_MAX_AUDIO_MS,
     )
     if not result.codes.shape[-1]:
@@ -174,4 +181,3 @@ async def locked_voice(speaker: int, engine: CSMEngine | RemoteCSM, temperature:
     voice = ReferenceVoice(speaker, GREETING, result.codes, engine.codec.fingerprint, str(path))
     voice.save(path)
     return voice
-

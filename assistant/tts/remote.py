@@ -102,9 +102,16 @@ class RemoteCSM:
     ) -> AsyncGenerator[AudioChunk, None]:
         """As `CSMEngine.stream`: chunks as the server generates them."""
         body: dict[str, Any] = {
-            "model": self.model_id, "input": text, "voice": str(speaker), "response_format": "csm",
-            "context": [await self._segment(s) for s in context], "temperature": temperature, "topk": topk,
-            "seed": seed, "max_audio_ms": max_audio_ms, "chunk_frames": chunk_frames,
+            "model": self.model_id,
+            "input": text,
+            "voice": str(speaker),
+            "response_format": "csm",
+            "context": [await self._segment(s) for s in context],
+            "temperature": temperature,
+            "topk": topk,
+            "seed": seed,
+            "max_audio_ms": max_audio_ms,
+            "chunk_frames": chunk_frames,
         }
         if reference is not None:
             body["reference"] = await self._segment(reference)
@@ -125,7 +132,9 @@ class RemoteCSM:
     async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
         """Mimi codes `[K, frames]` of mono audio at any rate, encoded by the server."""
         wav = float_wav(audio, sample_rate)
-        async with self._request("POST", "/v1/audio/codes", data=wav, headers={"Content-Type": "audio/wav"}) as response:
+        async with self._request(
+            "POST", "/v1/audio/codes", data=wav, headers={"Content-Type": "audio/wav"}
+        ) as response:
             reply = await response.json()
         return torch.tensor(reply["codes"], dtype=torch.long).reshape(reply["num_codebooks"], reply["frames"])
 
@@ -220,7 +229,9 @@ class RemoteCSM:
         except aiohttp.ClientError as error:  # the connection broke, or the response was malformed
             raise SpeechServerError(f"the speech server at {self.url}{path}: {type(error).__name__}: {error}") from None
         except asyncio.TimeoutError:
-            raise SpeechServerError(f"the speech server at {self.url} did not answer within {self.timeout_s:g} s") from None
+            raise SpeechServerError(
+                f"the speech server at {self.url} did not answer within {self.timeout_s:g} s"
+            ) from None
 
 
 async def _refusal(response: aiohttp.ClientResponse, url: str) -> SpeechServerError:

@@ -44,7 +44,9 @@ def test_librivox_speech_is_transcribed(transcriber: WhisperTranscriber, speech_
 def test_a_fitted_window_reads_the_turn_and_three_seconds_and_a_long_turn_the_whole_30(
     whisper_tiny_en: Path, speech_clips: list[Clip]
 ) -> None:
-    transcriber = WhisperTranscriber(AsrConfig(model=str(whisper_tiny_en), device="cpu", window="fitted"), cpu_threads=1)
+    transcriber = WhisperTranscriber(
+        AsrConfig(model=str(whisper_tiny_en), device="cpu", window="fitted"), cpu_threads=1
+    )
     spy = transcriber.model.model = EncoderWindows(transcriber.model.model)
     clip = read_wav(speech_clips[0].path, 16000)[0]
     short = transcriber.transcribe(clip)

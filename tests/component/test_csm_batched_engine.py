@@ -40,13 +40,29 @@ def codes(frames: int, seed: int) -> torch.Tensor:
 REQUESTS = [  # different texts, speakers, contexts, sampling settings; greedy among them
     dict(text="Hello there, how are you?", speaker=1, seed=1),
     dict(text="Fine, thanks.", speaker=0, temperature=0.0, topk=1),
-    dict(text="The weather is lovely today.", speaker=1, temperature=0.7, topk=20, seed=3,
-         context=[Segment(0, "What is the weather like?", codes=codes(5, 0))]),
-    dict(text="One more line.", speaker=2, temperature=1.2, topk=80, seed=4,
-         reference=Segment(2, "This is my voice.", codes=codes(7, 1))),
+    dict(
+        text="The weather is lovely today.",
+        speaker=1,
+        temperature=0.7,
+        topk=20,
+        seed=3,
+        context=[Segment(0, "What is the weather like?", codes=codes(5, 0))],
+    ),
+    dict(
+        text="One more line.",
+        speaker=2,
+        temperature=1.2,
+        topk=80,
+        seed=4,
+        reference=Segment(2, "This is my voice.", codes=codes(7, 1)),
+    ),
     dict(text="Short.", speaker=1, seed=5, max_audio_ms=240),
-    dict(text="A sixth request waits for a slot.", speaker=0, seed=6,
-         context=[Segment(1, "Earlier.", codes=codes(3, 2)), Segment(0, "And then.", codes=codes(4, 3))]),
+    dict(
+        text="A sixth request waits for a slot.",
+        speaker=0,
+        seed=6,
+        context=[Segment(1, "Earlier.", codes=codes(3, 2)), Segment(0, "And then.", codes=codes(4, 3))],
+    ),
     dict(text="Seventh.", speaker=1, seed=7, temperature=0.0, topk=1),
     dict(text="The eighth and last.", speaker=3, seed=8, topk=5),
 ]
@@ -79,7 +95,10 @@ async def test_a_text_too_long_for_one_prompt_is_spoken_in_pieces_as_alone(singl
     try:
         text = "First sentence here. Second sentence there. A third one to finish."
         pieces = len(single.prompts.plan(SpeechRequest(text, 1, (), 0.9, 50, 9, None)).pieces)
-        requests = [dict(text=text, seed=9, max_audio_ms=None), dict(text="Alone in between.", seed=2, max_audio_ms=None)]
+        requests = [
+            dict(text=text, seed=9, max_audio_ms=None),
+            dict(text="Alone in between.", seed=2, max_audio_ms=None),
+        ]
         alone = [await spoken(single, r) for r in requests]
         together = await asyncio.gather(*(spoken(batched, r) for r in requests))
     finally:
@@ -196,13 +215,24 @@ async def test_cuda_graphs_give_the_eager_frames_and_the_one_at_a_time_audio(
 
     engines = [
         await asyncio.to_thread(
-            BatchedCSMEngine.from_pretrained, tiny_csm_dir, copy.deepcopy(tiny_mimi).cuda(), llama3_tokenizer_json,
-            "cuda", torch.float32, 8, 100, graphs,
+            BatchedCSMEngine.from_pretrained,
+            tiny_csm_dir,
+            copy.deepcopy(tiny_mimi).cuda(),
+            llama3_tokenizer_json,
+            "cuda",
+            torch.float32,
+            8,
+            100,
+            graphs,
         )
         for graphs in (True, False)
     ]
     single = await asyncio.to_thread(
-        CSMEngine.from_pretrained, tiny_csm_dir, copy.deepcopy(tiny_mimi).cuda(), llama3_tokenizer_json, "cuda",
+        CSMEngine.from_pretrained,
+        tiny_csm_dir,
+        copy.deepcopy(tiny_mimi).cuda(),
+        llama3_tokenizer_json,
+        "cuda",
         torch.float32,
     )
     try:

@@ -35,7 +35,9 @@ def prefills(engine, monkeypatch) -> list[tuple[int, int]]:
     """(start, rows) of each prefill the engine runs."""
     seen: list[tuple[int, int]] = []
     original = engine.steps.prefill
-    monkeypatch.setattr(engine.steps, "prefill", lambda t, m, start=0: (seen.append((start, t.shape[0])), original(t, m, start))[1])
+    monkeypatch.setattr(
+        engine.steps, "prefill", lambda t, m, start=0: (seen.append((start, t.shape[0])), original(t, m, start))[1]
+    )
     return seen
 
 
@@ -79,8 +81,9 @@ def test_a_conversation_prefills_only_its_new_rows_and_speaks_as_a_full_prefill(
 async def test_after_an_interruption_only_the_heard_frames_are_kept(engine, fresh, prefills):
     history = [Segment(0, "Tell me a long story.", codes=user_codes(7))]
     heard = []
-    async with aclosing(engine.stream("Once upon a time there was a fox.", context=history, temperature=0,
-                                      max_audio_ms=4000)) as stream:
+    async with aclosing(
+        engine.stream("Once upon a time there was a fox.", context=history, temperature=0, max_audio_ms=4000)
+    ) as stream:
         async for chunk in stream:
             heard.append(chunk.codes)
             if len(heard) == 3:
@@ -88,7 +91,9 @@ async def test_after_an_interruption_only_the_heard_frames_are_kept(engine, fres
     history += [Segment(1, "Once upon a time", codes=torch.cat(heard, 1)), Segment(0, "Stop.", codes=user_codes(8))]
     ours = engine.generate("Sorry, go ahead.", context=history, temperature=0, max_audio_ms=480)
     assert prefills[-1][0] > 0
-    assert torch.equal(ours.codes, fresh.generate("Sorry, go ahead.", context=history, temperature=0, max_audio_ms=480).codes)
+    assert torch.equal(
+        ours.codes, fresh.generate("Sorry, go ahead.", context=history, temperature=0, max_audio_ms=480).codes
+    )
 
 
 def test_when_the_budget_drops_the_oldest_turns_the_cache_is_rebuilt(engine, fresh, prefills):
@@ -101,7 +106,9 @@ def test_when_the_budget_drops_the_oldest_turns_the_cache_is_rebuilt(engine, fre
         ours = engine.generate("Second.", context=history, temperature=0, max_audio_ms=240)
         # everything after the leading tokens the two first turns' texts share ("<bos>[") runs again
         assert prefills[-1][0] < len(engine.text.encode("Turn 1.", 1)) - 2
-        assert torch.equal(ours.codes, fresh.generate("Second.", context=history, temperature=0, max_audio_ms=240).codes)
+        assert torch.equal(
+            ours.codes, fresh.generate("Second.", context=history, temperature=0, max_audio_ms=240).codes
+        )
     finally:
         engine.budget = fresh.budget = saved
 

@@ -13,7 +13,6 @@ import torch
 
 from assistant.segment import Segment
 from assistant.tts.csm import CSMEngine
-from assistant.tts.csm.budget import Budget
 
 K = 8  # TINY_CSM's codebooks
 

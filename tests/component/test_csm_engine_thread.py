@@ -32,8 +32,11 @@ def test_loading_and_warm_up_run_on_the_engine_thread(tiny_csm_dir, tiny_mimi, l
     seen: list[str] = []
     for name in ("prefill", "decode_frame"):
         original = getattr(CSMModel, name)
-        monkeypatch.setattr(CSMModel, name, lambda self, *a, _f=original, **kw: (
-            seen.append(threading.current_thread().name), _f(self, *a, **kw))[1])
+        monkeypatch.setattr(
+            CSMModel,
+            name,
+            lambda self, *a, _f=original, **kw: (seen.append(threading.current_thread().name), _f(self, *a, **kw))[1],
+        )
     encode_threads: list[str] = []
     engine = CSMEngine.from_pretrained(tiny_csm_dir, mimi=tiny_mimi, tokenizer=llama3_tokenizer_json)
     original_encode = engine.codec.encode
@@ -41,8 +44,9 @@ def test_loading_and_warm_up_run_on_the_engine_thread(tiny_csm_dir, tiny_mimi, l
     # the warm-up streamed in both captured sampling modes, on the engine's thread and no other
     assert seen.count(engine.thread.thread.name) >= 2 and set(seen) == {engine.thread.thread.name}
     assert engine.thread.thread is not threading.current_thread() and engine.thread.thread.is_alive()
-    engine.generate("Hello.", context=[Segment(0, "Hi.", audio=np.zeros(4000, np.float32), sample_rate=16_000)],
-                    max_audio_ms=160)
+    engine.generate(
+        "Hello.", context=[Segment(0, "Hi.", audio=np.zeros(4000, np.float32), sample_rate=16_000)], max_audio_ms=160
+    )
     assert encode_threads == [engine.thread.thread.name]
 
 
@@ -51,7 +55,9 @@ async def test_every_call_runs_on_the_engine_thread_and_none_on_the_shared_execu
     threads: set[threading.Thread] = set()
     for name in ("prefill", "decode_frame", "append_frame"):
         original = getattr(engine.model, name)
-        monkeypatch.setattr(engine.model, name, lambda *a, _f=original: (threads.add(threading.current_thread()), _f(*a))[1])
+        monkeypatch.setattr(
+            engine.model, name, lambda *a, _f=original: (threads.add(threading.current_thread()), _f(*a))[1]
+        )
     codes = await engine.encode(np.zeros(24_000, np.float32), 24_000)
     assert codes.shape == (8, 13)
     context = [Segment(0, "Hi.", codes=codes)]

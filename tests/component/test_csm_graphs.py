@@ -29,7 +29,13 @@ def load(tiny_csm_dir, tiny_mimi, llama3_tokenizer_json):
     tokenizer = Tokenizer.from_file(str(llama3_tokenizer_json))
     mimi = copy.deepcopy(tiny_mimi).to("cuda")  # the session's Mimi stays on the CPU for the other tests
     return lambda graphs, fused=False: CSMEngine.from_pretrained(
-        tiny_csm_dir, mimi=mimi, tokenizer=tokenizer, device="cuda", dtype=torch.float32, cuda_graphs=graphs, fused=fused
+        tiny_csm_dir,
+        mimi=mimi,
+        tokenizer=tokenizer,
+        device="cuda",
+        dtype=torch.float32,
+        cuda_graphs=graphs,
+        fused=fused,
     )
 
 
@@ -86,7 +92,9 @@ async def test_mimi_on_its_own_stream_gives_the_same_audio_on_the_engine_thread(
     _, graphs = engines
     threads: set[threading.Thread] = set()
     original = graphs.steps.decode_frame
-    monkeypatch.setattr(graphs.steps, "decode_frame", lambda *a: (threads.add(threading.current_thread()), original(*a))[1])
+    monkeypatch.setattr(
+        graphs.steps, "decode_frame", lambda *a: (threads.add(threading.current_thread()), original(*a))[1]
+    )
 
     async def speak(overlap: bool):
         graphs.overlap = overlap

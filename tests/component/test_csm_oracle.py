@@ -32,8 +32,10 @@ def save_sesame_layout(hf_dir: Path, out_dir: Path) -> Path:
     def pick(name: str | tuple[str, ...]) -> torch.Tensor:
         return next(src[n] for n in ((name,) if isinstance(name, str) else name) if n in src)
 
-    out = {SESAME_NAMES[k]: pick(TRANSFORMERS_NAMES[k]) for k in
-           ("text_embeddings", "audio_embeddings", "codebook0_head", "projection", "audio_head")}
+    out = {
+        SESAME_NAMES[k]: pick(TRANSFORMERS_NAMES[k])
+        for k in ("text_embeddings", "audio_embeddings", "codebook0_head", "projection", "audio_head")
+    }
     for stack, cfg in (("backbone", config.backbone), ("decoder", config.decoder)):
         hf_prefix, ss_prefix = TRANSFORMERS_NAMES[stack], SESAME_NAMES[stack]
         out[f"{ss_prefix}{SESAME_NAMES['norm']}"] = src[f"{hf_prefix}{TRANSFORMERS_NAMES['norm']}"]
@@ -113,10 +115,15 @@ def oracle(request, tmp_path_factory, tokenizer):
         hf.lm_head.register_forward_hook(head_hook("c0", "hidden")),
         hf.depth_decoder.codebooks_head.register_forward_hook(head_hook("decoder")),
     ]
-    hf._merge_input_ids_with_input_values = lambda *a, **kw: {"inputs_embeds": oracle_embeds(hf, tokens, mask)[None], "labels": None}
+    hf._merge_input_ids_with_input_values = lambda *a, **kw: {
+        "inputs_embeds": oracle_embeds(hf, tokens, mask)[None],
+        "labels": None,
+    }
     with torch.no_grad():
         frames = hf.generate(
-            input_ids=torch.ones(1, tokens.shape[0], dtype=torch.long), max_new_tokens=FRAMES, do_sample=False,
+            input_ids=torch.ones(1, tokens.shape[0], dtype=torch.long),
+            max_new_tokens=FRAMES,
+            do_sample=False,
             depth_decoder_do_sample=False,
         )[0]
     del hf._merge_input_ids_with_input_values
@@ -126,8 +133,15 @@ def oracle(request, tmp_path_factory, tokenizer):
     assert frames.unique().numel() > 10, "degenerate frames would make the comparison vacuous"
     assert [len(seen[n]) for n in ("c0", "hidden", "decoder")] == [FRAMES, FRAMES, FRAMES * (k - 1)]
     return dict(
-        spec=spec, dirs={"transformers": hf_dir, "sesame": sesame_dir}, mimi=mimi, tok=tokenizer,
-        tokens=tokens, mask=mask, frames=frames, c0_logits=torch.stack(seen["c0"]), hidden=torch.stack(seen["hidden"]),
+        spec=spec,
+        dirs={"transformers": hf_dir, "sesame": sesame_dir},
+        mimi=mimi,
+        tok=tokenizer,
+        tokens=tokens,
+        mask=mask,
+        frames=frames,
+        c0_logits=torch.stack(seen["c0"]),
+        hidden=torch.stack(seen["hidden"]),
         decoder_logits=torch.stack(seen["decoder"]).view(FRAMES, k - 1, -1),
     )
 
@@ -183,8 +197,11 @@ def test_the_fused_path_gives_transformers_frames(oracle):
     """`fused` (TorchInductor over the per-frame work) in float32: the same greedy frames as transformers."""
     if oracle["spec"] != TINY_CSM:
         pytest.skip("compiling the medium config's frame takes minutes on two cores; the tiny one covers the path")
-    engine = CSMEngine.from_pretrained(oracle["dirs"]["transformers"], mimi=oracle["mimi"], tokenizer=oracle["tok"], fused=True)
-    result = engine.generate(TEXT, speaker=1, context=context_segments(TINY_CSM.num_codebooks), temperature=0,
-                             max_audio_ms=FRAMES * 80)
+    engine = CSMEngine.from_pretrained(
+        oracle["dirs"]["transformers"], mimi=oracle["mimi"], tokenizer=oracle["tok"], fused=True
+    )
+    result = engine.generate(
+        TEXT, speaker=1, context=context_segments(TINY_CSM.num_codebooks), temperature=0, max_audio_ms=FRAMES * 80
+    )
     assert engine.model.decode_codes is not engine.model.decode_with
     assert torch.equal(result.codes, oracle["frames"].T)

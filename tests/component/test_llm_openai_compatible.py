@@ -25,7 +25,9 @@ def backend(url: str, **settings) -> OpenAICompatibleBackend:
     return OpenAICompatibleBackend(OpenAIBackendConfig(base_url=url, **{**defaults, **settings}))
 
 
-async def collect(llm: OpenAICompatibleBackend, cancel: asyncio.Event | None = None) -> tuple[list[str], LlmError | None]:
+async def collect(
+    llm: OpenAICompatibleBackend, cancel: asyncio.Event | None = None
+) -> tuple[list[str], LlmError | None]:
     deltas: list[str] = []
     try:
         async for delta in llm.stream(MESSAGES, cancel):
@@ -212,5 +214,6 @@ async def test_in_the_assistant_a_broken_reply_is_an_error_event_and_the_next_tu
     (error,) = [errors.queue.get_nowait() for _ in range(errors.queue.qsize())]
     assert error.source == "llm" and error.message.startswith("the LLM failed mid-reply: the LLM server at")
     assert server.requests[1]["messages"][-2:] == [
-        {"role": "assistant", "content": "It is sunny and warm today,"}, {"role": "user", "content": "Are you there?"},
+        {"role": "assistant", "content": "It is sunny and warm today,"},
+        {"role": "user", "content": "Are you there?"},
     ]

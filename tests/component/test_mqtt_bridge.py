@@ -78,19 +78,33 @@ async def controller(broker: Mosquitto, **login: str) -> AsyncIterator[Controlle
 
 
 def kiosk_config(broker: Mosquitto, **mqtt: Any) -> Config:
-    return Config.model_validate({
-        "csm": {"chunk_frames": 1},
-        "mqtt": {"enabled": True, "host": broker.host, "port": broker.port, "topic_prefix": "kiosk",
-                 "site_id": "lobby", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "max_payload_bytes": 1024,
-                 **mqtt},
-    })
+    return Config.model_validate(
+        {
+            "csm": {"chunk_frames": 1},
+            "mqtt": {
+                "enabled": True,
+                "host": broker.host,
+                "port": broker.port,
+                "topic_prefix": "kiosk",
+                "site_id": "lobby",
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 0.5,
+                "max_payload_bytes": 1024,
+                **mqtt,
+            },
+        }
+    )
 
 
 @asynccontextmanager
 async def kiosk(config: Config, sink: AudioSink) -> AsyncIterator[Assistant]:
     assistant = Assistant(
-        config, backend=FakeBackend(REPLY), engine=FakeSpeechEngine(frames_per_text=3), transcriber=FakeTranscriber(),
-        source=QueueSource(), sink=sink,
+        config,
+        backend=FakeBackend(REPLY),
+        engine=FakeSpeechEngine(frames_per_text=3),
+        transcriber=FakeTranscriber(),
+        source=QueueSource(),
+        sink=sink,
     )
     async with assistant:
         yield assistant
@@ -314,7 +328,8 @@ async def test_password_from_the_environment_and_a_wrong_one_is_a_clear_error(
             with assistant.subscribe(ErrorEvent) as errors:
                 refused = await asyncio.wait_for(errors.get(), 10)
                 assert refused.message.startswith(
-                    f"the MQTT broker {secured.host}:{secured.port} refused user 'kiosk' (password from $KIOSK_MQTT_PASSWORD)"
+                    f"the MQTT broker {secured.host}:{secured.port} refused user 'kiosk' "
+                    "(password from $KIOSK_MQTT_PASSWORD)"
                 ), refused.message
                 assert "Not authorized" in refused.message  # what mosquitto answers to a wrong password
                 assert not refused.recoverable and not assistant._bridge.connected

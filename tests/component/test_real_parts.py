@@ -56,8 +56,7 @@ def _record_while_playing(sd, rate: int, tone: np.ndarray) -> np.ndarray:
         recorded.append(block[:, 0].copy())
         started.set()
 
-    with sd.InputStream(device="pulse", samplerate=rate, channels=1, dtype="float32", blocksize=320,
-                        callback=on_input):
+    with sd.InputStream(device="pulse", samplerate=rate, channels=1, dtype="float32", blocksize=320, callback=on_input):
         assert started.wait(10), "the monitor delivered no audio"
         # A device buffer like the Speaker's: with PortAudio's default a busy machine underruns and chops the tone.
         sd.play(tone, rate, device="pulse", blocking=True, latency=0.4)
@@ -89,8 +88,14 @@ def test_virtual_microphone_delivers_what_is_fed(pulse: PulseAudio) -> None:
     rate = 16000
     mic = pulse.microphone()
     recorded: list[np.ndarray] = []
-    stream = sd.InputStream(device="pulse", samplerate=rate, channels=1, dtype="float32", blocksize=320,
-                            callback=lambda block, *_: recorded.append(block[:, 0].copy()))
+    stream = sd.InputStream(
+        device="pulse",
+        samplerate=rate,
+        channels=1,
+        dtype="float32",
+        blocksize=320,
+        callback=lambda block, *_: recorded.append(block[:, 0].copy()),
+    )
     stream.start()
     try:
         sd.sleep(1500)  # the first input callback can take a while to arrive

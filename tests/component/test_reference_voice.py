@@ -77,7 +77,9 @@ def test_the_voice_heads_every_prompt_and_the_oldest_turns_make_room(engine: CSM
 def test_voice_rows_are_prefilled_once_while_the_turns_after_them_change(engine: CSMEngine, monkeypatch) -> None:
     prefills: list[int] = []
     original = engine.steps.prefill
-    monkeypatch.setattr(engine.steps, "prefill", lambda t, m, start=0: (prefills.append(start), original(t, m, start))[1])
+    monkeypatch.setattr(
+        engine.steps, "prefill", lambda t, m, start=0: (prefills.append(start), original(t, m, start))[1]
+    )
     voice = Segment(1, "This is how I sound.", codes=codes(0, 40))
     head = len(voice_rows(engine, voice))
     engine.forget_cache()  # as after the engine's warm-up: nothing of the voice is in the cache
@@ -105,7 +107,9 @@ async def test_a_clip_is_encoded_once_and_again_when_the_file_changes(
     assert len(encodes) == 2 and changed.codes.shape[1] < first.codes.shape[1]
 
 
-async def test_a_stereo_44k_clip_with_its_transcript_beside_it(engine: CSMEngine, speech_clips: list[Clip], tmp_path: Path) -> None:
+async def test_a_stereo_44k_clip_with_its_transcript_beside_it(
+    engine: CSMEngine, speech_clips: list[Clip], tmp_path: Path
+) -> None:
     audio, _ = read_wav(speech_clips[1].path, 44_100)
     clip = tmp_path / "stereo.flac"
     soundfile.write(clip, np.stack([audio, 0.5 * audio], axis=1), 44_100)
@@ -137,8 +141,12 @@ def test_a_clip_that_cannot_be_used_is_named_before_anything_loads(problem: str,
         clip.write_text("hello")
     elif problem in ("no transcript", "not a voice file"):
         soundfile.write(clip, np.zeros(24_000, np.float32), 24_000, format="WAV")
-    expected = {"missing": "no such voice file or clip", "not audio": "not an audio file",
-                "no transcript": "needs its transcript.*voice.txt", "not a voice file": "not a voice file"}[problem]
+    expected = {
+        "missing": "no such voice file or clip",
+        "not audio": "not an audio file",
+        "no transcript": "needs its transcript.*voice.txt",
+        "not a voice file": "not a voice file",
+    }[problem]
     with pytest.raises(VoiceError, match=expected):
         check_voice_source(clip, None)
 

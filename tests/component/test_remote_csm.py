@@ -49,9 +49,20 @@ async def test_it_learns_the_models_facts(remote: RemoteCSM, tiny_csm_engine: CS
 
 async def test_a_stream_gives_the_engines_codes_and_audio(remote: RemoteCSM, tiny_csm_engine: CSMEngine) -> None:
     audio = np.sin(np.arange(16_000) / 5).astype(np.float32) * 0.3
-    context = [Segment(0, "How are you?", audio=audio, sample_rate=16_000), Segment(1, "Fine.", codes=voice().codes[:, :4])]
-    settings = dict(speaker=1, context=context, temperature=0.8, topk=30, seed=7, max_audio_ms=560, chunk_frames=2,
-                    reference=voice())
+    context = [
+        Segment(0, "How are you?", audio=audio, sample_rate=16_000),
+        Segment(1, "Fine.", codes=voice().codes[:, :4]),
+    ]
+    settings = dict(
+        speaker=1,
+        context=context,
+        temperature=0.8,
+        topk=30,
+        seed=7,
+        max_audio_ms=560,
+        chunk_frames=2,
+        reference=voice(),
+    )
     codes, heard, count = await chunks(remote.stream("And you?", **settings))
     local_codes, local_audio, local_count = await chunks(tiny_csm_engine.stream("And you?", **settings))
     assert torch.equal(codes, local_codes) and codes.shape == (K, 7)

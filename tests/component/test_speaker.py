@@ -50,7 +50,9 @@ def assert_heard_whole(monitor: MonitorRecording, audio: np.ndarray) -> np.ndarr
     # Which side broke: a speaker that underran plays the rest late (the tone lasts longer), a recording
     # that lost samples without reporting an overflow hears it end early.
     longer_ms = (duration - len(audio) / PLAYBACK_RATE) * 1000
-    broke = f"the tone broke off for {longest_gap * 1000:.0f} ms; it lasted {longer_ms:+.0f} ms against the audio's length"
+    broke = (
+        f"the tone broke off for {longest_gap * 1000:.0f} ms; it lasted {longer_ms:+.0f} ms against the audio's length"
+    )
     assert longest_gap < 0.005, broke
     assert abs(longer_ms) < 50, f"the tone lasted {duration:.3f} s"
     return heard[loud[0] : loud[-1] + 1]

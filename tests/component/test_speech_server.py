@@ -58,7 +58,11 @@ def speech(
     client: openai.OpenAI, text: str, voice: str = "1", response_format: str = "pcm", model: str = MODEL_ID, **extra
 ) -> bytes:
     with client.audio.speech.with_streaming_response.create(
-        model=model, input=text, voice=voice, response_format=response_format, extra_body=extra,  # type: ignore[arg-type]
+        model=model,
+        input=text,
+        voice=voice,
+        response_format=response_format,
+        extra_body=extra,  # type: ignore[arg-type]
     ) as response:
         assert response.headers["transfer-encoding"] == "chunked"
         return b"".join(response.iter_bytes())
@@ -79,13 +83,25 @@ def test_context_reference_and_sampling_reach_the_engine(client: openai.OpenAI, 
     codes = np.random.default_rng(0).integers(0, 2048, (K, 6))
     audio = np.sin(np.arange(24_000) / 9).astype(np.float32) * 0.3
     extra = {
-        "seed": 4, "max_audio_ms": 480, "temperature": 0.7, "topk": 20, "chunk_frames": 3,
+        "seed": 4,
+        "max_audio_ms": 480,
+        "temperature": 0.7,
+        "topk": 20,
+        "chunk_frames": 3,
         "context": [{"speaker": 0, "text": "Hi.", "audio": base64.b64encode(float_wav(audio, 24_000)).decode()}],
         "reference": {"speaker": 1, "text": "This is my voice.", "codes": codes.tolist()},
     }
     direct = engine_pcm(
-        tiny_csm_engine, "Fine, thanks.", speaker=1, seed=4, max_audio_ms=480, temperature=0.7, topk=20, chunk_frames=3,
-        context=[Segment(0, "Hi.", audio=audio)], reference=Segment(1, "This is my voice.", codes=torch.tensor(codes)),
+        tiny_csm_engine,
+        "Fine, thanks.",
+        speaker=1,
+        seed=4,
+        max_audio_ms=480,
+        temperature=0.7,
+        topk=20,
+        chunk_frames=3,
+        context=[Segment(0, "Hi.", audio=audio)],
+        reference=Segment(1, "This is my voice.", codes=torch.tensor(codes)),
     )
     assert speech(client, "Fine, thanks.", **extra) == direct
 
@@ -110,14 +126,31 @@ def test_wav_is_a_header_then_the_same_samples(client: openai.OpenAI) -> None:
         ({"model": "whisper-1"}, 404, "model", "is not served here"),
         ({"temperature": -1}, 400, "temperature", "greater than or equal to 0"),
         ({"volume": 3}, 400, "volume", "unknown field 'volume'"),
-        ({"context": [{"speaker": 0, "text": "Hi.", "codes": [[1, 2]] * (K - 1)}]}, 400, "context.0.codes",
-         f"must be {K} rows"),
-        ({"context": [{"speaker": 0, "text": "Hi.", "codes": [[1, 2]] * (K - 1) + [[3]]}]}, 400, "context.0.codes",
-         "of equal length"),
+        (
+            {"context": [{"speaker": 0, "text": "Hi.", "codes": [[1, 2]] * (K - 1)}]},
+            400,
+            "context.0.codes",
+            f"must be {K} rows",
+        ),
+        (
+            {"context": [{"speaker": 0, "text": "Hi.", "codes": [[1, 2]] * (K - 1) + [[3]]}]},
+            400,
+            "context.0.codes",
+            "of equal length",
+        ),
         ({"context": [{"speaker": 0, "text": "Hi.", "codes": [[5000]] * K}]}, 400, "context.0.codes", "0..2047"),
-        ({"context": [{"speaker": 0, "text": "Hi.", "audio": "bm90IGF1ZGlv"}]}, 400, "context.0.audio",
-         "not an audio file"),
-        ({"reference": {"speaker": 1, "text": "Long.", "codes": [[1] * 600] * K}}, 400, "reference", "use a shorter clip"),
+        (
+            {"context": [{"speaker": 0, "text": "Hi.", "audio": "bm90IGF1ZGlv"}]},
+            400,
+            "context.0.audio",
+            "not an audio file",
+        ),
+        (
+            {"reference": {"speaker": 1, "text": "Long.", "codes": [[1] * 600] * K}},
+            400,
+            "reference",
+            "use a shorter clip",
+        ),
     ],
 )
 def test_a_bad_request_says_what_is_wrong(
@@ -189,14 +222,23 @@ def test_models_health_and_metrics(server: ServerThread, tiny_csm_engine: CSMEng
     listed = request(f"{server.url}/v1/models").json()
     assert listed["object"] == "list" and listed["data"][0]["id"] == MODEL_ID
     assert listed["data"][0]["csm"] == {
-        "num_codebooks": K, "max_seq_len": 2048, "codec": tiny_csm_engine.codec.fingerprint, "slots": 1,
+        "num_codebooks": K,
+        "max_seq_len": 2048,
+        "codec": tiny_csm_engine.codec.fingerprint,
+        "slots": 1,
         "sample_rate": 24_000,
     }
     assert get(f"{server.url}/health") == (200, b'{"status": "ready", "active": 0, "queued": 0}')
     status, text = get(f"{server.url}/metrics")
     assert status == 200
-    for name in ("csm_streams_active 0", "csm_requests_queued 0", "csm_slots 1", "csm_frames_generated_total ",
-                 "csm_first_chunk_seconds_bucket{le=\"+Inf\"} ", "# TYPE csm_requests_total counter"):
+    for name in (
+        "csm_streams_active 0",
+        "csm_requests_queued 0",
+        "csm_slots 1",
+        "csm_frames_generated_total ",
+        'csm_first_chunk_seconds_bucket{le="+Inf"} ',
+        "# TYPE csm_requests_total counter",
+    ):
         assert name in text.decode()
 
 
@@ -217,11 +259,25 @@ def test_the_codes_endpoint_encodes_a_wav_or_base64_json(server: ServerThread, t
 def test_the_cli_serves_drains_on_sigterm_and_exits_0(
     tmp_path: Path, tiny_csm_dir: Path, random_mimi_file: Path, llama3_tokenizer_json: Path
 ) -> None:
-    args = ("--model", str(tiny_csm_dir), "--mimi", str(random_mimi_file), "--tokenizer", str(llama3_tokenizer_json),
-            "--device", "cpu", "--api-key-env", "TEST_SPEECH_KEY", "--drain-s", "1")
+    args = (
+        "--model",
+        str(tiny_csm_dir),
+        "--mimi",
+        str(random_mimi_file),
+        "--tokenizer",
+        str(llama3_tokenizer_json),
+        "--device",
+        "cpu",
+        "--api-key-env",
+        "TEST_SPEECH_KEY",
+        "--drain-s",
+        "1",
+    )
     with ServerProcess(*args, env={"TEST_SPEECH_KEY": "k"}, log=tmp_path / "server.log") as process:
-        assert all(status == 200 or body["error"]["message"] == "the speech model is still loading"
-                   for status, body in process.health)
+        assert all(
+            status == 200 or body["error"]["message"] == "the speech model is still loading"
+            for status, body in process.health
+        )
         client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="k", max_retries=0)
         model = client.models.list().data[0].id
         assert model == tiny_csm_dir.name
@@ -266,8 +322,20 @@ def test_a_model_that_cannot_be_loaded_exits_1_with_one_line(tmp_path: Path, lla
     empty = tmp_path / "not-a-csm"
     empty.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "assistant.tts.server", "--model", str(empty), "--tokenizer", str(llama3_tokenizer_json),
-         "--port", "0"], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "assistant.tts.server",
+            "--model",
+            str(empty),
+            "--tokenizer",
+            str(llama3_tokenizer_json),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot load the CSM speech model '{empty}': CheckpointError" in result.stderr
@@ -298,13 +366,21 @@ def csm_codes(data: bytes) -> torch.Tensor:
     return torch.cat(asyncio.run(records()), dim=1)
 
 
-def test_eight_clients_at_once_get_what_each_gets_alone(batched_server: ServerThread, tiny_csm_engine: CSMEngine) -> None:
+def test_eight_clients_at_once_get_what_each_gets_alone(
+    batched_server: ServerThread, tiny_csm_engine: CSMEngine
+) -> None:
     """Eight official clients stream together from a batched server (four slots: four wait, then join the batch
     between frames); each gets the codes it gets alone, and that the local engine gives."""
     client = openai.OpenAI(base_url=f"{batched_server.url}/v1", api_key="none", max_retries=0)
     asks = [
-        dict(text=f"Request number {i}, said its own way.", voice=str(i % 4), seed=i, max_audio_ms=160 * (3 + i),
-             temperature=0.0 if i % 3 == 0 else 0.6 + 0.1 * i, topk=10 * (i + 1))
+        dict(
+            text=f"Request number {i}, said its own way.",
+            voice=str(i % 4),
+            seed=i,
+            max_audio_ms=160 * (3 + i),
+            temperature=0.0 if i % 3 == 0 else 0.6 + 0.1 * i,
+            topk=10 * (i + 1),
+        )
         for i in range(8)
     ]
 

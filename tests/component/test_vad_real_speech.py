@@ -34,7 +34,9 @@ def test_two_sentences_with_a_pause_are_two_turns_and_noise_is_none(espeak_wav) 
     pause = np.zeros(int(1.5 * RATE), np.float32)
     rng = np.random.default_rng(0)
     hum = (0.003 * rng.standard_normal(2 * RATE)).astype(np.float32)  # quiet room noise
-    events = feed_in_blocks(VadSegmenter(VadConfig(aggressiveness=3)), np.concatenate([hum, first, pause, second, pause]))
+    events = feed_in_blocks(
+        VadSegmenter(VadConfig(aggressiveness=3)), np.concatenate([hum, first, pause, second, pause])
+    )
     turns = [e for e in events if isinstance(e, Utterance)]
     assert len(turns) == 2
     for turn, sentence in zip(turns, (first, second)):
@@ -50,5 +52,13 @@ def test_speech_quieter_than_the_floor_is_not_speech(speech_clips: list[Clip]) -
     turns = lambda config: [e for e in feed_in_blocks(VadSegmenter(config), faint) if isinstance(e, Utterance)]  # noqa: E731
     assert turns(VadConfig(min_level_db=-120))
     assert turns(VadConfig()) == []
-    assert len([e for e in feed_in_blocks(VadSegmenter(VadConfig()), np.concatenate([silence, audio, silence]))
-                if isinstance(e, Utterance)]) == 1  # the clip as recorded (-27 dBFS median) is unchanged
+    assert (
+        len(
+            [
+                e
+                for e in feed_in_blocks(VadSegmenter(VadConfig()), np.concatenate([silence, audio, silence]))
+                if isinstance(e, Utterance)
+            ]
+        )
+        == 1
+    )  # the clip as recorded (-27 dBFS median) is unchanged

@@ -14,10 +14,19 @@ RATE = 22_050
 TONE = (0.5 * np.sin(np.arange(RATE // 2) * 2 * np.pi * 440 / RATE)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("format", "subtype"), [
-    ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"), ("WAV", "PCM_U8"),
-    ("WAVEX", "PCM_16"), ("WAVEX", "PCM_24"), ("FLAC", "PCM_16"),
-])
+@pytest.mark.parametrize(
+    ("format", "subtype"),
+    [
+        ("WAV", "PCM_16"),
+        ("WAV", "PCM_24"),
+        ("WAV", "PCM_32"),
+        ("WAV", "FLOAT"),
+        ("WAV", "PCM_U8"),
+        ("WAVEX", "PCM_16"),
+        ("WAVEX", "PCM_24"),
+        ("FLAC", "PCM_16"),
+    ],
+)
 def test_common_formats_read_as_the_same_mono_audio(tmp_path: Path, format: str, subtype: str) -> None:
     path = tmp_path / f"tone.{'flac' if format == 'FLAC' else 'wav'}"
     stereo = np.stack([TONE, TONE], axis=1)

@@ -23,8 +23,13 @@ def cli(
     *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, SCRIPT, *args], input=stdin, capture_output=True, text=True, timeout=timeout_s,
-        env={**os.environ, **(env or {})}, cwd=REPO,
+        [sys.executable, SCRIPT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )
 
 
@@ -36,8 +41,17 @@ def set_args(*settings: str) -> list[str]:
 def test_help_explains_every_option() -> None:
     result = cli("--help")
     assert result.returncode == 0
-    for option in ("--config", "--set", "--list-devices", "--input-device", "--output-device", "--text",
-                   "--input", "--output", "--log-level"):
+    for option in (
+        "--config",
+        "--set",
+        "--list-devices",
+        "--input-device",
+        "--output-device",
+        "--text",
+        "--input",
+        "--output",
+        "--log-level",
+    ):
         assert option in result.stdout
 
 
@@ -76,7 +90,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path: P
 def test_a_folder_as_config_is_a_config_error() -> None:
     result = cli("--config", "configs", "--text")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["config error: configs: a folder, not a config file (the presets are the .yaml files in it)"]
+    assert result.stderr.strip().splitlines() == [
+        "config error: configs: a folder, not a config file (the presets are the .yaml files in it)"
+    ]
 
 
 def test_offline_every_missing_model_is_listed_at_once_before_any_loads(tmp_path: Path) -> None:
@@ -91,9 +107,19 @@ def test_offline_every_missing_model_is_listed_at_once_before_any_loads(tmp_path
     csm = tmp_path / "csm"
     csm.mkdir()  # a folder without tokenizer.json
     result = cli(
-        "--input", str(question), "--output", str(tmp_path / "a.wav"), "--set", f"csm.model={csm}",
-        "--set", "asr.model=/no/such/whisper", "--set", "csm.mimi=/no/such/mimi.safetensors",
-        "--set", "llm.backend=scripted", env=offline,
+        "--input",
+        str(question),
+        "--output",
+        str(tmp_path / "a.wav"),
+        "--set",
+        f"csm.model={csm}",
+        "--set",
+        "asr.model=/no/such/whisper",
+        "--set",
+        "csm.mimi=/no/such/mimi.safetensors",
+        "--set",
+        "llm.backend=scripted",
+        env=offline,
     )
     assert result.returncode == 1
     (line,) = [line for line in result.stderr.splitlines() if "cannot start" in line]
@@ -127,7 +153,12 @@ def test_list_devices_shows_the_virtual_devices(pulse: PulseAudio) -> None:
 
 def test_text_mode_answers_each_line() -> None:
     result = cli(
-        "--text", "--no-speech", "--set", "llm.backend=scripted", "--set", "llm.scripted.replies=[Hi there!, Goodbye now.]",
+        "--text",
+        "--no-speech",
+        "--set",
+        "llm.backend=scripted",
+        "--set",
+        "llm.scripted.replies=[Hi there!, Goodbye now.]",
         stdin="hello\n\nbye\n",
     )
     assert result.returncode == 0, result.stderr
@@ -140,7 +171,11 @@ def test_text_mode_answers_each_line() -> None:
 def test_ctrl_c_and_sigterm_stop_cleanly_without_a_traceback(stop: signal.Signals, status: int) -> None:
     process = subprocess.Popen(
         [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         process.stdin.write("hello\n")
@@ -167,7 +202,11 @@ def _wait_until_mapped(pid: int, library: str, timeout_s: float = 30) -> None:
 def test_ctrl_c_during_start_up_is_clean(moment: str) -> None:
     process = subprocess.Popen(
         [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     if moment != "at once":
         _wait_until_mapped(process.pid, "pydantic_core")  # our own imports have begun

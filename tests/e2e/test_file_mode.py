@@ -13,18 +13,37 @@ from tests.support.speech import Clip
 
 
 def model_settings(whisper: Path, csm: Path, mimi: Path, tokenizer: Path) -> list[str]:
-    return set_args(f"asr.model={whisper}", f"csm.model={csm}", f"csm.mimi={mimi}", f"csm.tokenizer={tokenizer}",
-                    "csm.device=cpu", "csm.seed=0", "asr.device=cpu", "llm.backend=scripted")
+    return set_args(
+        f"asr.model={whisper}",
+        f"csm.model={csm}",
+        f"csm.mimi={mimi}",
+        f"csm.tokenizer={tokenizer}",
+        "csm.device=cpu",
+        "csm.seed=0",
+        "asr.device=cpu",
+        "llm.backend=scripted",
+    )
 
 
 def test_a_recording_in_gives_a_spoken_reply_out(
-    tmp_path: Path, speech_clips: list[Clip], whisper_tiny_en: Path, tiny_csm_dir: Path, random_mimi_file: Path,
+    tmp_path: Path,
+    speech_clips: list[Clip],
+    whisper_tiny_en: Path,
+    tiny_csm_dir: Path,
+    random_mimi_file: Path,
     llama3_tokenizer_json: Path,
 ) -> None:
     clip, out = speech_clips[0], tmp_path / "reply.wav"
     result = cli(
-        "--input", str(clip.path), "--output", str(out), "--set", "llm.scripted.replies=['Sure, I can help with that.']",
-        "--set", "csm.max_audio_ms=1600", *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json),
+        "--input",
+        str(clip.path),
+        "--output",
+        str(out),
+        "--set",
+        "llm.scripted.replies=['Sure, I can help with that.']",
+        "--set",
+        "csm.max_audio_ms=1600",
+        *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json),
         timeout_s=600,  # loads torch, Whisper and CSM in a fresh process
     )
     assert result.returncode == 0, result.stderr
@@ -38,13 +57,21 @@ def test_a_recording_in_gives_a_spoken_reply_out(
 
 
 def test_a_recording_without_speech_is_an_error_and_leaves_no_reply(
-    tmp_path: Path, whisper_tiny_en: Path, tiny_csm_dir: Path, random_mimi_file: Path, llama3_tokenizer_json: Path,
+    tmp_path: Path,
+    whisper_tiny_en: Path,
+    tiny_csm_dir: Path,
+    random_mimi_file: Path,
+    llama3_tokenizer_json: Path,
 ) -> None:
     silence, out = tmp_path / "silence.wav", tmp_path / "reply.wav"
     write_wav(silence, np.zeros(16_000 * 2, np.float32), 16_000)
     result = cli(
-        "--input", str(silence), "--output", str(out),
-        *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json), timeout_s=600,
+        "--input",
+        str(silence),
+        "--output",
+        str(out),
+        *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json),
+        timeout_s=600,
     )
     assert result.returncode == 2 and "no speech found" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()

@@ -48,7 +48,9 @@ class Live:
     monitor: MonitorRecording
     events: asyncio.Queue[Event]
 
-    async def next(self, kind: type[Event], where: Callable[[Event], bool] = lambda e: True, timeout_s: float = 60) -> Event:
+    async def next(
+        self, kind: type[Event], where: Callable[[Event], bool] = lambda e: True, timeout_s: float = 60
+    ) -> Event:
         async with asyncio.timeout(timeout_s):
             while not (isinstance(event := await self.events.get(), kind) and where(event)):
                 pass
@@ -68,14 +70,16 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
     started: list[tuple[asyncio.Task[None], Microphone, Speaker, MonitorRecording]] = []
 
     async def start(barge_in: str, chunk_frames: int = 10) -> Live:
-        config = Config.model_validate({
-            # speech interrupts at once (resume_ms 0): the pause that comes first otherwise is tested in unit tests
-            "barge_in": {"mode": barge_in, "min_speech_ms": 300, "tail_ms": 300, "hold_ms": 0, "resume_ms": 0},
-            "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
-            # Random weights never end on their own. The tiny engine runs slower than real time here, so its
-            # speech comes in stretches a chunk long: chunks of 10 frames leave sound to interrupt.
-            "csm": {"seed": 0, "chunk_frames": chunk_frames, "max_audio_ms": 1600},
-        })
+        config = Config.model_validate(
+            {
+                # speech interrupts at once (resume_ms 0): the pause that comes first otherwise is tested in unit tests
+                "barge_in": {"mode": barge_in, "min_speech_ms": 300, "tail_ms": 300, "hold_ms": 0, "resume_ms": 0},
+                "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
+                # Random weights never end on their own. The tiny engine runs slower than real time here, so its
+                # speech comes in stretches a chunk long: chunks of 10 frames leave sound to interrupt.
+                "csm": {"seed": 0, "chunk_frames": chunk_frames, "max_audio_ms": 1600},
+            }
+        )
         bus = EventBus()
         events = bus.subscribe()
         microphone = Microphone("pulse")
@@ -84,8 +88,14 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
         speaker = WatchedSpeaker("pulse")
         await speaker.start()
         voice = VoiceLoop(
-            config, bus, ScriptedBackend(config.llm.scripted), transcriber=transcriber, engine=engine,
-            encode_audio=engine.encode, sink=speaker, segmenter=VadSegmenter(config.vad),
+            config,
+            bus,
+            ScriptedBackend(config.llm.scripted),
+            transcriber=transcriber,
+            engine=engine,
+            encode_audio=engine.encode,
+            sink=speaker,
+            segmenter=VadSegmenter(config.vad),
         )
         started.append((asyncio.create_task(voice.listen(microphone)), microphone, speaker, monitor))
         return Live(voice, speaker, monitor, events.queue)
@@ -175,7 +185,9 @@ async def test_interrupt_while_speaking_silences_within_50_ms_and_keeps_only_wha
         await live.next(StateChanged, lambda e: e.state == "speaking")
         await asyncio.sleep(0.5)  # "speaking" comes as audio is queued; it is heard a device buffer later
         await interrupt_while_sounding(
-            live.monitor, lambda: live.voice.interrupt("test"), timeout_s=15,
+            live.monitor,
+            lambda: live.voice.interrupt("test"),
+            timeout_s=15,
             ready=lambda: live.speaker.unbroken_s > 2 * AHEAD_S,
         )
         called = (await live.next(Interrupted)).at
@@ -215,7 +227,7 @@ async def test_vad_barge_in_interrupts_and_the_user_is_answered(
         await live.next(StateChanged, lambda e: e.state == "speaking")
         # the speech is heard as such some 0.4 s after it begins: begin it early in a stretch of sound
         await interrupt_while_sounding(
-            live.monitor, lambda: say(pulse, clip), timeout_s=15, ready=lambda: live.speaker.unbroken_s > 1
+            live.monitor, lambda clip=clip: say(pulse, clip), timeout_s=15, ready=lambda: live.speaker.unbroken_s > 1
         )
         interrupted = await live.next(Interrupted)
         played = live.speaker.played
@@ -261,13 +273,20 @@ async def test_with_echo_cancellation_the_speaker_is_its_reference_and_the_user_
     speech into the microphone still becomes a turn through it."""
     from pipelines.assistant import Assistant
 
-    config = Config.model_validate({
-        "audio": {"input_device": "pulse", "output_device": "pulse", "echo_cancellation": True,
-                  "output_latency_ms": 150, "input_latency_ms": 20},
-        "llm": {"backend": "scripted", "scripted": {"replies": ["Sure."]}},
-        "csm": {"seed": 0, "max_audio_ms": 800},
-        "voice": {"locked": False},
-    })
+    config = Config.model_validate(
+        {
+            "audio": {
+                "input_device": "pulse",
+                "output_device": "pulse",
+                "echo_cancellation": True,
+                "output_latency_ms": 150,
+                "input_latency_ms": 20,
+            },
+            "llm": {"backend": "scripted", "scripted": {"replies": ["Sure."]}},
+            "csm": {"seed": 0, "max_audio_ms": 800},
+            "voice": {"locked": False},
+        }
+    )
     assistant = Assistant(config, engine=engine, encode_audio=engine.encode, transcriber=transcriber)
     async with assistant:
         assert assistant.echo_canceller is not None

@@ -19,33 +19,58 @@ SERVER_PRESETS = ["openai", "ollama", "vllm", "llamacpp"]
 
 
 def test_a_server_is_chosen_with_settings_alone_and_a_failed_turn_does_not_stop_it() -> None:
-    scripts = (Script(first_delay_s=60), Script(reply="Hi! **Nice** to meet you."), Script(reply="See https://example.com/x."))
+    scripts = (
+        Script(first_delay_s=60),
+        Script(reply="Hi! **Nice** to meet you."),
+        Script(reply="See https://example.com/x."),
+    )
     with ChatServer(*scripts, api_key="sk-test", models={"tiny"}) as server:
         result = cli(
-            *TEXT_ONLY, "--set", "llm.backend=openai", "--set", f"llm.openai.base_url={server.url}",
-            "--set", "llm.openai.model=tiny", "--set", "llm.openai.api_key_env=TEST_LLM_KEY",
-            "--set", "llm.openai.timeout_s=5", "--set", "llm.openai.max_retries=0",
-            stdin="hello\nhello again\nand then?\n", env={"TEST_LLM_KEY": "sk-test"},
+            *TEXT_ONLY,
+            "--set",
+            "llm.backend=openai",
+            "--set",
+            f"llm.openai.base_url={server.url}",
+            "--set",
+            "llm.openai.model=tiny",
+            "--set",
+            "llm.openai.api_key_env=TEST_LLM_KEY",
+            "--set",
+            "llm.openai.timeout_s=5",
+            "--set",
+            "llm.openai.max_retries=0",
+            stdin="hello\nhello again\nand then?\n",
+            env={"TEST_LLM_KEY": "sk-test"},
         )
     assert result.returncode == 0, result.stderr
     said = [line.removeprefix("assistant: ") for line in result.stdout.splitlines()]
     assert said == [LlmConfig().apology, "Hi! Nice to meet you.", "See example.com."]  # cleaned for speech
     failures = [line for line in result.stderr.splitlines() if "the LLM failed" in line]
     assert len(failures) == 1 and failures[0].endswith(
-        f"the LLM failed before replying: the LLM server at {server.url} sent no reply within 5 s (llm.openai.timeout_s)"
+        f"the LLM failed before replying: the LLM server at {server.url} "
+        "sent no reply within 5 s (llm.openai.timeout_s)"
     )
     first, _, third = (request["messages"] for request in server.requests)
     assert first == [{"role": "system", "content": LlmConfig().system_prompt}, {"role": "user", "content": "hello"}]
     assert third[0] == first[0] and third[-3:] == [
-        {"role": "user", "content": "hello again"}, {"role": "assistant", "content": "Hi! Nice to meet you."},
+        {"role": "user", "content": "hello again"},
+        {"role": "assistant", "content": "Hi! Nice to meet you."},
         {"role": "user", "content": "and then?"},
     ]
 
 
 def test_the_local_model_is_chosen_with_settings_alone(tiny_chat_model_dir: Path) -> None:
     result = cli(
-        *TEXT_ONLY, "--set", "llm.backend=local", "--set", f"llm.local.model={tiny_chat_model_dir}",
-        "--set", "llm.local.device=cpu", "--set", "llm.local.max_new_tokens=8", stdin="hello\n",
+        *TEXT_ONLY,
+        "--set",
+        "llm.backend=local",
+        "--set",
+        f"llm.local.model={tiny_chat_model_dir}",
+        "--set",
+        "llm.local.device=cpu",
+        "--set",
+        "llm.local.max_new_tokens=8",
+        stdin="hello\n",
     )
     assert result.returncode == 0, result.stderr
     assert "local LLM: " in result.stderr  # loaded before the first turn
@@ -58,8 +83,9 @@ async def test_each_server_preset_talks_to_its_server(preset: str, monkeypatch: 
     settings = load_config(file).llm.openai
     if settings.api_key_env:
         monkeypatch.setenv(settings.api_key_env, "sk-test")
-    with ChatServer(Script(reply="Preset works."), api_key="sk-test" if settings.api_key_env else None,
-                    models={settings.model}) as server:
+    with ChatServer(
+        Script(reply="Preset works."), api_key="sk-test" if settings.api_key_env else None, models={settings.model}
+    ) as server:
         backend = make_backend(load_config(file, [f"llm.openai.base_url={server.url}"]).llm)
         try:
             reply = "".join([delta async for delta in backend.stream([{"role": "user", "content": "hello"}])])
@@ -71,8 +97,10 @@ async def test_each_server_preset_talks_to_its_server(preset: str, monkeypatch: 
 def test_the_presets_point_at_each_server_s_usual_address() -> None:
     urls = {name: load_config(REPO / "configs" / f"{name}.yaml").llm.openai.base_url for name in SERVER_PRESETS}
     assert urls == {
-        "openai": "https://api.openai.com/v1", "ollama": "http://localhost:11434/v1",
-        "vllm": "http://localhost:8000/v1", "llamacpp": "http://localhost:8080/v1",
+        "openai": "https://api.openai.com/v1",
+        "ollama": "http://localhost:11434/v1",
+        "vllm": "http://localhost:8000/v1",
+        "llamacpp": "http://localhost:8080/v1",
     }
 
 
@@ -86,7 +114,9 @@ def test_openai_without_its_key_is_refused_naming_the_variable(monkeypatch: pyte
     )
 
 
-async def test_a_local_model_that_cannot_be_loaded_stops_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_local_model_that_cannot_be_loaded_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))

@@ -50,29 +50,40 @@ async def test_an_mqtt_interrupt_silences_the_speaker_and_keeps_only_what_was_pl
     assistant's loop and host, and on a busy 2-core VM the broker's and the loop's wake-ups are now and then
     tens of ms late."""
     pulse.microphone()
-    config = Config.model_validate({
-        "audio": {"input_device": "pulse"},  # the Assistant opens the virtual microphone itself
-        "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
-        "csm": {"seed": 0, "chunk_frames": 10, "max_audio_ms": 1600},  # as in test_live_mode.py
-        "mqtt": {"enabled": True, "host": broker.host, "port": broker.port, "topic_prefix": "kiosk", "site_id": "lobby"},
-    })
+    config = Config.model_validate(
+        {
+            "audio": {"input_device": "pulse"},  # the Assistant opens the virtual microphone itself
+            "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
+            "csm": {"seed": 0, "chunk_frames": 10, "max_audio_ms": 1600},  # as in test_live_mode.py
+            "mqtt": {
+                "enabled": True,
+                "host": broker.host,
+                "port": broker.port,
+                "topic_prefix": "kiosk",
+                "site_id": "lobby",
+            },
+        }
+    )
     speaker = WatchedSpeaker("pulse")
     await speaker.start()
     from_call, from_publish = [], []
     try:
         with MonitorRecording(pulse) as monitor:
-            assistant = Assistant(config, engine=engine, encode_audio=engine.encode, transcriber=transcriber,
-                                  sink=speaker)
+            assistant = Assistant(
+                config, engine=engine, encode_audio=engine.encode, transcriber=transcriber, sink=speaker
+            )
             interrupts = assistant.subscribe(Interrupted)
             async with controller(broker) as remote, assistant:
                 await remote.next("status", lambda s: s == "online")
-                for attempt in range(ATTEMPTS):
+                for attempt in range(ATTEMPTS):  # noqa: B007 (the count is printed after the loop)
                     before = speaker.played  # the speaker's position goes on from one reply to the next
                     await remote.send("ask", {"text": "Tell me a story."})
                     await remote.next("state", lambda s: s["state"] == "speaking", timeout_s=60)
                     await asyncio.sleep(0.5)  # "speaking" comes as audio is queued; it is heard a device buffer later
                     published = await interrupt_while_sounding(
-                        monitor, lambda: asyncio.ensure_future(remote.send("interrupt")), timeout_s=15,
+                        monitor,
+                        lambda: asyncio.ensure_future(remote.send("interrupt")),
+                        timeout_s=15,
                         ready=lambda: speaker.unbroken_s > 3 * AHEAD_S,  # room for the trip
                     )
                     assert (await remote.next("interrupted"))["source"] == "mqtt"
@@ -94,28 +105,47 @@ async def test_an_mqtt_interrupt_silences_the_speaker_and_keeps_only_what_was_pl
                         break
     finally:
         await speaker.aclose()
-    print(f"silent after the bridge's interrupt(): {', '.join(f'{s * 1000:.1f}' for s in from_call)} ms; "
-          f"after the controller's publish: {', '.join(f'{s * 1000:.1f}' for s in from_publish)} ms "
-          f"({attempt + 1} attempts)")
+    print(
+        f"silent after the bridge's interrupt(): {', '.join(f'{s * 1000:.1f}' for s in from_call)} ms; "
+        f"after the controller's publish: {', '.join(f'{s * 1000:.1f}' for s in from_publish)} ms "
+        f"({attempt + 1} attempts)"
+    )
     assert len(from_call) == MEASURED, f"no sound to stop at most of {ATTEMPTS} interrupts: machine too busy?"
     assert np.median(from_call) < 0.050
     assert max(from_publish) < Speaker.latency
 
 
 async def test_sigterm_after_a_burst_of_asks_ends_the_kiosk_at_once(
-    pulse: PulseAudio, broker: Mosquitto, tmp_path: Path, whisper_tiny_en: Path, tiny_csm_dir: Path,
-    random_mimi_file: Path, llama3_tokenizer_json: Path,
+    pulse: PulseAudio,
+    broker: Mosquitto,
+    tmp_path: Path,
+    whisper_tiny_en: Path,
+    tiny_csm_dir: Path,
+    random_mimi_file: Path,
+    llama3_tokenizer_json: Path,
 ) -> None:
     """`run_assistant.py` with the kiosk preset on the virtual devices: 20 asks arrive at once over MQTT, the first is
     spoken, and SIGTERM (what `systemctl stop` sends) ends it without speaking the other 19."""
     pulse.microphone()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, SCRIPT, "--config", str(REPO / "configs" / "kiosk.yaml"),
+        sys.executable,
+        SCRIPT,
+        "--config",
+        str(REPO / "configs" / "kiosk.yaml"),
         *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json),
-        *set_args("audio.input_device=pulse", "audio.output_device=pulse", "audio.echo_cancellation=false",
-                  f"mqtt.host={broker.host}", f"mqtt.port={broker.port}", "mqtt.topic_prefix=kiosk",
-                  "csm.max_audio_ms=4000", "llm.scripted.replies=['" + STORY + "']"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        *set_args(
+            "audio.input_device=pulse",
+            "audio.output_device=pulse",
+            "audio.echo_cancellation=false",
+            f"mqtt.host={broker.host}",
+            f"mqtt.port={broker.port}",
+            "mqtt.topic_prefix=kiosk",
+            "csm.max_audio_ms=4000",
+            "llm.scripted.replies=['" + STORY + "']",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
     )
     try:
         async with controller(broker) as remote:

@@ -24,15 +24,29 @@ LOCKED = Path("csm-assistant") / "voice.safetensors"
 
 
 def test_the_locked_voice_is_made_once_the_same_on_two_machines_and_can_be_replaced_shown_and_reset(
-    tmp_path: Path, speech_clips: list[Clip], whisper_tiny_en: Path, tiny_csm_dir: Path, random_mimi_file: Path,
+    tmp_path: Path,
+    speech_clips: list[Clip],
+    whisper_tiny_en: Path,
+    tiny_csm_dir: Path,
+    random_mimi_file: Path,
     llama3_tokenizer_json: Path,
 ) -> None:
     models = model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json)
     question = str(speech_clips[0].path)
 
     def answer(home: Path, *extra: str) -> str:
-        result = cli("--input", question, "--output", str(tmp_path / "reply.wav"), "--set", "csm.max_audio_ms=800",
-                     *models, *extra, env={"XDG_DATA_HOME": str(home)}, timeout_s=600)
+        result = cli(
+            "--input",
+            question,
+            "--output",
+            str(tmp_path / "reply.wav"),
+            "--set",
+            "csm.max_audio_ms=800",
+            *models,
+            *extra,
+            env={"XDG_DATA_HOME": str(home)},
+            timeout_s=600,
+        )
         assert result.returncode == 0, result.stderr
         return result.stderr
 
@@ -68,18 +82,27 @@ def test_a_voice_that_cannot_be_used_stops_the_start_with_one_line(problem: str,
 
 
 def config(tiny_csm_dir: Path, random_mimi_file: Path, tokenizer: Path) -> Config:
-    return Config.model_validate({
-        "csm": {"model": str(tiny_csm_dir), "mimi": str(random_mimi_file), "tokenizer": str(tokenizer),
-                "device": "cpu", "seed": 3, "max_audio_ms": 480},
-        "llm": {"backend": "scripted"},
-    })
+    return Config.model_validate(
+        {
+            "csm": {
+                "model": str(tiny_csm_dir),
+                "mimi": str(random_mimi_file),
+                "tokenizer": str(tokenizer),
+                "device": "cpu",
+                "seed": 3,
+                "max_audio_ms": 480,
+            },
+            "llm": {"backend": "scripted"},
+        }
+    )
 
 
 async def spoken_with(voice: str | Path | None, settings: Config, out: Path) -> torch.Tensor:
     """The codes of what the assistant said, after checking that it went to the file."""
     sink = FileSink(out)
-    assistant = Assistant(settings, backend=FakeBackend([]), transcriber=FakeTranscriber(), source=QueueSource(),
-                          sink=sink, voice=voice)
+    assistant = Assistant(
+        settings, backend=FakeBackend([]), transcriber=FakeTranscriber(), source=QueueSource(), sink=sink, voice=voice
+    )
     async with assistant:
         await assistant.say("Nice to meet you.")
         said = assistant.conversation.turns[-1].codes
@@ -89,13 +112,21 @@ async def spoken_with(voice: str | Path | None, settings: Config, out: Path) -> 
 
 
 async def test_assistant_voice_argument_speaks_in_that_voice(
-    tmp_path: Path, speech_clips: list[Clip], tiny_csm_dir: Path, random_mimi_file: Path, llama3_tokenizer_json: Path,
+    tmp_path: Path,
+    speech_clips: list[Clip],
+    tiny_csm_dir: Path,
+    random_mimi_file: Path,
+    llama3_tokenizer_json: Path,
 ) -> None:
     settings = config(tiny_csm_dir, random_mimi_file, llama3_tokenizer_json)
     clip = speech_clips[2]
     (tmp_path / "clip.wav").write_bytes(clip.path.read_bytes())
     (tmp_path / "clip.txt").write_text(clip.text)
-    plain = await spoken_with(None, settings.model_copy(update={"voice": settings.voice.model_copy(update={"locked": False})}), tmp_path / "a.wav")
+    plain = await spoken_with(
+        None,
+        settings.model_copy(update={"voice": settings.voice.model_copy(update={"locked": False})}),
+        tmp_path / "a.wav",
+    )
     voiced = await spoken_with(tmp_path / "clip.wav", settings, tmp_path / "b.wav")
     same = await spoken_with(tmp_path / "clip.wav", settings, tmp_path / "c.wav")
     assert torch.equal(voiced, same)  # the same seed in the same voice

@@ -75,7 +75,9 @@ class ChatServer:
         """Block until `count` responses have ended; their outcomes."""
         with self._changed:
             if not self._changed.wait_for(lambda: len(self.outcomes) >= count, timeout_s):
-                raise TimeoutError(f"the chat server saw {len(self.outcomes)} of {count} responses end: {self.outcomes}")
+                raise TimeoutError(
+                    f"the chat server saw {len(self.outcomes)} of {count} responses end: {self.outcomes}"
+                )
             return list(self.outcomes)
 
     async def _shutdown(self) -> None:
@@ -107,7 +109,11 @@ class ChatServer:
             writer.transport.abort()
 
     async def _answer(
-        self, path: str, headers: dict[str, str], body: dict[str, Any], reader: asyncio.StreamReader,
+        self,
+        path: str,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> str:
         if path != CHAT_PATH:
@@ -123,7 +129,9 @@ class ChatServer:
             )
         script = self.scripts.pop(0) if self.scripts else self.default
         if script.status != 200:
-            return await _send_error(writer, script.status, "The server had an error processing your request.", "server_error")
+            return await _send_error(
+                writer, script.status, "The server had an error processing your request.", "server_error"
+            )
         return await _stream(script, str(model), reader, writer)
 
 
@@ -146,7 +154,9 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, st
 async def _send_error(writer: asyncio.StreamWriter, status: int, message: str, code: str) -> str:
     body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
     writer.write(
-        f"HTTP/1.1 {status} Error\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        (
+            f"HTTP/1.1 {status} Error\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
     )
     await writer.drain()
     return "finished"
@@ -154,7 +164,10 @@ async def _send_error(writer: asyncio.StreamWriter, status: int, message: str, c
 
 def _event(model: str, delta: dict[str, str], finish: str | None = None, chunked: bool = True) -> bytes:
     chunk = {
-        "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     data = f"data: {json.dumps(chunk)}\n\n".encode()

@@ -45,9 +45,17 @@ class FakeSpeechEngine:
     _next_code: int = 1
 
     async def stream(
-        self, text: str, speaker: int = 1, context: Sequence[Segment] = (), temperature: float = 0.9,
-        topk: int = 50, seed: int | None = None, max_audio_ms: float | None = None, cancel: Any = None,
-        chunk_frames: int = 1, reference: Segment | None = None,
+        self,
+        text: str,
+        speaker: int = 1,
+        context: Sequence[Segment] = (),
+        temperature: float = 0.9,
+        topk: int = 50,
+        seed: int | None = None,
+        max_audio_ms: float | None = None,
+        cancel: Any = None,
+        chunk_frames: int = 1,
+        reference: Segment | None = None,
     ) -> AsyncIterator[FakeChunk]:
         self.calls.append((text, list(context)))
         self.references.append(reference)

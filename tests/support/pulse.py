@@ -63,9 +63,18 @@ class PulseAudio:
         for key in ("XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "HOME"):
             Path(self.env[key]).mkdir(mode=0o700, parents=True, exist_ok=True)
         subprocess.run(
-            ["pulseaudio", "-D", "--exit-idle-time=-1", "-n", "--load=module-native-protocol-unix",
-             f"--log-target=file:{self.root / 'pulse.log'}"],
-            env={**os.environ, **self.env}, check=True, capture_output=True, timeout=30,
+            [
+                "pulseaudio",
+                "-D",
+                "--exit-idle-time=-1",
+                "-n",
+                "--load=module-native-protocol-unix",
+                f"--log-target=file:{self.root / 'pulse.log'}",
+            ],
+            env={**os.environ, **self.env},
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         wait_until(self._answers, 15, "PulseAudio")
         self._plug(self.SPEAKER, self.MICROPHONE)
@@ -82,8 +91,13 @@ class PulseAudio:
         """
         if self.MICROPHONE in names:
             self.pactl(
-                "load-module", "module-pipe-source", f"source_name={self.MICROPHONE}", f"file={self.fifo}",
-                "format=s16le", f"rate={self.rate}", "channels=1",
+                "load-module",
+                "module-pipe-source",
+                f"source_name={self.MICROPHONE}",
+                f"file={self.fifo}",
+                "format=s16le",
+                f"rate={self.rate}",
+                "channels=1",
             )
             self.use_source(self.MICROPHONE)
         if self.SPEAKER in names:
@@ -221,7 +235,11 @@ class MonitorRecording:
         os.environ["PULSE_SOURCE"] = f"{PulseAudio.SPEAKER}.monitor"
         try:
             self._stream = sd.InputStream(
-                device="pulse", samplerate=self.rate, channels=1, dtype="float32", blocksize=self._blocksize,
+                device="pulse",
+                samplerate=self.rate,
+                channels=1,
+                dtype="float32",
+                blocksize=self._blocksize,
                 callback=self._callback,
             )
             self._stream.start()
@@ -261,6 +279,8 @@ class MonitorRecording:
         ends = np.cumsum(sizes)
         bounds = np.array([arrival for _, arrival in blocks]) - ends / self.rate
         window = max(1, round(self.BOUND_WINDOW_S * self.rate / self._blocksize))
-        ahead = np.lib.stride_tricks.sliding_window_view(np.pad(bounds, (0, window - 1), constant_values=np.inf), window)
+        ahead = np.lib.stride_tricks.sliding_window_view(
+            np.pad(bounds, (0, window - 1), constant_values=np.inf), window
+        )
         t0 = np.repeat(ahead.min(axis=1), sizes)
         return np.concatenate([block for block, _ in blocks]), t0 + np.arange(ends[-1]) / self.rate

@@ -76,8 +76,16 @@ def csm_config(spec: CsmSpec):
     )
     # The transformers model carries its own (unused here) Mimi; keep it small.
     codec = MimiConfig(
-        hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
-        intermediate_size=128, num_filters=8, codebook_dim=32, upsample_groups=64, num_quantizers=spec.num_codebooks,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        intermediate_size=128,
+        num_filters=8,
+        codebook_dim=32,
+        upsample_groups=64,
+        num_quantizers=spec.num_codebooks,
         codebook_size=spec.audio_vocab_size - 3,
     )
     return CsmConfig(
@@ -132,12 +140,18 @@ def mimi_config(spec: MimiSpec) -> dict:
     cfg = copy.deepcopy(loaders._mimi_config)
     cfg["seanet"].update(dimension=spec.seanet_dimension, n_filters=spec.seanet_filters)
     cfg["quantizer"].update(
-        dimension=spec.quantizer_dimension, n_q=spec.num_codebooks, bins=spec.bins,
-        input_dimension=spec.seanet_dimension, output_dimension=spec.seanet_dimension,
+        dimension=spec.quantizer_dimension,
+        n_q=spec.num_codebooks,
+        bins=spec.bins,
+        input_dimension=spec.seanet_dimension,
+        output_dimension=spec.seanet_dimension,
     )
     cfg["transformer"].update(
-        d_model=spec.transformer_dim, num_heads=spec.transformer_heads, num_layers=spec.transformer_layers,
-        dim_feedforward=spec.transformer_ff, input_dimension=spec.seanet_dimension,
+        d_model=spec.transformer_dim,
+        num_heads=spec.transformer_heads,
+        num_layers=spec.transformer_layers,
+        dim_feedforward=spec.transformer_ff,
+        input_dimension=spec.seanet_dimension,
         output_dimensions=[spec.seanet_dimension],
     )
     return cfg

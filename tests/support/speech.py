@@ -38,7 +38,8 @@ def espeak(text: str, path: Path, voice: str = "en-us", words_per_minute: int = 
     """Synthesize `text` with espeak-ng into a wav (espeak's own rate, 22.05 kHz mono)."""
     subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     return path
 

@@ -25,8 +25,12 @@ from tests.unit.test_voice_loop import REPLY, config, voice_loop
 
 def assistant(sink: ManualSink, source: QueueSource | None = None, backend: FakeBackend | None = None) -> Assistant:
     return Assistant(
-        config("off"), backend=backend or FakeBackend(REPLY), engine=FakeSpeechEngine(frames_per_text=3),
-        transcriber=FakeTranscriber(), source=source or QueueSource(), sink=sink,
+        config("off"),
+        backend=backend or FakeBackend(REPLY),
+        engine=FakeSpeechEngine(frames_per_text=3),
+        transcriber=FakeTranscriber(),
+        source=source or QueueSource(),
+        sink=sink,
     )
 
 
@@ -184,5 +188,7 @@ async def test_muted_speech_is_not_heard_and_unmuting_hears_again() -> None:
     assert [t.text for t in voice.conversation.turns][0] == "after unmuting"
     seen = drain(events.queue)
     assert [(e.kind, getattr(e, "muted", None)) for e in seen] == [
-        ("MuteChanged", True), ("MuteChanged", False), ("UserTranscript", None)
+        ("MuteChanged", True),
+        ("MuteChanged", False),
+        ("UserTranscript", None),
     ]

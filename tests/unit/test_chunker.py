@@ -27,7 +27,7 @@ def test_short_openings_wait_for_enough_words() -> None:
 
 @pytest.mark.parametrize("step", [1, 2, 7, 1000])
 def test_chunks_do_not_depend_on_delta_sizes(step: int) -> None:
-    text = "Dr. Smith arrived at 3.30 p.m. on Monday. He said: \"Hello there.\" Then he left... Fine?\nYes."
+    text = 'Dr. Smith arrived at 3.30 p.m. on Monday. He said: "Hello there." Then he left... Fine?\nYes.'
     assert chunk_stream(text, step) == [
         "Dr. Smith arrived at 3.30 p.m. on Monday.",
         'He said: "Hello there."',

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.config import DEFAULT_CONFIG, CONFIG_DIR, ConfigError, load_config, parse_override
+from assistant.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, load_config, parse_override
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -78,8 +78,14 @@ def test_secrets_come_from_the_named_environment_variable(tmp_path: Path, monkey
 def test_overrides_are_parsed_as_yaml_values(tmp_path: Path) -> None:
     config = load_config(
         write(tmp_path, "vad:\n  aggressiveness: 1\n"),
-        ["vad.aggressiveness=3", "llm.backend=scripted", "audio.input_device=2", "asr.language=null",
-         "llm.scripted.replies=[Hi there., Bye.]", "csm.temperature=0"],
+        [
+            "vad.aggressiveness=3",
+            "llm.backend=scripted",
+            "audio.input_device=2",
+            "asr.language=null",
+            "llm.scripted.replies=[Hi there., Bye.]",
+            "csm.temperature=0",
+        ],
     )
     assert config.vad.aggressiveness == 3
     assert config.llm.backend == "scripted"
@@ -124,7 +130,9 @@ def test_string_settings_take_on_off_yes_no_as_typed(tmp_path: Path, word: str) 
     assert load_config(write(tmp_path, f"barge_in:\n  mode: {word}\n")).barge_in.mode == word
 
 
-@pytest.mark.parametrize(("word", "value"), [("yes", True), ("on", True), ("true", True), ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    ("word", "value"), [("yes", True), ("on", True), ("true", True), ("no", False), ("off", False)]
+)
 def test_boolean_settings_still_read_yes_no_on_off(word: str, value: bool) -> None:
     assert load_config(None, [f"mqtt.enabled={word}"]).mqtt.enabled is value
 
@@ -165,7 +173,11 @@ def test_an_unset_broker_password_variable_is_found_with_the_config(monkeypatch:
 def test_the_speech_server_is_chosen_with_its_address() -> None:
     assert load_config(None).csm.backend == "local"
     config = load_config(None, ["csm.backend=server", "csm.server.url=http://gpu-box:8000", "csm.server.timeout_s=5"])
-    assert (config.csm.backend, config.csm.server.url, config.csm.server.timeout_s) == ("server", "http://gpu-box:8000", 5)
+    assert (config.csm.backend, config.csm.server.url, config.csm.server.timeout_s) == (
+        "server",
+        "http://gpu-box:8000",
+        5,
+    )
     with pytest.raises(ConfigError, match="csm.backend = 'remote': Input should be 'local' or 'server'"):
         load_config(None, ["csm.backend=remote"])
 

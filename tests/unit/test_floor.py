@@ -69,12 +69,20 @@ def utterance(end_sample: int = 16_000, seconds: float = 1.0) -> Utterance:
 
 
 def rules(**barge_in: Any) -> Config:
-    return Config.model_validate({
-        "vad": {"end_silence_ms": 600},
-        "turn": {"speculate_ms": 200, "complete_ms": 250, "incomplete_ms": 1200},
-        "barge_in": {"mode": "vad", "min_speech_ms": 150, "hold_ms": 500, "resume_ms": 2000, "tail_ms": 300,
-                     **barge_in},
-    })
+    return Config.model_validate(
+        {
+            "vad": {"end_silence_ms": 600},
+            "turn": {"speculate_ms": 200, "complete_ms": 250, "incomplete_ms": 1200},
+            "barge_in": {
+                "mode": "vad",
+                "min_speech_ms": 150,
+                "hold_ms": 500,
+                "resume_ms": 2000,
+                "tail_ms": 300,
+                **barge_in,
+            },
+        }
+    )
 
 
 class Driver:
@@ -83,8 +91,9 @@ class Driver:
     def __init__(self, config: Config | None = None, model: bool = False) -> None:
         config = config or rules()
         ids = itertools.count(1)
-        self.floor = Floor(config.turn, config.barge_in, config.vad.end_silence_ms, model=model,
-                           new_turn_id=lambda: next(ids))
+        self.floor = Floor(
+            config.turn, config.barge_in, config.vad.end_silence_ms, model=model, new_turn_id=lambda: next(ids)
+        )
         self.now = 0.0
         self.next_text_turn = itertools.count(100)
 
@@ -148,8 +157,8 @@ def test_a_pause_speculates_and_its_words_end_the_turn_with_the_pause_s_work() -
 
 
 @pytest.mark.parametrize(
-    ("words", "silence_ms"), [("I'd like a coffee and", 1200), ("What time is it?", 250), ("so", 1200), ("", 600),
-                              ("turn left", 600)],
+    ("words", "silence_ms"),
+    [("I'd like a coffee and", 1200), ("What time is it?", 250), ("so", 1200), ("", 600), ("turn left", 600)],
 )
 def test_the_words_of_a_pause_decide_the_silence_that_ends_it(words: str, silence_ms: int) -> None:
     d = Driver()
@@ -439,8 +448,17 @@ def reach(state: str) -> tuple[Driver, int | None]:
     raise AssertionError(state)
 
 
-STATES = ["listening", "user speaking", "pause", "answering", "holding", "speaking", "paused for barge-in", "judging",
-          "echo tail"]
+STATES = [
+    "listening",
+    "user speaking",
+    "pause",
+    "answering",
+    "holding",
+    "speaking",
+    "paused for barge-in",
+    "judging",
+    "echo tail",
+]
 
 
 @pytest.mark.parametrize("state", STATES)

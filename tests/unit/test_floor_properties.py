@@ -187,8 +187,14 @@ class World:
 
     def choices(self) -> list[tuple[str, Any]]:
         options: list[tuple[str, Any]] = [
-            ("ask", None), ("interrupt", False), ("interrupt", True), ("reset", None), ("mute", True),
-            ("mute", False), ("source ended", None), ("stale timer", None),
+            ("ask", None),
+            ("interrupt", False),
+            ("interrupt", True),
+            ("reset", None),
+            ("mute", True),
+            ("mute", False),
+            ("source ended", None),
+            ("stale timer", None),
         ]
         if self.listening:
             options += {
@@ -306,18 +312,23 @@ class World:
 
 
 def make_floor(mode: str, take_back: bool, resume_ms: int, model: bool) -> Floor:
-    config = Config.model_validate({
-        "barge_in": {"mode": mode, "min_speech_ms": 150, "hold_ms": 500, "resume_ms": resume_ms, "tail_ms": 300},
-        "turn": {"take_back": take_back},
-    })
+    config = Config.model_validate(
+        {
+            "barge_in": {"mode": mode, "min_speech_ms": 150, "hold_ms": 500, "resume_ms": resume_ms, "tail_ms": 300},
+            "turn": {"take_back": take_back},
+        }
+    )
     ids = itertools.count(1)
     return Floor(config.turn, config.barge_in, config.vad.end_silence_ms, model=model, new_turn_id=lambda: next(ids))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    mode=st.sampled_from(["off", "vad"]), take_back=st.booleans(), resume_ms=st.sampled_from([0, 2000]),
-    model=st.booleans(), data=st.data(),
+    mode=st.sampled_from(["off", "vad"]),
+    take_back=st.booleans(),
+    resume_ms=st.sampled_from([0, 2000]),
+    model=st.booleans(),
+    data=st.data(),
 )
 def test_random_sequences_keep_the_invariants_and_come_back_to_listening(
     mode: str, take_back: bool, resume_ms: int, model: bool, data: st.DataObject

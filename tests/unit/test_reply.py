@@ -17,8 +17,16 @@ TWO_SENTENCES = ["The sky ", "is blue today. ", "It may ", "rain later, ", "or n
 
 
 def reply(backend: FakeBackend, engine: FakeSpeechEngine, sink, bus: EventBus, clock: TurnClock, **kw) -> Reply:
-    return Reply(7, lambda cancel: backend.stream([], cancel), bus, clock, engine=engine, sink=sink,
-                 voice=Voice(chunk_frames=1), **kw)
+    return Reply(
+        7,
+        lambda cancel: backend.stream([], cancel),
+        bus,
+        clock,
+        engine=engine,
+        sink=sink,
+        voice=Voice(chunk_frames=1),
+        **kw,
+    )
 
 
 async def until(condition, timeout_s: float = 5.0) -> None:
@@ -44,7 +52,10 @@ async def test_a_whole_reply_is_spoken_chunk_by_chunk_and_timed(tmp_path) -> Non
     assert second_context[-1].codes[0].tolist() == [1, 2, 3]
     assert set(clock.stages) == {"first_token", "first_chunk", "first_audio", "first_played"}
     seen = [events.queue.get_nowait() for _ in range(events.queue.qsize())]
-    assert [e.text for e in seen if isinstance(e, ReplyText)] == ["The sky is blue today.", "It may rain later, or not at all."]
+    assert [e.text for e in seen if isinstance(e, ReplyText)] == [
+        "The sky is blue today.",
+        "It may rain later, or not at all.",
+    ]
     assert [e.state for e in seen if isinstance(e, StateChanged)] == ["speaking"]
 
 
@@ -107,8 +118,14 @@ async def test_an_llm_failing_before_its_first_token_gets_the_apology_spoken(tmp
     bus, clock = EventBus(), TurnClock()
     errors = bus.subscribe(ErrorEvent)
     engine = FakeSpeechEngine()
-    spoken = await reply(FakeBackend([], fail_after=0), engine, FileSink(tmp_path / "a.wav"), bus, clock,
-                         apology="Sorry, I can't think right now.").run()
+    spoken = await reply(
+        FakeBackend([], fail_after=0),
+        engine,
+        FileSink(tmp_path / "a.wav"),
+        bus,
+        clock,
+        apology="Sorry, I can't think right now.",
+    ).run()
     assert spoken.text == "Sorry, I can't think right now."
     assert errors.queue.get_nowait().source == "llm"
 
@@ -116,8 +133,14 @@ async def test_an_llm_failing_before_its_first_token_gets_the_apology_spoken(tmp
 async def test_an_llm_failing_mid_reply_ends_with_what_was_said(tmp_path) -> None:
     bus, clock = EventBus(), TurnClock()
     errors = bus.subscribe(ErrorEvent)
-    spoken = await reply(FakeBackend(TWO_SENTENCES, fail_after=3), FakeSpeechEngine(), FileSink(tmp_path / "a.wav"),
-                         bus, clock, apology="Sorry.").run()
+    spoken = await reply(
+        FakeBackend(TWO_SENTENCES, fail_after=3),
+        FakeSpeechEngine(),
+        FileSink(tmp_path / "a.wav"),
+        bus,
+        clock,
+        apology="Sorry.",
+    ).run()
     assert spoken.text == "The sky is blue today."  # no apology, no half sentence
     assert "mid-reply" in errors.queue.get_nowait().message
 

@@ -11,24 +11,38 @@ from assistant.llm.speech_text import CODE_NOTE, SpeechChunker, clean_inline, fo
 
 AWKWARD = [
     # (what the LLM wrote, what is said)
-    ("**Sure!** Here's a *quick* tip: use `git status` to check.", "Sure! Here's a quick tip: use git status to check."),
-    ("## Steps\n1. Open the app\n2. Tap **Settings**\n3. Done!\n\nThat's it.",
-     "Steps. Open the app. Tap Settings. Done! That's it."),
-    ("Here's the code:\n```python\nprint('hi')\nfor i in range(3):\n    print(i)\n```\nRun it and you'll see 0 to 2.",
-     f"Here's the code: {CODE_NOTE} Run it and you'll see 0 to 2."),
+    (
+        "**Sure!** Here's a *quick* tip: use `git status` to check.",
+        "Sure! Here's a quick tip: use git status to check.",
+    ),
+    (
+        "## Steps\n1. Open the app\n2. Tap **Settings**\n3. Done!\n\nThat's it.",
+        "Steps. Open the app. Tap Settings. Done! That's it.",
+    ),
+    (
+        "Here's the code:\n```python\nprint('hi')\nfor i in range(3):\n    print(i)\n```\n"
+        "Run it and you'll see 0 to 2.",
+        f"Here's the code: {CODE_NOTE} Run it and you'll see 0 to 2.",
+    ),
     ("Try this:\n```\nrm -rf /tmp/x\n", f"Try this: {CODE_NOTE}"),  # a code block that never closes
-    ("See [the docs](https://docs.python.org/3/library/asyncio.html) or https://www.example.com/a/b?x=1.",
-     "See the docs or example.com."),
+    (
+        "See [the docs](https://docs.python.org/3/library/asyncio.html) or https://www.example.com/a/b?x=1.",
+        "See the docs or example.com.",
+    ),
     ("Great job! 🎉🎉 Have fun 😀👍🏽", "Great job! Have fun"),
     ("Flags 🇫🇷 and keycaps 1️⃣ and ZWJ 👩‍💻 too.", "Flags and keycaps 1 and ZWJ too."),
-    ("It's 50% off, costs $1,200.50 or €5, and it's 20°C outside.",
-     "It's 50 percent off, costs 1,200.50 dollars or 5 euros, and it's 20 degrees Celsius outside."),
+    (
+        "It's 50% off, costs $1,200.50 or €5, and it's 20°C outside.",
+        "It's 50 percent off, costs 1,200.50 dollars or 5 euros, and it's 20 degrees Celsius outside.",
+    ),
     ("3 × 4 = 12 & 2+2=4, C++ too.", "3 times 4 equals 12 and 2 plus 2 equals 4, C plus plus too."),
     ("| Name | Age |\n|---|---|\n| Ann | 30 |\n| Bob | 25 |", "Name, Age. Ann, 30. Bob, 25"),
     ("- apples\n- pears\n* plums\n> quoted *text*\n---\nEnd", "apples. pears. plums. quoted text. End"),
     ("The hash is 3f9a8c7d6e5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f okay?", "The hash is okay?"),
-    ("1.5 is more than 1. And 2023 was good. Call #1 in ~5 minutes, 24/7.",
-     "1.5 is more than 1. And 2023 was good. Call number 1 in about 5 minutes, 24/7."),
+    (
+        "1.5 is more than 1. And 2023 was good. Call #1 in ~5 minutes, 24/7.",
+        "1.5 is more than 1. And 2023 was good. Call number 1 in about 5 minutes, 24/7.",
+    ),
     ("Use snake_case names &amp; <b>bold</b> tags, if x < y.", "Use snake case names and bold tags, if x less than y."),
     ("Meet me at 10:30 on 2024-05-01, that's 1,000 km.", "Meet me at 10:30 on 2024-05-01, that's 1,000 km."),
     ("```\nonly code\n```", CODE_NOTE),

@@ -20,7 +20,9 @@ class Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize("terminal", [False, True])
-async def test_replies_each_line_with_a_prompt_only_at_a_terminal(terminal: bool, caplog: pytest.LogCaptureFixture) -> None:
+async def test_replies_each_line_with_a_prompt_only_at_a_terminal(
+    terminal: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pipelines.text_mode")
     bus = EventBus()
     voice = VoiceLoop(Config(), bus, FakeBackend(["Hi there."]))
@@ -48,5 +50,7 @@ async def test_a_log_line_during_a_reply_at_a_terminal_gets_a_line_of_its_own() 
         logging.getLogger().removeHandler(handler)
     first, warning, rest = sink.getvalue().splitlines()  # the failure comes while "Two." waits to be spoken
     assert (first, rest) == ("assistant: One.", "assistant: Two.")
-    assert warning.startswith("WARNING turn ") and warning.endswith("the LLM failed mid-reply: the fake LLM was told to fail")
+    assert warning.startswith("WARNING turn ") and warning.endswith(
+        "the LLM failed mid-reply: the fake LLM was told to fail"
+    )
     assert not handler.filters  # the terminal's handlers are left as they were

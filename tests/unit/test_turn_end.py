@@ -15,7 +15,7 @@ CASES = [
     ("What time is it?", 250),
     ("Turn off the lights.", 250),
     ("That's great!", 250),
-    ("He said \"no.\"", 250),
+    ('He said "no."', 250),
     ("Tell me about Paris.", 250),
     # a trailing continuation word, a filler, a comma, an ellipsis: wait longer
     ("I want to go to the", 1200),

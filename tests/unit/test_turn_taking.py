@@ -42,20 +42,36 @@ class FakeTurnModel:
 
 
 def setup(
-    *texts: str, speculate_ms: int = 210, llm_delay_s: float = 0.0, turn_model: FakeTurnModel | None = None,
+    *texts: str,
+    speculate_ms: int = 210,
+    llm_delay_s: float = 0.0,
+    turn_model: FakeTurnModel | None = None,
     take_back: bool = True,
 ):
-    config = Config.model_validate({
-        "vad": {"frame_ms": 30, "min_speech_ms": 90, "end_silence_ms": 600, "preroll_ms": 90},
-        "turn": {"speculate_ms": speculate_ms, "complete_ms": 270, "incomplete_ms": 1200,
-                 "detector": "model" if turn_model else "words", "take_back": take_back},
-        "csm": {"chunk_frames": 1},
-    })
+    config = Config.model_validate(
+        {
+            "vad": {"frame_ms": 30, "min_speech_ms": 90, "end_silence_ms": 600, "preroll_ms": 90},
+            "turn": {
+                "speculate_ms": speculate_ms,
+                "complete_ms": 270,
+                "incomplete_ms": 1200,
+                "detector": "model" if turn_model else "words",
+                "take_back": take_back,
+            },
+            "csm": {"chunk_frames": 1},
+        }
+    )
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
     transcriber, backend = FakeTranscriber(*texts), FakeBackend(REPLY, delay_s=llm_delay_s)
     voice = VoiceLoop(
-        config, bus, backend, transcriber=transcriber, engine=FakeSpeechEngine(frames_per_text=2), sink=sink,
-        segmenter=VadSegmenter(config.vad, classifier=energy_classifier), turn_model=turn_model,
+        config,
+        bus,
+        backend,
+        transcriber=transcriber,
+        engine=FakeSpeechEngine(frames_per_text=2),
+        sink=sink,
+        segmenter=VadSegmenter(config.vad, classifier=energy_classifier),
+        turn_model=turn_model,
     )
     published = bus.subscribe(UserTranscript, ReplyText, TurnLatency, TurnTakenBack)
     return voice, source, sink, transcriber, backend, published
@@ -116,7 +132,9 @@ async def test_speech_after_a_pause_drops_everything_the_pause_started() -> None
     assert len([e for e in events if isinstance(e, TurnLatency)]) == 1
     assert [t.text for t in voice.conversation.turns] == ["I want to go to the beach.", "Sure. Here you go."]
     assert len(transcriber.heard[1]) > len(transcriber.heard[0])  # the turn that ended holds both bursts
-    assert voice.conversation.turns[0].audio is not None and len(voice.conversation.turns[0].audio) == len(transcriber.heard[1])
+    assert voice.conversation.turns[0].audio is not None and len(voice.conversation.turns[0].audio) == len(
+        transcriber.heard[1]
+    )
     assert backend.messages[1][-1]["content"] == "I want to go to the beach."
     assert sink.queued == 4 * FRAME  # only the reply to the whole turn was ever played
 

@@ -37,17 +37,24 @@ REPLY = ["One two three. ", "Four five six."]
 
 def voice_loop(config: Config, transcriber: FakeTranscriber, sink: ManualSink, bus: EventBus) -> VoiceLoop:
     return VoiceLoop(
-        config, bus, FakeBackend(REPLY), transcriber=transcriber, engine=FakeSpeechEngine(frames_per_text=3),
-        sink=sink, segmenter=VadSegmenter(config.vad, classifier=energy_classifier),
+        config,
+        bus,
+        FakeBackend(REPLY),
+        transcriber=transcriber,
+        engine=FakeSpeechEngine(frames_per_text=3),
+        sink=sink,
+        segmenter=VadSegmenter(config.vad, classifier=energy_classifier),
     )
 
 
 def config(barge_in: str, **forgiving: int) -> Config:
-    return Config.model_validate({
-        "vad": {"min_speech_ms": 90, "end_silence_ms": 300, "preroll_ms": 90},
-        "barge_in": {"mode": barge_in, "min_speech_ms": 150, "tail_ms": 0, "hold_ms": 0, **forgiving},
-        "csm": {"chunk_frames": 1},
-    })
+    return Config.model_validate(
+        {
+            "vad": {"min_speech_ms": 90, "end_silence_ms": 300, "preroll_ms": 90},
+            "barge_in": {"mode": barge_in, "min_speech_ms": 150, "tail_ms": 0, "hold_ms": 0, **forgiving},
+            "csm": {"chunk_frames": 1},
+        }
+    )
 
 
 async def speak_turn(source: QueueSource, sink: ManualSink) -> None:
@@ -123,7 +130,9 @@ async def test_a_cough_or_a_backchannel_pauses_the_reply_and_it_resumes_where_it
 ) -> None:
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
     events = bus.subscribe(Interrupted, BargeInPaused, BargeInResumed)
-    voice = voice_loop(config("vad", resume_ms=resume_ms), FakeTranscriber("tell me a story", over_the_reply), sink, bus)
+    voice = voice_loop(
+        config("vad", resume_ms=resume_ms), FakeTranscriber("tell me a story", over_the_reply), sink, bus
+    )
     listening = asyncio.create_task(voice.listen(source))
     await speak_turn(source, sink)
     sink.advance(FRAME)
@@ -151,8 +160,12 @@ async def test_a_judge_that_fails_resumes_the_reply_and_says_why() -> None:
     events = bus.subscribe(BargeInPaused, BargeInResumed, ErrorEvent)
     cfg = config("vad", resume_ms=100)
     voice = VoiceLoop(
-        cfg, bus, FakeBackend(REPLY), transcriber=FakeTranscriber("tell me a story", "stop"),
-        engine=FakeSpeechEngine(frames_per_text=3), sink=sink,
+        cfg,
+        bus,
+        FakeBackend(REPLY),
+        transcriber=FakeTranscriber("tell me a story", "stop"),
+        engine=FakeSpeechEngine(frames_per_text=3),
+        sink=sink,
         segmenter=FailingSegmenter(cfg.vad, classifier=energy_classifier),
     )
     listening = asyncio.create_task(voice.listen(source))
@@ -264,8 +277,13 @@ async def test_every_voice_turn_records_each_latency_stage() -> None:
     await listening
     latency = latencies.queue.get_nowait()
     assert latency.turn == transcripts.queue.get_nowait().turn
-    stages = [latency.transcript_s, latency.first_token_s, latency.first_chunk_s, latency.first_audio_s,
-              latency.first_played_s]
+    stages = [
+        latency.transcript_s,
+        latency.first_token_s,
+        latency.first_chunk_s,
+        latency.first_audio_s,
+        latency.first_played_s,
+    ]
     assert all(s is not None for s in stages) and stages == sorted(stages)
 
 

@@ -281,7 +281,9 @@ class BatchedCSMEngine:
             frames, text, self.codec = build()
             self._frames, self.model = frames, frames.model
             config = self.model.config
-            self.prompts = Prompts(text, self.codec, budget or Budget(max_seq_len=config.max_seq_len), config.num_codebooks)
+            self.prompts = Prompts(
+                text, self.codec, budget or Budget(max_seq_len=config.max_seq_len), config.num_codebooks
+            )
             self._steps: BatchedFrames | BatchGraphs = BatchGraphs(frames) if graphs else frames
             group = frames.slots if self.model.device.type == "cuda" else CPU_MIMI_GROUP
             self._decoder: RowDecoder = self.codec.rows(frames.slots, group)

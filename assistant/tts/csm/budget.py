@@ -44,4 +44,3 @@ def split_sentences(text: str, positions: Callable[[str], int], fits: Callable[[
         else:
             pieces.append(sentence)
     return pieces or [text]
-

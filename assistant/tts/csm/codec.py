@@ -66,7 +66,9 @@ class MimiCodec:
     def rows(self, rows: int, group: int) -> RowDecoder:
         """A decoder for `rows` streams at once, one frame of each per call, in groups of `group` rows (see
         `RowDecoder`)."""
-        return RowDecoder([self._streaming_copy(min(group, rows - start)) for start in range(0, rows, group)], self.device)
+        return RowDecoder(
+            [self._streaming_copy(min(group, rows - start)) for start in range(0, rows, group)], self.device
+        )
 
     @functools.cached_property
     def fingerprint(self) -> str:

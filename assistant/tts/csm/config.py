@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-LLAMA3_SCALING = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+LLAMA3_SCALING = {
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 # Sesame's original config.json names torchtune Llama-3.2 flavours instead of listing dimensions.
 SESAME_FLAVORS: dict[str, dict[str, Any]] = {
@@ -129,7 +134,12 @@ def _stack_from_flavor(flavor: str | dict[str, Any]) -> TransformerConfig:
 def _flavor_dict(stack: TransformerConfig) -> dict[str, Any]:
     scaling = dict(stack.rope_scaling or ())
     return dict(
-        num_layers=stack.layers, num_heads=stack.heads, num_kv_heads=stack.kv_heads, embed_dim=stack.dim,
-        intermediate_dim=stack.intermediate, norm_eps=stack.norm_eps, rope_base=stack.rope_theta,
+        num_layers=stack.layers,
+        num_heads=stack.heads,
+        num_kv_heads=stack.kv_heads,
+        embed_dim=stack.dim,
+        intermediate_dim=stack.intermediate,
+        norm_eps=stack.norm_eps,
+        rope_base=stack.rope_theta,
         scale_factor=scaling.get("factor", 0),
     )

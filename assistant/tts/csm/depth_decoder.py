@@ -66,11 +66,17 @@ class DepthDecoder:
             keys = rotated[:, nq:].permute(1, 2, 0)  # [nkv, hd, positions]
             values = history[:, (nq + nkv) * hd :].view(positions, nkv, hd).transpose(0, 1)
             for p in range(positions):
-                self.views[p].append(StepViews(
-                    qkv=history[p : p + 1], qk=history[p, : (nq + nkv) * hd].view(nq + nkv, hd), rotated=rotated[p],
-                    q=rotated[p, :nq].view(nkv, nq // nkv, hd), keys=keys[..., : p + 1], values=values[:, : p + 1],
-                    scores=new(nkv, nq // nkv, p + 1),
-                ))
+                self.views[p].append(
+                    StepViews(
+                        qkv=history[p : p + 1],
+                        qk=history[p, : (nq + nkv) * hd].view(nq + nkv, hd),
+                        rotated=rotated[p],
+                        q=rotated[p, :nq].view(nkv, nq // nkv, hd),
+                        keys=keys[..., : p + 1],
+                        values=values[:, : p + 1],
+                        scores=new(nkv, nq // nkv, p + 1),
+                    )
+                )
 
     def step(self, p: int) -> torch.Tensor:
         """Run the row in `x` at position p through every layer; returns `x`, now the layer stack's output."""

@@ -106,7 +106,9 @@ class CSMEngine:
         self.model = model
         self.text = text
         self.codec = codec
-        self.prompts = Prompts(text, codec, budget or Budget(max_seq_len=model.config.max_seq_len), model.config.num_codebooks)
+        self.prompts = Prompts(
+            text, codec, budget or Budget(max_seq_len=model.config.max_seq_len), model.config.num_codebooks
+        )
         self.overlap = overlap
         self.reuse_cache = reuse_cache
         self.thread = thread or EngineThread()
@@ -324,14 +326,20 @@ class CSMEngine:
         self.prompts.budget = budget
 
     def prompt(
-        self, text: str, speaker: int = 1, context: Sequence[Segment] = (), max_audio_ms: float | None = None,
+        self,
+        text: str,
+        speaker: int = 1,
+        context: Sequence[Segment] = (),
+        max_audio_ms: float | None = None,
         reference: Segment | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's input rows `[T, K+1]` and mask for `text` (one piece) after `reference` and `context`, as
         `generate` builds them."""
         ids = self.text.encode(text, speaker)
         room = self.prompts.room(ids, max_audio_ms)
-        return self.thread.call(self.prompts.prompt, reference, context, ids, room)  # audio is encoded on the engine's thread
+        return self.thread.call(
+            self.prompts.prompt, reference, context, ids, room
+        )  # audio is encoded on the engine's thread
 
     @property
     def reference_limit(self) -> int:

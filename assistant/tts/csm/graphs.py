@@ -52,9 +52,10 @@ class CUDAGraphFrames:
         # other's outputs; each output here is consumed (copied into `hidden` or read) before another graph replays.
         for bucket in reversed(buckets):
             out: list[torch.Tensor] = []
-            run = lambda b=bucket: out.append(  # noqa: E731
-                model.prefill_rows(self.rows[:b], self.row_mask[:b], self.row_pos[:b], None)
-            )
+
+            def run(b: int = bucket, out: list[torch.Tensor] = out) -> None:
+                out.append(model.prefill_rows(self.rows[:b], self.row_mask[:b], self.row_pos[:b], None))
+
             graph = capture(run, self.pool)
             self.prefills[bucket] = (graph, out[-1])
 

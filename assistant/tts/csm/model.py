@@ -20,6 +20,7 @@ from .depth_decoder import DepthDecoder
 from .sampling import TopKSampler
 from .stack import Stack
 
+
 def subtree(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The weights under `prefix`, named without it."""
     return {n[len(prefix) :]: w for n, w in weights.items() if n.startswith(prefix)}
@@ -129,7 +130,7 @@ class CSMModel:
         `torch.compile` can fuse it.
         """
         dec = self.decoder
-        row = (lambda i: None) if race is None else race.__getitem__  # noqa: E731
+        row = (lambda i: None) if race is None else race.__getitem__
         code = sample(torch.mm(hidden, self.codebook0_head), row(0))
         codes = [code]
         torch.mm(hidden, self.projection, out=dec.x)

@@ -19,7 +19,9 @@ class TextEncoder:
         if not isinstance(tokenizer, Tokenizer):
             path = Path(tokenizer)
             if not path.is_file():
-                raise FileNotFoundError(f"no tokenizer.json at {path}: pass tokenizer= (a path or tokenizers.Tokenizer)")
+                raise FileNotFoundError(
+                    f"no tokenizer.json at {path}: pass tokenizer= (a path or tokenizers.Tokenizer)"
+                )
             tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer = tokenizer
         bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)

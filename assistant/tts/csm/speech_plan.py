@@ -86,7 +86,9 @@ class Prompts:
             codes = self.codec.encode(segment.audio, segment.sample_rate)
         if codes is not None:
             if codes.ndim != 2 or codes.shape[0] < k:
-                raise ValueError(f"a context segment's codes must be [>= {k} codebooks, frames], got {tuple(codes.shape)}")
+                raise ValueError(
+                    f"a context segment's codes must be [>= {k} codebooks, frames], got {tuple(codes.shape)}"
+                )
             rows.append(audio_rows(codes[:k]))
         return rows
 

@@ -20,7 +20,12 @@ def rope_inv_freq(cfg: TransformerConfig) -> torch.Tensor:
     if not cfg.rope_scaling:
         return inv
     s = dict(cfg.rope_scaling)
-    factor, low, high, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    factor, low, high, old = (
+        s["factor"],
+        s["low_freq_factor"],
+        s["high_freq_factor"],
+        s["original_max_position_embeddings"],
+    )
     wavelen = 2 * math.pi / inv
     scaled = torch.where(wavelen > old / low, inv / factor, inv)
     smooth = (old / wavelen - low) / (high - low)
@@ -160,7 +165,11 @@ class Stack:
         nkv = k.shape[0]
         if m > 1:
             attn = F.scaled_dot_product_attention(
-                q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=visible, scale=1.0,
+                q.transpose(0, 1).unsqueeze(0),
+                k.unsqueeze(0),
+                v.unsqueeze(0),
+                attn_mask=visible,
+                scale=1.0,
                 enable_gqa=nq != nkv,
             )
             return attn[0].transpose(0, 1).reshape(m, nq * hd)

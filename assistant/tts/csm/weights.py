@@ -78,7 +78,10 @@ def convert_checkpoint(
 TRANSFORMERS_NAMES: dict[str, str | tuple[str, ...]] = {
     "text_embeddings": "embed_text_tokens.weight",
     # Tied to the depth decoder's embeddings: save_pretrained may keep either name.
-    "audio_embeddings": ("backbone_model.embed_tokens.embed_audio_tokens.weight", "depth_decoder.model.embed_tokens.weight"),
+    "audio_embeddings": (
+        "backbone_model.embed_tokens.embed_audio_tokens.weight",
+        "depth_decoder.model.embed_tokens.weight",
+    ),
     "codebook0_head": "lm_head.weight",
     "projection": "depth_decoder.model.inputs_embeds_projector.weight",
     "audio_head": "depth_decoder.codebooks_head.weight",
@@ -182,11 +185,13 @@ def _check_shapes(weights: dict[str, torch.Tensor], config: CSMConfig, where: Pa
     }
     for stack, cfg in (("backbone", b), ("decoder", d)):
         qkv = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
-        expected |= {f"{stack}.layers.0.qkv": (qkv, cfg.dim), f"{stack}.layers.0.gate_up": (2 * cfg.intermediate, cfg.dim)}
+        expected |= {
+            f"{stack}.layers.0.qkv": (qkv, cfg.dim),
+            f"{stack}.layers.0.gate_up": (2 * cfg.intermediate, cfg.dim),
+        }
         expected[f"{stack}.layers.0.down"] = (cfg.dim, cfg.intermediate)
     for name, shape in expected.items():
         if tuple(weights[name].shape) != shape:
             raise CheckpointError(
                 f"weight {name} in {where} has shape {tuple(weights[name].shape)}, the config says {shape}"
             )
-

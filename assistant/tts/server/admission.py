@@ -41,8 +41,11 @@ class Admission:
             return
         if len(self._waiting) >= self.max_queue:
             raise ApiError(
-                429, f"all {self.slots} speech slots are busy and {self.max_queue} requests are waiting; try again shortly",
-                type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"},
+                429,
+                f"all {self.slots} speech slots are busy and {self.max_queue} requests are waiting; try again shortly",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
             )
         turn = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)

@@ -109,7 +109,9 @@ class _Format:
 FORMATS = {
     "pcm": _Format("audio/pcm", b"", lambda chunk: pcm16(chunk.audio)),
     "wav": _Format("audio/wav", wav_header(SAMPLE_RATE), lambda chunk: pcm16(chunk.audio)),
-    "csm": _Format(CSM_CONTENT_TYPE, b"", lambda chunk: audio_record(chunk.codes, chunk.audio), end_record(), error_record),
+    "csm": _Format(
+        CSM_CONTENT_TYPE, b"", lambda chunk: audio_record(chunk.codes, chunk.audio), end_record(), error_record
+    ),
 }
 
 
@@ -126,8 +128,10 @@ async def speech(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "input is empty: give the text to speak", param="input")
     if len(body.input) > service.settings.max_input_chars:
         raise ApiError(
-            413, f"input is {len(body.input)} characters; this server takes at most {service.settings.max_input_chars}",
-            param="input", code="input_too_long",
+            413,
+            f"input is {len(body.input)} characters; this server takes at most {service.settings.max_input_chars}",
+            param="input",
+            code="input_too_long",
         )
     speaker = speaker_of(body.voice)
     context = [await _segment(engine, segment, f"context.{i}") for i, segment in enumerate(body.context)]
@@ -137,10 +141,20 @@ async def speech(request: web.Request) -> web.StreamResponse:
     form = FORMATS[body.response_format]
     async with service.admission.slot():
         with service.stream() as cancel:
-            async with aclosing(engine.stream(
-                body.input, speaker, context, body.temperature, body.topk, body.seed, body.max_audio_ms, cancel,
-                body.chunk_frames, voice,
-            )) as chunks:
+            async with aclosing(
+                engine.stream(
+                    body.input,
+                    speaker,
+                    context,
+                    body.temperature,
+                    body.topk,
+                    body.seed,
+                    body.max_audio_ms,
+                    cancel,
+                    body.chunk_frames,
+                    voice,
+                )
+            ) as chunks:
                 first = await _first(chunks)
                 service.metrics.first_chunk(time.monotonic() - arrived)
                 response = web.StreamResponse(headers={"Content-Type": form.content_type})
@@ -161,8 +175,13 @@ async def _first(chunks: AsyncIterator[Any]) -> Any | None:
 
 
 async def _send(
-    request: web.Request, response: web.StreamResponse, form: _Format, first: Any | None, chunks: AsyncIterator[Any],
-    cancel: asyncio.Event, service: SpeechService,
+    request: web.Request,
+    response: web.StreamResponse,
+    form: _Format,
+    first: Any | None,
+    chunks: AsyncIterator[Any],
+    cancel: asyncio.Event,
+    service: SpeechService,
 ) -> None:
     metrics = service.metrics
     try:
@@ -204,10 +223,15 @@ async def codes(request: web.Request) -> web.Response:
     else:
         audio, rate = read_audio(await request.read(), "the body")
     encoded = await engine.encode(audio, rate)
-    return web.json_response({
-        "object": "audio.codes", "codec": engine.codec.fingerprint, "num_codebooks": encoded.shape[0],
-        "frames": encoded.shape[1], "codes": encoded.tolist(),
-    })
+    return web.json_response(
+        {
+            "object": "audio.codes",
+            "codec": engine.codec.fingerprint,
+            "num_codebooks": encoded.shape[0],
+            "frames": encoded.shape[1],
+            "codes": encoded.tolist(),
+        }
+    )
 
 
 async def reference(request: web.Request) -> web.Response:
@@ -221,10 +245,19 @@ async def models(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     engine = service.serving()
     facts = {
-        "num_codebooks": engine.model.config.num_codebooks, "max_seq_len": engine.budget.max_seq_len,
-        "codec": engine.codec.fingerprint, "slots": service.admission.slots, "sample_rate": SAMPLE_RATE,
+        "num_codebooks": engine.model.config.num_codebooks,
+        "max_seq_len": engine.budget.max_seq_len,
+        "codec": engine.codec.fingerprint,
+        "slots": service.admission.slots,
+        "sample_rate": SAMPLE_RATE,
     }
-    model = {"id": service.settings.model_id, "object": "model", "created": service.created, "owned_by": "csm", "csm": facts}
+    model = {
+        "id": service.settings.model_id,
+        "object": "model",
+        "created": service.created,
+        "owned_by": "csm",
+        "csm": facts,
+    }
     return web.json_response({"object": "list", "data": [model]})
 
 
@@ -245,8 +278,11 @@ async def metrics(request: web.Request) -> web.Response:
 def _check_model(model: str, served: str) -> None:
     if model not in (served, *OPENAI_MODELS):
         raise ApiError(
-            404, f"model {model!r} is not served here: this server speaks with {served!r} (OpenAI's "
-            f"{', '.join(OPENAI_MODELS)} name it too)", param="model", code="model_not_found",
+            404,
+            f"model {model!r} is not served here: this server speaks with {served!r} (OpenAI's "
+            f"{', '.join(OPENAI_MODELS)} name it too)",
+            param="model",
+            code="model_not_found",
         )
 
 

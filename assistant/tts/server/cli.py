@@ -47,21 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mimi", help="Mimi weights file (default: moshi's default repository)")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in the model folder)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="auto: bfloat16 on CUDA, float32 on the CPU")
-    parser.add_argument("--slots", type=_count(1), default=16,
-                        help="streams generated at once, each in its own slot of the batch (more wait in line)")
-    parser.add_argument("--topk-cap", type=_count(1), default=100,
-                        help="the largest topk a request may ask for (the batch samples every row from this many)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="auto: bfloat16 on CUDA, float32 on the CPU",
+    )
+    parser.add_argument(
+        "--slots",
+        type=_count(1),
+        default=16,
+        help="streams generated at once, each in its own slot of the batch (more wait in line)",
+    )
+    parser.add_argument(
+        "--topk-cap",
+        type=_count(1),
+        default=100,
+        help="the largest topk a request may ask for (the batch samples every row from this many)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=_count(0), default=8000)
-    parser.add_argument("--api-key-env", metavar="NAME",
-                        help="environment variable holding the API key requests must bear (default: no key)")
+    parser.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="environment variable holding the API key requests must bear (default: no key)",
+    )
     parser.add_argument("--max-input-chars", type=_count(1), default=4096, help="longer input is refused (413)")
-    parser.add_argument("--max-queue", type=_count(0), default=64,
-                        help="requests that may wait for a free slot; beyond that 429")
-    parser.add_argument("--drain-s", type=float, default=10.0,
-                        help="on SIGTERM/Ctrl-C, how long open streams may run on before they are cancelled")
+    parser.add_argument(
+        "--max-queue", type=_count(0), default=64, help="requests that may wait for a free slot; beyond that 429"
+    )
+    parser.add_argument(
+        "--drain-s",
+        type=float,
+        default=10.0,
+        help="on SIGTERM/Ctrl-C, how long open streams may run on before they are cancelled",
+    )
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     return parser
 
@@ -121,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.log_level)
     settings = Settings(
-        model_id=served_name(args.model), host=args.host, port=args.port,
-        api_key=os.environ[args.api_key_env] if args.api_key_env else None, max_input_chars=args.max_input_chars,
-        max_queue=args.max_queue, drain_s=args.drain_s,
+        model_id=served_name(args.model),
+        host=args.host,
+        port=args.port,
+        api_key=os.environ[args.api_key_env] if args.api_key_env else None,
+        max_input_chars=args.max_input_chars,
+        max_queue=args.max_queue,
+        drain_s=args.drain_s,
     )
     from .serve import ListenError, serve
 

@@ -30,12 +30,18 @@ class Metrics:
             *_metric("csm_requests_queued", "gauge", "Speech requests waiting for a slot.", [("", queued)]),
             *_metric("csm_slots", "gauge", "Speech streams the engine runs at once.", [("", slots)]),
             *_metric(
-                "csm_requests_total", "counter", "Requests answered, by path and HTTP status (499: the client left).",
+                "csm_requests_total",
+                "counter",
+                "Requests answered, by path and HTTP status (499: the client left).",
                 [(f'{{path="{path}",status="{status}"}}', n) for (path, status), n in sorted(self.requests.items())],
             ),
-            *_metric("csm_frames_generated_total", "counter", "80 ms Mimi frames sent to clients.", [("", self.frames)]),
             *_metric(
-                "csm_streams_abandoned_total", "counter", "Streams stopped early: the client left, or the server shut down.",
+                "csm_frames_generated_total", "counter", "80 ms Mimi frames sent to clients.", [("", self.frames)]
+            ),
+            *_metric(
+                "csm_streams_abandoned_total",
+                "counter",
+                "Streams stopped early: the client left, or the server shut down.",
                 [("", self.abandoned)],
             ),
             *self._histogram(),
@@ -54,4 +60,8 @@ class Metrics:
 
 
 def _metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *(f"{name}{labels} {value}" for labels, value in samples)]
+    return [
+        f"# HELP {name} {help_text}",
+        f"# TYPE {name} {kind}",
+        *(f"{name}{labels} {value}" for labels, value in samples),
+    ]

@@ -95,7 +95,8 @@ def speaker_of(voice: str | int) -> int:
     if name.isdigit() and int(name) <= 9:
         return int(name)
     raise ApiError(
-        400, f"unknown voice {voice!r}: use a CSM speaker id 0-9, or one of {', '.join(OPENAI_VOICES)} (0-9 in this order)",
+        400,
+        f"unknown voice {voice!r}: use a CSM speaker id 0-9, or one of {', '.join(OPENAI_VOICES)} (0-9 in this order)",
         param="voice",
     )
 
@@ -127,7 +128,8 @@ async def to_segment(body: SegmentBody, param: str, num_codebooks: int, bins: in
     if len(body.codes) != num_codebooks or len(rows) != 1:
         shape = f"{len(body.codes)} rows of {'/'.join(map(str, sorted(rows))) or 0} codes"
         raise ApiError(
-            400, f"{param}.codes: must be {num_codebooks} rows (one per codebook) of equal length, got {shape}",
+            400,
+            f"{param}.codes: must be {num_codebooks} rows (one per codebook) of equal length, got {shape}",
             param=f"{param}.codes",
         )
     codes = torch.tensor(body.codes, dtype=torch.long)

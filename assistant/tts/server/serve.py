@@ -53,7 +53,11 @@ async def serve(service: SpeechService, load: Callable[[], Engine], stop: asynci
         host, port = runner.addresses[0][:2]
         log.info(
             "speech server ready at http://%s:%d/v1 (model %s, %d stream(s) at once, up to %d waiting)",
-            host, port, service.settings.model_id, service.admission.slots, service.settings.max_queue,
+            host,
+            port,
+            service.settings.model_id,
+            service.admission.slots,
+            service.settings.max_queue,
         )
         await stopping
         log.info("stopping: draining %d open stream(s)", service.admission.active)

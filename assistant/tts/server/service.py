@@ -31,9 +31,17 @@ class Engine(Protocol):
     def budget(self) -> Any: ...  # .max_seq_len
 
     def stream(
-        self, text: str, speaker: int = ..., context: Sequence[Segment] = ..., temperature: float = ...,
-        topk: int = ..., seed: int | None = ..., max_audio_ms: float | None = ..., cancel: Any = ...,
-        chunk_frames: int = ..., reference: Segment | None = ...,
+        self,
+        text: str,
+        speaker: int = ...,
+        context: Sequence[Segment] = ...,
+        temperature: float = ...,
+        topk: int = ...,
+        seed: int | None = ...,
+        max_audio_ms: float | None = ...,
+        cancel: Any = ...,
+        chunk_frames: int = ...,
+        reference: Segment | None = ...,
     ) -> AsyncGenerator[Any, None]: ...
 
     async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor: ...

@@ -74,9 +74,13 @@ async def read_record(read: Callable[[int], Awaitable[bytes]]) -> Record:
 def wav_header(rate: int = SAMPLE_RATE) -> bytes:
     """A 16-bit mono PCM WAV header for a stream of unknown length."""
     return (
-        b"RIFF" + struct.pack("<I", STREAMING_SIZE) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", STREAMING_SIZE)
+        b"RIFF"
+        + struct.pack("<I", STREAMING_SIZE)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", STREAMING_SIZE)
     )
 
 
