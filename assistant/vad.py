@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class Utterance:
     `end_sample` is where its last voiced frame ends, counted from the stream's start: the end of the user's speech.
     """
 
-    audio: np.ndarray
+    audio: np.ndarray = field(repr=False)
     sample_rate: int
     voiced_ms: int
     end_sample: int

@@ -152,7 +152,6 @@ class VoiceLoop:
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
         self._judged: Speculation | None = None  # the ended speech over the reply, being transcribed and encoded
         self._judging: asyncio.Task[None] | None = None  # the transcription of the speech over the reply
-        self._utterance: Utterance | None = None  # what the VAD gave with the event being fed
         self._heard = (0.0, 0)  # time.monotonic() when the last block came, and the segmenter's samples then
         self.frames_spoken = 0  # CSM frames the user heard, over the whole session
 
@@ -230,7 +229,10 @@ class VoiceLoop:
         first: list[Action] | None = None
         try:
             while self._events:
-                actions = self.floor.on(self._events.popleft(), time.monotonic())
+                event, now = self._events.popleft(), time.monotonic()
+                actions = self.floor.on(event, now)
+                if actions:
+                    log.debug("floor at %.3f: %s -> %s", now, event, actions)
                 first = actions if first is None else first
                 for action in actions:
                     self._do(action)
@@ -277,9 +279,12 @@ class VoiceLoop:
             if self._reply is not None and self._reply.turn == action.turn:
                 self._reply.interrupt()
             self._cancel(action.turn)
-        elif isinstance(action, PauseReply | ResumeReply):
+        elif isinstance(action, PauseReply):
             if self._reply is not None and self._reply.turn == action.turn:
-                self._reply.pause() if isinstance(action, PauseReply) else self._reply.resume()
+                self._reply.pause()
+        elif isinstance(action, ResumeReply):
+            if self._reply is not None and self._reply.turn == action.turn:
+                self._reply.resume()
         elif isinstance(action, JudgeUtterance):
             self._judge_utterance(action.utterance)
         elif isinstance(action, JudgeSoFar):
