@@ -19,9 +19,10 @@ speaking. Barge-ins: a person's question (espeak-ng) starts 1.5 s into the reply
 interrupted; onset to silence runs from the first voiced sample written to the microphone to the last sound the
 monitor heard before the pause the speech brought (the pause silences the speaker; the interrupt follows once the
 words are in). The answer to the question comes after a restart of the speaker's stream, with no one speaking: a
-pause in it is a false barge-in too (`false_barge_ins_in_answers`). ERLE is the microphone's energy before the
-canceller over its energy after, over the echo-only replies; the canceller's CPU time is per second of microphone
-audio.
+pause or a cut in it is a false barge-in too (`false_barge_ins_in_answers`), and so is a pause of the reply before
+the person's first voiced sample reached the microphone (`paused_before_the_voice`). ERLE is the microphone's energy
+before the canceller over its energy after, over the echo-only replies; the canceller's CPU time is per second of
+microphone audio.
 """
 
 from __future__ import annotations
@@ -351,7 +352,7 @@ async def barge_ins(
 ) -> dict:
     """A person asks a question over each reply: caught when that reply is interrupted; its answer (the next reply,
     with no one speaking) is echo only, so a pause in it is a false barge-in."""
-    caught, silences, false_in_answers = 0, [], 0
+    caught, silences, false_in_answers, paused_early = 0, [], 0, 0
     for i in range(args.barge_ins):
         room.set(LEVELS_DB[i % 3], args.delays_ms[-1])
         await asyncio.sleep(0.3)
@@ -375,8 +376,11 @@ async def barge_ins(
         got += drain(events)
         said = next((e.turn for e in got if isinstance(e, ReplyText)), None)  # None: the reply never began
         caught += any(isinstance(e, Interrupted) and e.source == "barge-in" and e.turn == said for e in got)
-        in_answer = [e for e in got if isinstance(e, BargeInPaused) and e.at > asked + 0.1]
+        in_answer = [  # the answer paused or cut, with no one speaking
+            e for e in got if isinstance(e, BargeInPaused | Interrupted) and e.turn != said and e.at > asked + 0.1
+        ]
         false_in_answers += bool(in_answer)
+        paused_early += any(isinstance(e, BargeInPaused) and e.turn == said and e.at < onset for e in got)
         heard, times = monitor.recorded()
         paused = next((e.at for e in got if isinstance(e, BargeInPaused) and e.turn == said and e.at > onset), None)
         silent_at = None
@@ -403,6 +407,7 @@ async def barge_ins(
         if ms
         else {},
         "false_barge_ins_in_answers": f"{false_in_answers}/{args.barge_ins}",
+        "paused_before_the_voice": f"{paused_early}/{args.barge_ins}",
     }
 
 
