@@ -4,6 +4,7 @@ the voice loop would (hypothesis chooses what happens next at every step)."""
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,7 +323,12 @@ def make_floor(mode: str, take_back: bool, resume_ms: int, model: bool) -> Floor
     return Floor(config.turn, config.barge_in, config.vad.end_silence_ms, model=model, new_turn_id=lambda: next(ids))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(  # the same examples every run (CI stays deterministic); FLOOR_EXAMPLES=6000 searches deeper
+    max_examples=int(os.environ.get("FLOOR_EXAMPLES", "400")),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     mode=st.sampled_from(["off", "vad"]),
     take_back=st.booleans(),
