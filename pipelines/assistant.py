@@ -150,7 +150,7 @@ class Assistant:
     def interrupt(self, source: str = "api", *, all: bool = False) -> bool:
         """Stop what is sounding or about to sound, at once; what was heard of it is kept. With `all`, every turn queued
         behind it is dropped too. False when nothing was being said or waiting to be."""
-        return self._loop().interrupt(source, every=all)
+        return self._loop().interrupt(source, all=all)
 
     def say(self, text: str) -> asyncio.Task[str]:
         """Speak `text` in the assistant's voice, as its own turn of the conversation.

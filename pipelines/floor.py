@@ -400,8 +400,11 @@ class _Turn:
     started: bool = False
     stopping: bool = False  # interrupted, dropped or taken back
     replying: bool = False  # its reply has begun and not ended
-    heard: bool = False  # its reply has sounded
-    sounding_since: float | None = None  # when it sounded, or last resumed after a pause
+    sounding_since: float | None = None  # when its reply sounded, or last resumed after a pause; None: unheard
+
+    @property
+    def heard(self) -> bool:
+        return self.sounding_since is not None
 
 
 @dataclass
@@ -647,7 +650,7 @@ class Floor:
 
     def _on_ReplySounding(self, event: ReplySounding) -> None:
         if (head := self._head(event.turn)) is not None and head.replying:
-            head.heard, head.sounding_since = True, self._now
+            head.sounding_since = self._now
 
     def _on_ReplyEnded(self, event: ReplyEnded) -> None:
         head = self._head(event.turn)

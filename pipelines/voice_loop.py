@@ -204,10 +204,10 @@ class VoiceLoop:
         turn = next_turn_id()
         return self._queue(Reset(turn), self._clear())
 
-    def interrupt(self, source: str = "api", *, every: bool = False) -> bool:
-        """Stop what is sounding or about to sound now (with `every`, drop every queued turn too); False when there
+    def interrupt(self, source: str = "api", *, all: bool = False) -> bool:
+        """Stop what is sounding or about to sound now (with `all`, drop every queued turn too); False when there
         was nothing to stop."""
-        return any(isinstance(action, (InterruptTurn, DropTurn)) for action in self._feed(Interrupt(source, every)))
+        return any(isinstance(action, (InterruptTurn, DropTurn)) for action in self._feed(Interrupt(source, all)))
 
     async def aclose(self) -> None:
         """End what is sounding, drop what is queued, and wait for the turn under way to wind down."""
