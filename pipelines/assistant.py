@@ -69,9 +69,8 @@ class Assistant:
         sink: AudioSink | None = None,
         voice: ReferenceVoice | str | Path | None = None,
     ) -> None:
-        if (
-            voice is not None
-        ):  # a path is loaded with the engine, as the config's would be; a ReferenceVoice is used as is
+        # a path is loaded with the engine, as the config's would be; a ReferenceVoice is used as is
+        if voice is not None:
             path = None if isinstance(voice, ReferenceVoice) else str(voice)
             config = config.model_copy(
                 update={"voice": config.voice.model_copy(update={"path": path, "locked": False})}

@@ -14,6 +14,7 @@ from tests.support.speech_server import ServerProcess
 
 
 def assistant_settings(whisper: Path, url: str) -> list[str]:
+    """The server has the model, not the assistant."""
     return set_args(
         f"asr.model={whisper}",
         "asr.device=cpu",
@@ -22,7 +23,7 @@ def assistant_settings(whisper: Path, url: str) -> list[str]:
         "csm.backend=server",
         f"csm.server.url={url}",
         "csm.model=/no/such/csm",
-    )  # the server has the model, not the assistant
+    )
 
 
 def test_a_recording_is_answered_in_speech_from_the_server(
@@ -76,8 +77,8 @@ def test_a_recording_is_answered_in_speech_from_the_server(
     for call in (
         'POST /v1/audio/speech HTTP/1.1" 200',
         'POST /v1/audio/codes HTTP/1.1" 200',  # the reply, the user's turn
-        'POST /v1/audio/reference HTTP/1.1" 200',
-    ):  # the locked voice, made by the server and checked
+        'POST /v1/audio/reference HTTP/1.1" 200',  # the locked voice, made by the server and checked
+    ):
         assert call in served
 
 

@@ -337,9 +337,8 @@ class CSMEngine:
         `generate` builds them."""
         ids = self.text.encode(text, speaker)
         room = self.prompts.room(ids, max_audio_ms)
-        return self.thread.call(
-            self.prompts.prompt, reference, context, ids, room
-        )  # audio is encoded on the engine's thread
+        # audio is encoded on the engine's thread
+        return self.thread.call(self.prompts.prompt, reference, context, ids, room)
 
     @property
     def reference_limit(self) -> int:
