@@ -466,9 +466,6 @@ class VoiceLoop:
         while self._turns:
             await asyncio.wait([queued.task for queued in self._turns.values()])
 
-    def _begin(self) -> None:
-        self._state("thinking")
-
     async def _voice_turn(
         self, turn: int, utterance: Utterance, clock: TurnClock, speculation: Speculation | None
     ) -> Spoken | None:
@@ -478,7 +475,7 @@ class VoiceLoop:
         on."""
         transcriber = self.transcriber
         assert transcriber is not None
-        self._begin()
+        self._state("thinking")
         if speculation is not None:
             codes, transcribing = speculation.codes, speculation.transcript
         else:
@@ -517,14 +514,14 @@ class VoiceLoop:
 
     async def _text_turn(self, turn: int, text: str) -> Spoken | None:
         clock = TurnClock()
-        self._begin()
+        self._state("thinking")
         self.bus.publish(UserTranscript(text=text, turn=turn))
         self.conversation.add_user(text)
         return await self._respond(turn, clock, self._speech_context(None, None))
 
     async def _said_turn(self, turn: int, text: str) -> Spoken | None:
         clock = TurnClock()
-        self._begin()
+        self._state("thinking")
         return await self._respond(turn, clock, self._speech_context(None, None), _given(text))
 
     async def _clear(self) -> None:  # a turn of the queue, so that it returns None like the others
