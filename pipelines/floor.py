@@ -507,9 +507,7 @@ class Floor:
             return
         self._in_speech, self._voiced_ms = event.in_speech, event.voiced_ms
         if not event.in_speech:
-            self._held_ms, self._forgiven = 0, False
-            if self.user is not UserState.LISTENING:
-                self.user = UserState.LISTENING
+            self._held_ms, self._forgiven, self.user = 0, False, UserState.LISTENING
         elif self.user is UserState.LISTENING:
             self.user = UserState.SOUND
         self._settle()
