@@ -243,8 +243,25 @@ class LocalBackendConfig(Section):
     temperature: float = Field(0.7, ge=0, le=2)
 
 
+class ScriptedCall(Section):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptedReply(Section):
+    """A scripted reply that calls tools: `text` said first (may be empty), then `tool_calls` in one round."""
+
+    text: str = ""
+    tool_calls: list[ScriptedCall] = Field(default_factory=list)
+
+
 class ScriptedBackendConfig(Section):
-    replies: list[str] = Field(default_factory=lambda: ["Hello! This is a scripted reply."], min_length=1)
+    replies: list[str | ScriptedReply] = Field(
+        default_factory=lambda: list[str | ScriptedReply](["Hello! This is a scripted reply."]),
+        min_length=1,
+        description="Used in turn, one per request to the LLM (a reply that calls tools and the answer after the "
+        "results are two); '{result}' in a reply's text stands for the last tool result in the conversation.",
+    )
     first_token_delay_s: float = Field(0.0, ge=0, le=60)
     token_delay_s: float = Field(0.0, ge=0, le=10)
 
@@ -418,6 +435,58 @@ class MqttConfig(Section):
         return secret(self.password_env)
 
 
+class McpServerConfig(Section):
+    """An MCP server whose tools the model may call: a program started over stdio (`command`, `args`, `env`), or a
+    server reached over streamable HTTP (`url`, `headers`)."""
+
+    name: str = Field(description="Names the server in logs and events.")
+    command: str | None = Field(None, description="The program to start (stdio).")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = Field(None, description="Its environment; null = the assistant's own.")
+    cwd: str | None = Field(None, description="Its working folder; null = the assistant's.")
+    url: str | None = Field(None, description="A streamable-HTTP server's endpoint, e.g. http://127.0.0.1:8000/mcp.")
+    headers: dict[str, str] = Field(default_factory=dict, description="HTTP headers sent with each request.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return value if value is None else _check_http_url(value, "http://127.0.0.1:8000/mcp")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (a stdio server) or url (a streamable-HTTP server), not both")
+        return self
+
+
+class ToolsConfig(Section):
+    """Tools the model may call: the embedding program's Python functions, MCP servers, and an MQTT host's."""
+
+    enabled: list[str] | None = Field(
+        None, description="The tools the model is offered, by name; null = every tool there is."
+    )
+    mcp: list[McpServerConfig] = Field(default_factory=list, description="MCP servers to start or reach.")
+    mqtt: bool = Field(True, description="With mqtt.enabled, offer the tools a host announces on tool/manifest.")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="A call with no result by then fails (an error result).")
+    start_timeout_s: float = Field(20.0, gt=0, le=600, description="Time an MCP server has to start and list tools.")
+    filler: str | None = Field(
+        "One moment.", description="Said when a call runs past filler_ms and nothing was said yet; null = never."
+    )
+    filler_ms: int = Field(700, ge=0, le=60_000)
+    max_rounds: int = Field(
+        4, ge=1, le=20, description="Rounds of calls in one reply; then the model must answer without tools."
+    )
+    max_result_chars: int = Field(4000, ge=100, le=1_000_000, description="Longer results are trimmed to this.")
+
+    @field_validator("mcp")
+    @classmethod
+    def _unique_names(cls, servers: list[McpServerConfig]) -> list[McpServerConfig]:
+        names = [server.name for server in servers]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two MCP servers share a name: {names}")
+        return servers
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     turn_lines: bool = Field(True, description="One summary line per turn.")
@@ -434,6 +503,7 @@ class Config(Section):
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
     barge_in: BargeInConfig = Field(default_factory=BargeInConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

@@ -16,12 +16,32 @@ import torch
 from assistant.config import ConversationConfig
 from assistant.llm.backend import Message
 from assistant.segment import Segment
+from assistant.tools.calls import ToolOutcome
 
 FRAME_S = 0.08  # one Mimi frame
 
 
+@dataclass(frozen=True)
+class ToolRound:
+    """Tool calls the assistant made together, with what it said just before them (heard by the user)."""
+
+    said: str
+    outcomes: tuple[ToolOutcome, ...]
+
+    def messages(self) -> list[Message]:
+        """The round as chat messages: the call, then each result (never a call without its result)."""
+        messages: list[Message] = [
+            {"role": "assistant", "content": self.said or None, "tool_calls": [o.call.message() for o in self.outcomes]}
+        ]
+        messages += [{"role": "tool", "tool_call_id": o.call.id, "content": o.content} for o in self.outcomes]
+        return messages
+
+
 @dataclass
 class Turn:
+    """One turn of either speaker. `text` is all of it that was heard; an assistant turn that called tools has
+    `rounds`, and `closing` is what it said after the last of them."""
+
     role: Literal["user", "assistant"]
     text: str
     speaker: int
@@ -29,6 +49,8 @@ class Turn:
     sample_rate: int = 24_000
     codes: torch.Tensor | None = None
     interrupted: bool = False
+    rounds: tuple[ToolRound, ...] = ()
+    closing: str = ""
 
     @property
     def audio_s(self) -> float:
@@ -60,8 +82,12 @@ class Conversation:
         audio: np.ndarray | None = None,
         sample_rate: int = 24_000,
         interrupted: bool = False,
+        rounds: tuple[ToolRound, ...] = (),
     ) -> Turn:
-        return self._add(Turn("assistant", text, self.assistant_speaker, audio, sample_rate, codes, interrupted))
+        """`text` is what was heard; with tool `rounds`, what was heard after them (the rounds say the rest)."""
+        whole = " ".join([*(r.said for r in rounds if r.said), *([text] if text else [])])
+        turn = Turn("assistant", whole, self.assistant_speaker, audio, sample_rate, codes, interrupted, rounds, text)
+        return self._add(turn)
 
     def _add(self, turn: Turn) -> Turn:
         self.turns.append(turn)
@@ -81,9 +107,16 @@ class Conversation:
         recent = self.turns[-self.config.max_turns :] if self.config.max_turns else []
         messages: list[Message] = [{"role": "system", "content": self.system_prompt}]
         for turn in recent:
-            content = turn.text + (" [the user interrupted here]" if turn.interrupted else "")
-            if turn.text or turn.interrupted:
-                messages.append({"role": turn.role, "content": content})
+            for round_ in turn.rounds:
+                messages += round_.messages()
+            said = turn.closing if turn.rounds else turn.text
+            content = (said + (" [the user interrupted here]" if turn.interrupted else "")).strip()
+            if not content:
+                continue
+            if turn.role == "user":
+                messages.append({"role": "user", "content": content})
+            else:
+                messages.append({"role": "assistant", "content": content})
         return messages
 
     def speech_context(self) -> list[Segment]:

@@ -108,6 +108,31 @@ class TurnLatency(Event):
     first_chunk_s: float | None = None
     first_audio_s: float | None = None
     first_played_s: float | None = None
+    tool_s: float | None = None  # the time the reply waited on tool calls, in all (None: it called none)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCalled(Event):
+    """The model called a tool and the call began; `arguments` is the JSON text it wrote."""
+
+    turn: int
+    call_id: str
+    name: str
+    arguments: str
+    phase: Literal["called"] = "called"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolResult(Event):
+    """A call ended: `ok`, `error` (the model reads why in `result`) or `cancelled` (the user interrupted)."""
+
+    turn: int
+    call_id: str
+    name: str
+    status: Literal["ok", "error", "cancelled"]
+    duration_s: float
+    result: str
+    phase: Literal["result"] = "result"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,12 +28,13 @@ def _ms(seconds: float | None) -> str:
 
 def format_turn(heard: str | None, reply: ReplyText | None, latency: TurnLatency) -> str:
     said = reply.text if reply else ""
+    tool = "" if latency.tool_s is None else f", tool {_ms(latency.tool_s)}"
     mark = " [interrupted]" if reply and reply.interrupted else ""
     return (
         f"turn {latency.turn}: heard {heard or ''!r} -> said {said!r}{mark} | ms after end of speech: "
         f"endpoint {_ms(latency.endpoint_s)}, asr {_ms(latency.transcript_s)}, llm {_ms(latency.first_token_s)}, "
         f"csm-in {_ms(latency.first_chunk_s)}, audio {_ms(latency.first_audio_s)}, "
-        f"played {_ms(latency.first_played_s)}"
+        f"played {_ms(latency.first_played_s)}{tool}"
     )
 
 

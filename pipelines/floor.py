@@ -31,14 +31,17 @@ The assistant's side (the turn at the head of the queue):
     HOLDING --the sound ends--> ANSWERING: ResumeReply
     HOLDING --the sound is speech: VoiceOnset--> STOPPING: TakeBack, publish TurnTakenBack
     ANSWERING --ReplySounding--> SPEAKING
+    ANSWERING, SPEAKING --ToolsWanted--> ACTING: RunTools (the turn can no longer be taken back); while HOLDING the
+        calls wait for the sound to end (then RunTools) or to take the turn back (then they never run)
+    ACTING --ToolsDone--> ANSWERING or SPEAKING (whichever it was)
     SPEAKING --speech past hold_ms for min_speech_ms (barge-in vad)--> PAUSED: PauseReply, publish BargeInPaused,
         SetTimer(judge); resume_ms 0: InterruptTurn at once
     PAUSED --VoiceEnded / TimerFired(judge)--> PAUSED: JudgeUtterance / JudgeSoFar
     PAUSED --JudgedWords with words--> STOPPING: InterruptTurn, publish Interrupted; an ended utterance commits
     PAUSED --JudgedWords without (a cough, "mm-hm")--> SPEAKING: ResumeReply, publish BargeInResumed
     PAUSED --ReplyEnded--> (the speech is a turn of its own when it ends)
-    ANSWERING, HOLDING, SPEAKING, PAUSED --Interrupt--> STOPPING: InterruptTurn, publish Interrupted (once a turn;
-        a turn queued behind a stopping one is dropped instead: DropTurn; `every` drops them all)
+    ANSWERING, HOLDING, SPEAKING, ACTING, PAUSED --Interrupt--> STOPPING: InterruptTurn, publish Interrupted (once a
+        turn; a turn queued behind a stopping one is dropped instead: DropTurn; `every` drops them all)
     any --ReplyEnded after it sounded (barge-in off)--> ECHO_TAIL: SetTimer(tail)
     ECHO_TAIL --TimerFired(tail)--> IDLE
     any --TurnEnded of the head--> the next turn's ANSWERING (StartTurn), or IDLE
@@ -49,8 +52,6 @@ Designed in, not built yet (each is a state of one region and the events that mo
   `WakeWord` moves it to LISTENING; after a reply (and its follow-up window) it returns there.
 - a follow-up window: after ReplyEnded, LISTENING with a timer; its firing moves the user's side back to waiting
   for the wake word, speech within it is a turn without one.
-- a tool call running: an assistant-side state between ANSWERING and SPEAKING; a timer (`tools.filler_ms`) may
-  queue a filler (`Say`), an interrupt cancels the call, speculation never reaches it (only committed turns run tools).
 - push-to-talk: `TalkPressed` / `TalkReleased` events; pressed acts as a VoiceOnset (and interrupts the reply),
   released as a VoiceEnded of the audio held, with no silence waited.
 """
@@ -94,6 +95,7 @@ class AssistantState(Enum):
     IDLE = "idle"
     ANSWERING = "answering"  # transcribing, thinking or generating: not heard yet
     HOLDING = "holding"  # an unheard reply waits while a sound is too short to tell
+    ACTING = "acting"  # its tool calls are running (a filler may sound meanwhile)
     SPEAKING = "speaking"
     PAUSED = "paused"  # paused for a barge-in: its words are being judged
     STOPPING = "stopping"  # interrupted, winding down
@@ -185,6 +187,20 @@ class ReplyEnded:
 
 
 @dataclass(frozen=True)
+class ToolsWanted:
+    """The reply reached tool calls; they run once the floor says so (`RunTools`)."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
+class ToolsDone:
+    """The round of tool calls `RunTools` allowed is over."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
 class TurnEnded:
     turn: int
 
@@ -237,6 +253,8 @@ FloorEvent = (
     | ReplyStarted
     | ReplySounding
     | ReplyEnded
+    | ToolsWanted
+    | ToolsDone
     | TurnEnded
     | Interrupt
     | Reset
@@ -326,6 +344,13 @@ class TakeBack:
 
 
 @dataclass(frozen=True)
+class RunTools:
+    """The turn's tool calls may run now: it acts, so it can no longer be taken back."""
+
+    turn: int
+
+
+@dataclass(frozen=True)
 class PauseReply:
     turn: int
 
@@ -380,6 +405,7 @@ Action = (
     | DropTurn
     | InterruptTurn
     | TakeBack
+    | RunTools
     | PauseReply
     | ResumeReply
     | JudgeUtterance
@@ -401,6 +427,9 @@ class _Turn:
     stopping: bool = False  # interrupted, dropped or taken back
     replying: bool = False  # its reply has begun and not ended
     sounding_since: float | None = None  # when its reply sounded, or last resumed after a pause; None: unheard
+    wants_tools: bool = False  # its tool calls wait for a hold to end
+    acting: bool = False  # its tool calls are running
+    acted: bool = False  # it ran tool calls: taking it back would not undo them
 
     @property
     def heard(self) -> bool:
@@ -475,6 +504,8 @@ class Floor:
             return AssistantState.PAUSED
         if self._holding == head.id:
             return AssistantState.HOLDING
+        if head.acting:
+            return AssistantState.ACTING
         return AssistantState.SPEAKING if head.heard else AssistantState.ANSWERING
 
     @property
@@ -662,6 +693,19 @@ class Floor:
             self._tail = True
             self._set_timer(TAIL, self.tail_ms)
 
+    def _on_ToolsWanted(self, event: ToolsWanted) -> None:
+        head = self._head(event.turn)
+        if head is None or head.stopping:
+            return
+        if self._holding == head.id:  # a sound may yet take the turn back: no acting until it is told
+            head.wants_tools = True
+            return
+        self._run_tools(head)
+
+    def _on_ToolsDone(self, event: ToolsDone) -> None:
+        if (head := self._head(event.turn)) is not None:
+            head.acting = False
+
     def _on_TurnEnded(self, event: TurnEnded) -> None:
         turn = next((t for t in self._turns if t.id == event.turn), None)
         if turn is None:
@@ -740,9 +784,11 @@ class Floor:
         wanted = last.id if last is not None and last.replying else None
         if self._holding is not None and self._holding != wanted:
             held = self._head(self._holding)
+            self._holding = None
             if held is not None and not held.stopping and held.replying:
                 self._resume(held)
-            self._holding = None
+                if held.wants_tools:
+                    self._run_tools(held)
         if wanted is not None and self._holding is None:
             self._holding = wanted
             self._emit(PauseReply(wanted))
@@ -753,7 +799,7 @@ class Floor:
         if not self.turn.take_back or not self._turns:
             return None
         last = self._turns[-1]
-        if last.id != self._last_voice or last.stopping or last.heard:
+        if last.id != self._last_voice or last.stopping or last.heard or last.acted:
             return None
         return last
 
@@ -805,6 +851,10 @@ class Floor:
         if source and not quietly:
             log.info("interrupted turn %d (%s)", turn.id, source)
             self._emit(Publish(Interrupted(source=source, turn=turn.id, at=self._now)))
+
+    def _run_tools(self, turn: _Turn) -> None:
+        turn.wants_tools, turn.acting, turn.acted = False, True, True
+        self._emit(RunTools(turn.id))
 
     def _resume(self, turn: _Turn) -> None:
         if turn.sounding_since is not None:  # it sounds again from now: held as at its start

@@ -27,7 +27,25 @@ from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
 
-Deltas = Callable[[asyncio.Event], AsyncIterator[str]]
+
+@dataclass(eq=False)
+class Flush:
+    """In a reply's text stream: say the text so far now, as a chunk of its own (it comes before a tool call). Once
+    the reply reaches it, `at` is the number of chunks before it."""
+
+    at: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Filler:
+    """In a reply's text stream: words to say while a tool runs, prepared at once but heard only if `release`
+    resolves True (the call is still running when the filler is due); on False they are dropped unheard."""
+
+    text: str
+    release: asyncio.Future[bool]
+
+
+Deltas = Callable[[asyncio.Event], AsyncIterator[str | Flush | Filler]]
 """Starts the reply's text stream; it must stop once the event is set."""
 
 
@@ -69,11 +87,15 @@ class Voice:
 
 @dataclass(frozen=True)
 class Spoken:
-    """What the user heard of a reply."""
+    """What the user heard of a reply: its first `pieces` (chunks), and their codes."""
 
-    text: str
+    pieces: tuple[str, ...]
     codes: torch.Tensor | None  # [num_codebooks, frames played]; None without speech
     interrupted: bool
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.pieces)
 
 
 @dataclass(frozen=True)
@@ -137,7 +159,7 @@ class Reply:
         return self._cancel.is_set()
 
     async def run(self) -> Spoken:
-        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+        chunks: asyncio.Queue[str | Flush | Filler | None] = asyncio.Queue()
         self._tasks += [asyncio.create_task(self._write(chunks)), asyncio.create_task(self._speak(chunks))]
         try:
             while pending := [t for t in self._tasks if not t.done()]:  # the speaker adds a watcher task
@@ -177,11 +199,16 @@ class Reply:
             self._sink.resume()
             self._paused = False
 
-    async def _write(self, chunks: asyncio.Queue[str | None]) -> None:
+    async def _write(self, chunks: asyncio.Queue[str | Flush | Filler | None]) -> None:
         """LLM deltas into sayable sentence chunks; a failing LLM ends the reply with what it had said."""
         chunker, any_text = SpeechChunker(), False
         try:
             async for delta in self._deltas(self._cancel):
+                if not isinstance(delta, str):  # a flush or a filler: what came before is said first
+                    for piece in chunker.flush():
+                        chunks.put_nowait(piece)
+                    chunks.put_nowait(delta)
+                    continue
                 if not any_text:
                     self._clock.mark("first_token")
                     any_text = True
@@ -197,44 +224,68 @@ class Reply:
         finally:
             chunks.put_nowait(None)
 
-    async def _speak(self, chunks: asyncio.Queue[str | None]) -> None:
+    async def _speak(self, chunks: asyncio.Queue[str | Flush | Filler | None]) -> None:
         spoken: list[Segment] = []
         end = None
-        while (piece := await chunks.get()) is not None:
-            self._clock.mark("first_chunk")
-            index = len(self._pieces)
-            self._pieces.append(piece)
-            self._bus.publish(ReplyText(text=piece, turn=self.turn))
-            if self._engine is None or self._sink is None:
+        while (item := await chunks.get()) is not None:
+            if isinstance(item, Flush):
+                item.at = len(self._pieces)
                 continue
+            piece = item.text if isinstance(item, Filler) else item
+            audio = self._synthesise(piece, spoken) if self._engine is not None else None
             try:
-                context = (await self._context if self._context is not None else []) + spoken
+                if isinstance(item, Filler) and not await item.release:
+                    continue
+                self._clock.mark("first_chunk")
+                index = len(self._pieces)
+                self._pieces.append(piece)
+                self._bus.publish(ReplyText(text=piece, turn=self.turn))
+                if audio is None:
+                    continue
                 codes = []
-                async with contextlib.aclosing(
-                    self._engine.stream(
-                        piece,
-                        self._voice.speaker,
-                        context,
-                        self._voice.temperature,
-                        self._voice.topk,
-                        self._voice.seed,
-                        self._voice.max_audio_ms,
-                        self._cancel,
-                        self._voice.chunk_frames,
-                        reference=self._voice.reference,
-                    )
-                ) as stream:
-                    async for chunk in stream:
+                try:
+                    while (chunk := await audio.get()) is not None:
+                        if isinstance(chunk, Exception):
+                            raise chunk
                         end = self._place(index, chunk)
                         codes.append(chunk.codes)
-            except Exception as error:  # a failing engine ends this reply, not the assistant
-                self._report("speech", f"speech generation failed: {type(error).__name__}: {error}")
-                del self._pieces[index + bool(codes) :]  # a sentence cut off mid-way keeps the text of what was heard
-                break
-            if codes:
-                spoken.append(Segment(self._voice.speaker, piece, codes=torch.cat(codes, dim=1)))
+                except Exception as error:  # a failing engine ends this reply, not the assistant
+                    self._report("speech", f"speech generation failed: {type(error).__name__}: {error}")
+                    del self._pieces[index + bool(codes) :]  # a sentence cut off mid-way keeps what was heard
+                    break
+                if codes:
+                    spoken.append(Segment(self._voice.speaker, piece, codes=torch.cat(codes, dim=1)))
+            finally:
+                if audio is not None:
+                    await audio.aclose()
         if end is not None and self._sink is not None:
             await self._sink.wait_played(end)
+
+    def _synthesise(self, piece: str, spoken: list[Segment]) -> _Synthesis:
+        """Start CSM on `piece` now, in the context of the conversation and of what this reply said so far."""
+        assert self._engine is not None
+        engine, voice = self._engine, self._voice
+
+        async def chunks() -> AsyncIterator[SpokenChunk]:
+            context = (await self._context if self._context is not None else []) + spoken
+            async with contextlib.aclosing(
+                engine.stream(
+                    piece,
+                    voice.speaker,
+                    context,
+                    voice.temperature,
+                    voice.topk,
+                    voice.seed,
+                    voice.max_audio_ms,
+                    self._cancel,
+                    voice.chunk_frames,
+                    reference=voice.reference,
+                )
+            ) as stream:
+                async for chunk in stream:
+                    yield chunk
+
+        return _Synthesis(chunks())
 
     def _place(self, piece: int, chunk: SpokenChunk) -> int:
         assert self._sink is not None
@@ -255,13 +306,37 @@ class Reply:
 
     def _spoken(self) -> Spoken:
         if self._sink is None or self._engine is None:
-            return Spoken(" ".join(self._pieces), None, self.interrupted)
+            return Spoken(tuple(self._pieces), None, self.interrupted)
         until = self._heard_until if self._heard_until is not None else self._sink.played
         heard = [(p, n) for p in self._placed if (n := p.frames_before(until)) > 0]
-        pieces = sorted({p.piece for p, _ in heard})
+        pieces = sorted({p.piece for p, _ in heard})  # played in order: always the first ones
         codes = torch.cat([p.codes[:, :n] for p, n in heard], dim=1) if heard else None
-        return Spoken(" ".join(self._pieces[i] for i in pieces), codes, self.interrupted)
+        return Spoken(tuple(self._pieces[i] for i in pieces), codes, self.interrupted)
 
     def _report(self, source: str, message: str) -> None:
         log.warning("turn %d: %s", self.turn, message)
         self._bus.publish(ErrorEvent(source=source, message=message))
+
+
+class _Synthesis:
+    """One chunk's speech, generated ahead in a task of its own: `get()` gives its audio chunks in order, then None
+    (or the engine's error); `aclose()` stops the engine on it."""
+
+    def __init__(self, chunks: AsyncIterator[SpokenChunk]) -> None:
+        self._queue: asyncio.Queue[SpokenChunk | Exception | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump(chunks))
+
+    async def _pump(self, chunks: AsyncIterator[SpokenChunk]) -> None:
+        try:
+            async for chunk in chunks:
+                self._queue.put_nowait(chunk)
+            self._queue.put_nowait(None)
+        except Exception as error:
+            self._queue.put_nowait(error)
+
+    async def get(self) -> SpokenChunk | Exception | None:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task])

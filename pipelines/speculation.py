@@ -14,26 +14,26 @@ from typing import Any
 import torch
 
 from assistant.asr import Transcriber, Transcript
-from assistant.llm.backend import ChatBackend, Message
+from assistant.llm.backend import ChatBackend, Message, ToolCall, ToolSpec
 from assistant.vad import Utterance
-from pipelines.reply import Deltas
 from pipelines.turn_clock import TurnClock
 
 _DONE = object()
 
 
 class PrefetchedReply:
-    """An LLM stream started ahead of its reply; `deltas` replays what came so far, then follows it live."""
+    """An LLM stream started ahead of its reply; `follow` replays what came so far, then follows it live. Tool calls
+    the model asks for are only passed on: they run once the turn is committed, if at all."""
 
-    def __init__(self, backend: ChatBackend, messages: list[Message]):
+    def __init__(self, backend: ChatBackend, messages: list[Message], tools: list[ToolSpec]):
         self.messages = messages
         self._cancel = asyncio.Event()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._pump = asyncio.create_task(self._run(backend))
+        self._pump = asyncio.create_task(self._run(backend, tools))
 
-    async def _run(self, backend: ChatBackend) -> None:
+    async def _run(self, backend: ChatBackend, tools: list[ToolSpec]) -> None:
         try:
-            async for delta in backend.stream(self.messages, cancel=self._cancel):
+            async for delta in backend.stream(self.messages, self._cancel, tools):
                 self._queue.put_nowait(delta)
         except Exception as error:  # raised in the reply, which reports it as any LLM failure
             self._queue.put_nowait(error)
@@ -44,22 +44,19 @@ class PrefetchedReply:
         self._cancel.set()
         self._pump.cancel()
 
-    def deltas(self) -> Deltas:
-        async def follow(cancel: asyncio.Event) -> AsyncIterator[str]:
-            async def forward() -> None:  # the reply's interrupt stops the stream
-                await cancel.wait()
-                self._cancel.set()
+    async def follow(self, cancel: asyncio.Event) -> AsyncIterator[str | ToolCall]:
+        async def forward() -> None:  # the reply's interrupt stops the stream
+            await cancel.wait()
+            self._cancel.set()
 
-            link = asyncio.create_task(forward())
-            try:
-                while (item := await self._queue.get()) is not _DONE:
-                    if isinstance(item, Exception):
-                        raise item
-                    yield item
-            finally:
-                link.cancel()
-
-        return follow
+        link = asyncio.create_task(forward())
+        try:
+            while (item := await self._queue.get()) is not _DONE:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            link.cancel()
 
 
 class Speculation:
@@ -93,8 +90,8 @@ class Speculation:
         finally:
             self.clock.mark("transcript")
 
-    def start_reply(self, backend: ChatBackend, messages: list[Message]) -> None:
-        self.reply = PrefetchedReply(backend, messages)
+    def start_reply(self, backend: ChatBackend, messages: list[Message], tools: list[ToolSpec]) -> None:
+        self.reply = PrefetchedReply(backend, messages, tools)
 
     def matches(self, utterance: Utterance) -> bool:
         """Whether the turn that ended is the one this pause saw (no speech came between)."""

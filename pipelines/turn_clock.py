@@ -20,10 +20,15 @@ class TurnClock:
 
     origin: float = field(default_factory=time.monotonic)
     stages: dict[Stage, float] = field(default_factory=dict)
+    tool_s: float | None = None  # seconds spent waiting on tool calls, all rounds together
+
+    def waited_on_tools(self, seconds: float) -> None:
+        self.tool_s = (self.tool_s or 0.0) + seconds
 
     def mark(self, stage: Stage) -> None:
         """Record the first time a stage is reached; later calls for it change nothing."""
         self.stages.setdefault(stage, time.monotonic() - self.origin)
 
     def latency(self, turn: int) -> TurnLatency:
-        return TurnLatency(turn=turn, **{f"{stage}_s": seconds for stage, seconds in self.stages.items()})
+        stages = {f"{stage}_s": seconds for stage, seconds in self.stages.items()}
+        return TurnLatency(turn=turn, tool_s=self.tool_s, **stages)

@@ -37,6 +37,7 @@ from assistant.events import (
 )
 from assistant.llm.backend import ChatBackend
 from assistant.segment import Segment
+from assistant.tools.registry import ToolRegistry
 from assistant.tts.reference_voice import ReferenceVoice
 from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 from pipelines.floor import (
@@ -68,6 +69,7 @@ from pipelines.floor import (
     ReplyStarted,
     Reset,
     ResumeReply,
+    RunTools,
     SetTimer,
     SourceEnded,
     StartSpeculation,
@@ -75,6 +77,8 @@ from pipelines.floor import (
     Stop,
     TakeBack,
     TimerFired,
+    ToolsDone,
+    ToolsWanted,
     TurnEnded,
     TurnScore,
     VoiceEnded,
@@ -84,6 +88,7 @@ from pipelines.floor import (
 )
 from pipelines.reply import Deltas, Reply, SpeechEngine, Spoken, Voice
 from pipelines.speculation import Speculation
+from pipelines.tool_rounds import LlmStream, ToolRounds
 from pipelines.turn_clock import TurnClock
 
 log = logging.getLogger(__name__)
@@ -117,6 +122,7 @@ class VoiceLoop:
         segmenter: VadSegmenter | None = None,
         turn_model: TurnDetector | None = None,
         reference: ReferenceVoice | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -127,6 +133,7 @@ class VoiceLoop:
         self.sink = sink
         self.segmenter = segmenter
         self.turn_model = turn_model  # with turn.detector "model": it, not the words, decides each pause
+        self.tools = tools if tools is not None else ToolRegistry(config.tools.enabled)
         if segmenter is not None:  # pauses this long start a speculative transcript and reply
             segmenter.pause_ms = config.turn.speculate_ms
         csm = config.csm
@@ -148,6 +155,7 @@ class VoiceLoop:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._turns: dict[int, _QueuedTurn] = {}
         self._reply: Reply | None = None  # the reply of the turn being answered
+        self._permits: dict[int, asyncio.Future[None]] = {}  # tool calls waiting for the floor's RunTools
         self._listening = True  # the floor's Listen: audio reaches the VAD
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
         self._judged: Speculation | None = None  # the ended speech over the reply, being transcribed and encoded
@@ -253,7 +261,7 @@ class VoiceLoop:
         elif isinstance(action, PrepareReply):
             if self._speculation is not None:
                 messages = self.conversation.messages() + [{"role": "user", "content": action.words}]
-                self._speculation.start_reply(self.backend, messages)
+                self._speculation.start_reply(self.backend, messages, self.tools.specs())
         elif isinstance(action, DropSpeculation):
             if self._speculation is not None:
                 self._speculation.cancel()
@@ -279,6 +287,9 @@ class VoiceLoop:
             if self._reply is not None and self._reply.turn == action.turn:
                 self._reply.interrupt()
             self._cancel(action.turn)
+        elif isinstance(action, RunTools):
+            if (permit := self._permits.get(action.turn)) is not None and not permit.done():
+                permit.set_result(None)
         elif isinstance(action, PauseReply):
             if self._reply is not None and self._reply.turn == action.turn:
                 self._reply.pause()
@@ -497,13 +508,13 @@ class VoiceLoop:
                 return None
             self.bus.publish(UserTranscript(text=transcript.text, turn=turn))
             user = self.conversation.add_user(transcript.text, utterance.audio, utterance.sample_rate)
-            deltas = None
+            first = None
             if speculation is not None and speculation.reply is not None:
                 if speculation.reply.messages == self.conversation.messages():
-                    deltas = speculation.reply.deltas()
+                    first = speculation.reply.follow
                 else:  # the conversation moved on since the pause (a typed turn, a reset): ask again
                     speculation.reply.cancel()
-            return await self._respond(turn, clock, self._speech_context(user, codes), deltas)
+            return await self._respond(turn, clock, self._speech_context(user, codes), first=first)
         except asyncio.CancelledError:
             _drop(codes, speculation)
             if user is None:  # still transcribing (once replying, `_respond` says it is listening again)
@@ -522,7 +533,7 @@ class VoiceLoop:
     async def _said_turn(self, turn: int, text: str) -> Spoken | None:
         clock = TurnClock()
         self._state("thinking")
-        return await self._respond(turn, clock, self._speech_context(None, None), _given(text))
+        return await self._respond(turn, clock, self._speech_context(None, None), given=text)
 
     async def _clear(self) -> None:  # a turn of the queue, so that it returns None like the others
         self.conversation.reset()
@@ -530,11 +541,33 @@ class VoiceLoop:
         self.bus.publish(ConversationReset())
 
     async def _respond(
-        self, turn: int, clock: TurnClock, context: Coroutine[Any, Any, list[Segment]], deltas: Deltas | None = None
+        self,
+        turn: int,
+        clock: TurnClock,
+        context: Coroutine[Any, Any, list[Segment]],
+        *,
+        first: LlmStream | None = None,
+        given: str | None = None,
     ) -> Spoken:
-        """Speak a reply: the LLM's answer to the conversation, or the `deltas` given."""
-        if deltas is None:
-            deltas = functools.partial(self.backend.stream, self.conversation.messages())
+        """Speak a reply: the LLM's answer to the conversation (calling tools as it asks; `first` is its stream
+        already started at a pause), or the text `given`."""
+        rounds = None
+        if given is not None:
+            deltas = _given(given)
+        else:
+            rounds = ToolRounds(
+                turn,
+                self.backend,
+                self.conversation.messages(),
+                self.tools,
+                self.config.tools,
+                self.bus,
+                clock,
+                first=first,
+                permission=functools.partial(self._permission, turn),
+                finished=functools.partial(self._feed, ToolsDone(turn)),
+            )
+            deltas = rounds.deltas
 
         def sounding() -> None:
             self._feed(ReplySounding(turn))
@@ -561,11 +594,22 @@ class VoiceLoop:
             self._state("listening")
         if spoken.codes is not None:
             self.frames_spoken += spoken.codes.shape[1]
-        if spoken.text or spoken.codes is not None:
-            self.conversation.add_assistant(spoken.text, codes=spoken.codes, interrupted=spoken.interrupted)
+        acted = rounds.rounds(spoken) if rounds is not None else ()
+        if spoken.text or spoken.codes is not None or acted:
+            closing = rounds.closing(spoken) if rounds is not None else spoken.text
+            self.conversation.add_assistant(closing, codes=spoken.codes, interrupted=spoken.interrupted, rounds=acted)
         self.bus.publish(ReplyText(text=spoken.text, turn=turn, final=True, interrupted=spoken.interrupted))
         self.bus.publish(clock.latency(turn))
         return spoken
+
+    async def _permission(self, turn: int) -> None:
+        """Until the floor lets the turn's tool calls run (`RunTools`)."""
+        permit = self._permits[turn] = asyncio.get_running_loop().create_future()
+        try:
+            self._feed(ToolsWanted(turn))
+            await permit
+        finally:
+            del self._permits[turn]
 
     def _encode(self, audio: np.ndarray, sample_rate: int) -> asyncio.Future[torch.Tensor] | None:
         """Start Mimi-encoding the user's audio for CSM's context, alongside ASR."""

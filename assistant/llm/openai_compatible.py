@@ -4,6 +4,11 @@ Each attempt reads the HTTP stream in its own task and hands deltas over through
 give up on a timeout or a cancel at any moment; giving up cancels that task, which closes the HTTP response.
 A failed attempt is retried only before any text came (nothing has been spoken then) and only for failures a
 retry can cure: no connection, a timeout, a server error.
+
+Tool calls stream in pieces (OpenAI: id and name first, then the arguments a few characters at a time; vLLM and
+Ollama: each call whole); they are put together per index and yielded, whole and in order, once the stream has
+finished, so a failure can never leave half a call behind. Each piece still counts as a sign of life for
+`stall_timeout_s`.
 """
 
 from __future__ import annotations
@@ -11,17 +16,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import json
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
 from assistant.config import OpenAIBackendConfig
-from assistant.llm.backend import BackendUnavailable, LlmError, Message
-from assistant.llm.feed import Feed
+from assistant.llm.backend import BackendUnavailable, LlmError, Message, ToolCall, ToolSpec
+from assistant.llm.feed import Feed, Progress
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +55,26 @@ class OpenAICompatibleBackend:
     async def start(self) -> None:
         return None
 
-    async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
-        said = False
+    async def stream(
+        self, messages: list[Message], cancel: asyncio.Event | None = None, tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
+        said = False  # something was yielded: a retry would repeat it
         for attempt in itertools.count():
             if cancel is not None and cancel.is_set():
                 return
-            feed = Feed(cancel)
-            reader = asyncio.create_task(self._read(messages, feed))
+            feed: Feed[str | ToolCall | Progress] = Feed(cancel)
+            reader = asyncio.create_task(self._read(messages, tools, feed))
+            started = False  # text or a piece of a tool call came: from then on the stall timer runs
             try:
                 limit = self._config.timeout_s
-                while (delta := await feed.get(limit)) is not None:
-                    said, limit = True, self._config.stall_timeout_s
-                    yield delta
+                while (item := await feed.get(limit)) is not None:
+                    started, limit = True, self._config.stall_timeout_s
+                    if item is not Progress.MADE:
+                        said = True
+                        yield item
                 return
             except Exception as error:
-                failure = LlmError(self._explain(error, said), before_first_token=not said)
+                failure = LlmError(self._explain(error, started), before_first_token=not said)
                 if said or attempt >= self._config.max_retries or not _retryable(error):
                     raise failure from error
                 log.warning("%s; trying again (%d of %d)", failure, attempt + 1, self._config.max_retries)
@@ -73,8 +87,11 @@ class OpenAICompatibleBackend:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def _read(self, messages: list[Message], feed: Feed) -> None:
+    async def _read(
+        self, messages: list[Message], tools: Sequence[ToolSpec], feed: Feed[str | ToolCall | Progress]
+    ) -> None:
         config = self._config
+        calls = _Calls()
         try:
             # a Message is one of openai's message types, but a TypedDict with a union of roles matches none of them
             stream = await self._client.chat.completions.create(
@@ -83,29 +100,40 @@ class OpenAICompatibleBackend:
                 stream=True,
                 temperature=config.temperature,
                 max_tokens=config.max_tokens,
+                tools=[_tool(spec) for spec in tools] if tools else openai.omit,
             )
-            finished = False
+            finished: str | None = None
             async with stream:
                 async for chunk in stream:
                     for choice in chunk.choices or ():
                         if choice.delta is not None and choice.delta.content:
                             feed.put(choice.delta.content)
-                        finished |= choice.finish_reason is not None
+                        if choice.delta is not None and choice.delta.tool_calls:
+                            for piece in choice.delta.tool_calls:
+                                calls.add(piece)
+                            feed.put(Progress.MADE)
+                        finished = choice.finish_reason or finished
                         if choice.finish_reason == "length":
                             log.info(
                                 "the reply reached llm.openai.max_tokens (%d) and was cut there", config.max_tokens
                             )
             if not finished:  # the body ended without a finish reason: a cut the HTTP layer could not see
                 raise StreamEndedEarly("the stream ended without a finish reason")
+            if finished in ("tool_calls", "stop"):
+                for call in calls.whole():
+                    feed.put(call)
+            elif calls.pieces:
+                log.warning("the reply ended (%s) before its tool calls were whole; they are dropped", finished)
             feed.put(None)
         except Exception as error:
             feed.put(error)
 
-    def _explain(self, error: Exception, said: bool) -> str:
-        """One line that says what went wrong and what to check."""
+    def _explain(self, error: Exception, started: bool) -> str:
+        """One line that says what went wrong and what to check; `started`: the server had begun to reply (with text
+        or a piece of a tool call)."""
         config, server = self._config, f"the LLM server at {self.url}"
         if isinstance(error, (TimeoutError, openai.APITimeoutError)):
-            if said:
+            if started:
                 return (
                     f"{server} stopped sending mid-reply "
                     f"(nothing for {config.stall_timeout_s:g} s, llm.openai.stall_timeout_s)"
@@ -114,7 +142,7 @@ class OpenAICompatibleBackend:
         if isinstance(error, StreamEndedEarly):
             return f"{server} ended the reply stream before it was finished (no finish reason; the connection closed)"
         if isinstance(error, openai.APIConnectionError):
-            if said:
+            if started:
                 return f"{server} broke off the reply mid-stream ({_cause(error)})"
             if _refused(error):
                 return f"{server} refused the connection: is it running? (llm.openai.base_url)"
@@ -131,7 +159,7 @@ class OpenAICompatibleBackend:
         if isinstance(error, openai.APIStatusError):
             return f"{server} answered {error.status_code}: {_detail(error)}"
         if isinstance(error, openai.APIError):
-            return f"{server} reported an error {'mid-reply' if said else 'before replying'}: {_detail(error)}"
+            return f"{server} reported an error {'mid-reply' if started else 'before replying'}: {_detail(error)}"
         if isinstance(error, ValueError):
             return f"{server} sent something that is not a chat-completions stream ({error})"
         return f"{server}: {type(error).__name__}: {error}"
@@ -141,6 +169,59 @@ class OpenAICompatibleBackend:
         if variable is None:
             return "set llm.openai.api_key_env to the environment variable that holds the key"
         return f"put the key in the environment variable {variable} (llm.openai.api_key_env)"
+
+
+@dataclass
+class _Partial:
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class _Calls:
+    """A reply's tool calls put together from their pieces, per index; a piece without an index belongs to the
+    call before it, unless it brings a new id or a second name (a server that sends each call whole, unindexed)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _Partial] = {}
+        self._last: int | None = None
+        self.pieces = 0
+
+    def add(self, piece: ChoiceDeltaToolCall) -> None:
+        self.pieces += 1
+        function = piece.function
+        name = function.name if function is not None else None
+        arguments = function.arguments if function is not None else None
+        index = piece.index
+        if index is None:
+            last = self._calls.get(self._last) if self._last is not None else None
+            new = last is None or (piece.id and piece.id != last.id) or (not piece.id and name and last.name)
+            index = max(self._calls, default=-1) + 1 if new or self._last is None else self._last
+        call = self._calls.setdefault(index, _Partial())
+        self._last = index
+        call.id = call.id or piece.id
+        call.name = call.name or name
+        if arguments:  # some servers send an object where OpenAI sends its JSON text
+            call.arguments += arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+    def whole(self) -> list[ToolCall]:
+        """The calls in index order; a server that gave no id gets one made, no arguments are `{}`."""
+        calls = []
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            if not call.name:
+                log.warning("the LLM server sent a tool call without a name (%r); it is dropped", call.arguments)
+                continue
+            made = call.id or f"call_{uuid.uuid4().hex[:24]}"
+            calls.append(ToolCall(id=made, name=call.name, arguments=call.arguments or "{}"))
+        return calls
+
+
+def _tool(spec: ToolSpec) -> ChatCompletionToolParam:
+    return {
+        "type": "function",
+        "function": {"name": spec.name, "description": spec.description, "parameters": spec.parameters},
+    }
 
 
 class StreamEndedEarly(Exception):

@@ -23,6 +23,8 @@ from assistant.events import (
     MuteChanged,
     ReplyText,
     StateChanged,
+    ToolCalled,
+    ToolResult,
     TurnLatency,
     TurnTakenBack,
     UserTranscript,
@@ -39,6 +41,8 @@ EVENT_TOPICS: dict[type[Event], str] = {
     TurnTakenBack: "taken_back",
     MuteChanged: "muted",
     ConversationReset: "reset",
+    ToolCalled: "tool",  # phase "called", then phase "result" with the status
+    ToolResult: "tool",
     ErrorEvent: "error",  # CommandRejected too: it is an ErrorEvent that names the command
 }
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 import pytest
 
 from assistant.config import OpenAIBackendConfig
-from assistant.llm.backend import BackendUnavailable, LlmError, Message
+from assistant.llm.backend import BackendUnavailable, LlmError, Message, ToolCall, ToolSpec
 from assistant.llm.openai_compatible import OpenAICompatibleBackend
-from tests.support.chat_server import ChatServer, Script, tokens
+from tests.support.chat_server import Call, ChatServer, Script, tokens
 from tests.support.processes import free_port
 
 MESSAGES: list[Message] = [
@@ -31,6 +32,7 @@ async def collect(
     deltas: list[str] = []
     try:
         async for delta in llm.stream(MESSAGES, cancel):
+            assert isinstance(delta, str)  # no tools were offered
             deltas.append(delta)
     except LlmError as error:
         return deltas, error
@@ -217,3 +219,159 @@ async def test_in_the_assistant_a_broken_reply_is_an_error_event_and_the_next_tu
         {"role": "assistant", "content": "It is sunny and warm today,"},
         {"role": "user", "content": "Are you there?"},
     ]
+
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "The weather in a city now.",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+TIMER = ToolSpec("set_timer", "Start a timer.", {"type": "object", "properties": {"minutes": {"type": "number"}}})
+PARIS = '{"city": "Paris", "unit": "celsius"}'
+
+
+async def collect_all(
+    llm: OpenAICompatibleBackend,
+    messages: list[Message] = MESSAGES,
+    tools: tuple[ToolSpec, ...] = (WEATHER, TIMER),
+    close: bool = True,
+) -> tuple[list[str | ToolCall], LlmError | None]:
+    items: list[str | ToolCall] = []
+    try:
+        async for item in llm.stream(messages, tools=tools):
+            items.append(item)
+    except LlmError as error:
+        return items, error
+    finally:
+        if close:
+            await llm.aclose()
+    return items, None
+
+
+async def test_a_tool_call_with_its_arguments_in_pieces_is_yielded_whole() -> None:
+    script = Script(reply="", calls=(Call("get_weather", PARIS, id="call_abc"),), piece_chars=3)
+    assert len(script.deltas()) == 1 + 12  # the name first, then the arguments three characters at a time
+    with ChatServer(script) as server:
+        items, error = await collect_all(backend(server.url))
+        assert await outcomes(server, 1) == ["finished"]
+    assert error is None
+    assert items == [ToolCall("call_abc", "get_weather", PARIS)]
+
+
+async def test_two_calls_in_one_reply_come_in_order() -> None:
+    calls = (Call("get_weather", PARIS), Call("set_timer", '{"minutes": 5}'))
+    with ChatServer(Script(reply="", calls=calls)) as server:
+        items, error = await collect_all(backend(server.url))
+    assert error is None
+    assert items == [ToolCall("call_0", "get_weather", PARIS), ToolCall("call_1", "set_timer", '{"minutes": 5}')]
+
+
+async def test_text_before_a_call_streams_first_and_as_it_comes() -> None:
+    calls = (Call("get_weather", PARIS),)
+    with ChatServer(Script(reply="Let me look that up.", calls=calls, delay_s=0.1)) as server:
+        llm = backend(server.url)
+        items: list[str | ToolCall] = []
+        ended_before: list[int] = []  # responses the server had finished when each text delta arrived
+        async for item in llm.stream(MESSAGES, tools=[WEATHER]):
+            items.append(item)
+            if isinstance(item, str):
+                ended_before.append(len(server.outcomes))
+        await llm.aclose()
+    assert items == [*tokens("Let me look that up."), ToolCall("call_0", "get_weather", PARIS)]
+    assert ended_before == [0] * 5  # the text came while the server was still sending
+
+
+async def test_whole_calls_as_vllm_sends_them() -> None:
+    calls = (Call("get_weather", PARIS, id="chatcmpl-tool-1"), Call("set_timer", '{"minutes": 5}', id="t2"))
+    with ChatServer(Script(reply="Sure.", calls=calls, call_style="whole")) as server:
+        items, error = await collect_all(backend(server.url))
+    assert error is None
+    assert items == [
+        "Sure.",
+        ToolCall("chatcmpl-tool-1", "get_weather", PARIS),
+        ToolCall("t2", "set_timer", '{"minutes": 5}'),
+    ]
+
+
+async def test_tools_are_sent_in_openais_format_and_not_at_all_without_tools() -> None:
+    with ChatServer(Script(reply="Hi."), Script(reply="Hi.")) as server:
+        llm = backend(server.url)
+        await collect_all(llm, close=False)
+        await collect_all(llm, tools=())
+    with_tools, without = server.requests
+    assert with_tools["tools"] == [
+        {
+            "type": "function",
+            "function": {"name": spec.name, "description": spec.description, "parameters": spec.parameters},
+        }
+        for spec in (WEATHER, TIMER)
+    ]
+    assert "tools" not in without
+
+
+async def test_a_conversation_with_calls_and_their_results_is_sent_as_it_is() -> None:
+    call = ToolCall("call_abc", "get_weather", '{"city": "Paris"}')
+    conversation: list[Message] = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call.message()]},
+        {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 20, "sky": "clear"}'},
+    ]
+    with ChatServer(Script(reply="It is 20 degrees and clear in Paris.")) as server:
+        items, error = await collect_all(backend(server.url), conversation)
+    assert error is None and "".join(str(item) for item in items) == "It is 20 degrees and clear in Paris."
+    assert server.requests[0]["messages"] == conversation
+
+
+async def test_argument_pieces_keep_a_slow_call_alive() -> None:
+    """Each piece restarts the stall timer: a call that takes longer than the timeouts in all is not cut."""
+    with ChatServer(Script(reply="", calls=(Call("get_weather", PARIS),), delay_s=0.3)) as server:
+        items, error = await collect_all(backend(server.url, timeout_s=1.5, stall_timeout_s=1.5))
+    assert error is None and items == [ToolCall("call_0", "get_weather", PARIS)]  # about 3 s of pieces
+
+
+async def test_a_stall_mid_arguments_is_reported_by_the_stall_timeout_and_retried() -> None:
+    call = Call("get_weather", PARIS)
+    with ChatServer(Script(reply="", calls=(call,), stall_after=4)) as server:
+        items, error = await collect_all(backend(server.url, timeout_s=30, stall_timeout_s=1))
+        assert await outcomes(server, 1) == ["client closed"]
+    assert items == [] and error is not None and error.before_first_token  # no half call came out
+    assert "stopped sending mid-reply (nothing for 1 s, llm.openai.stall_timeout_s)" in str(error)
+    with ChatServer(Script(reply="", calls=(call,), stall_after=4), Script(reply="", calls=(call,))) as server:
+        items, error = await collect_all(backend(server.url, stall_timeout_s=1, max_retries=1))
+    assert error is None and items == [ToolCall("call_0", "get_weather", PARIS)]  # nothing was out: tried again
+
+
+async def test_a_break_before_the_finish_leaves_no_call_behind_and_is_retried() -> None:
+    calls = (Call("get_weather", PARIS),)
+    broken = Script(reply="", calls=calls, drop_after=len(Script(reply="", calls=calls).deltas()))  # all but the end
+    with ChatServer(broken, Script(reply="", calls=(Call("set_timer", "{}"),))) as server:
+        items, error = await collect_all(backend(server.url, max_retries=1))
+    assert error is None and items == [ToolCall("call_0", "set_timer", "{}")]
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("style", ["openai", "whole"])
+async def test_calls_without_ids_or_indexes_get_unique_ids(style: Literal["openai", "whole"]) -> None:
+    calls = (Call("get_weather", PARIS), Call("set_timer", '{"minutes": 5}'))
+    script = Script(reply="", calls=calls, call_style=style, send_ids=False, send_index=False)
+    with ChatServer(script, script) as server:
+        llm = backend(server.url)
+        first, error = await collect_all(llm, close=False)
+        second, again = await collect_all(llm)
+    assert error is None and again is None
+    replies = [*first, *second]
+    assert all(isinstance(call, ToolCall) for call in replies)
+    assert [(call.name, call.arguments) for call in replies if isinstance(call, ToolCall)] == [
+        ("get_weather", PARIS),
+        ("set_timer", '{"minutes": 5}'),
+    ] * 2
+    ids = [call.id for call in replies if isinstance(call, ToolCall)]
+    assert len(set(ids)) == 4 and all(id.startswith("call_") for id in ids)
+
+
+@pytest.mark.parametrize(("finish", "kept"), [("stop", True), ("length", False)])
+async def test_calls_count_when_the_reply_stopped_but_not_when_it_was_cut(finish: str, kept: bool) -> None:
+    with ChatServer(Script(reply="", calls=(Call("get_weather", PARIS),), finish_reason=finish)) as server:
+        items, error = await collect_all(backend(server.url))
+    assert error is None
+    assert items == ([ToolCall("call_0", "get_weather", PARIS)] if kept else [])

@@ -3,8 +3,9 @@
 It speaks HTTP/1.1 over a socket (keep-alive, chunked transfer) and streams server-sent events the way
 OpenAI, vLLM, Ollama and llama.cpp do: `data: {chat.completion.chunk}` lines, then `data: [DONE]`. It
 checks the bearer key and the model name like a real server, and each request can be scripted: delays,
-a stall, a dropped connection. It runs in its own thread, so both async tests and subprocesses can use it,
-and records how each response ended (`finished`, `client closed`, `dropped`).
+a stall, a dropped connection, tool calls streamed OpenAI's way or vLLM's. It runs in its own thread, so
+both async tests and subprocesses can use it, and records how each response ended (`finished`,
+`client closed`, `dropped`).
 """
 
 from __future__ import annotations
@@ -14,22 +15,60 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass(frozen=True)
+class Call:
+    """A tool call the scripted model makes; without an id the server makes one (`call_<n>`) unless told not to."""
+
+    name: str
+    arguments: str = "{}"
+    id: str | None = None
+
+
+@dataclass(frozen=True)
 class Script:
-    """How the server answers one chat request."""
+    """How the server answers one chat request: the reply's text tokens, then its tool calls, as deltas."""
 
     reply: str = "Hello there! How can I help you today?"
-    first_delay_s: float = 0.0  # after the headers, before the first token
-    delay_s: float = 0.0  # between tokens
-    stall_after: int | None = None  # tokens sent, then silence until the client leaves
-    drop_after: int | None = None  # tokens sent, then the connection is cut mid-stream
-    end_after: int | None = None  # tokens sent unchunked, then the connection closed cleanly: no finish, no [DONE]
+    first_delay_s: float = 0.0  # after the headers, before the first delta
+    delay_s: float = 0.0  # between deltas
+    stall_after: int | None = None  # deltas sent, then silence until the client leaves
+    drop_after: int | None = None  # deltas sent, then the connection is cut mid-stream
+    end_after: int | None = None  # deltas sent unchunked, then the connection closed cleanly: no finish, no [DONE]
     status: int = 200  # anything else answers with an error body, like a server that fails the request
+    calls: tuple[Call, ...] = ()
+    # "openai": per call a first delta with index, id, type and name, then its arguments `piece_chars` at a time;
+    # "whole": each call complete in one delta, as vLLM and Ollama send them
+    call_style: Literal["openai", "whole"] = "openai"
+    piece_chars: int = 4
+    send_ids: bool = True  # False: no call carries an id, like some local servers
+    send_index: bool = True  # False: no call delta carries an index
+    finish_reason: str | None = None  # None: "tool_calls" when there are calls, else "stop"
+
+    def deltas(self) -> list[dict[str, Any]]:
+        deltas: list[dict[str, Any]] = [{"content": piece} for piece in tokens(self.reply)]
+        for n, call in enumerate(self.calls):
+            index: dict[str, Any] = {"index": n} if self.send_index else {}
+            head = dict(index)
+            if self.send_ids:
+                head["id"] = call.id or f"call_{n}"
+            head["type"] = "function"
+            if self.call_style == "whole":
+                deltas.append(_calls({**head, "function": {"name": call.name, "arguments": call.arguments}}))
+                continue
+            deltas.append(_calls({**head, "function": {"name": call.name, "arguments": ""}}))
+            for at in range(0, len(call.arguments), self.piece_chars):
+                piece = call.arguments[at : at + self.piece_chars]
+                deltas.append(_calls({**index, "function": {"arguments": piece}}))
+        return deltas
+
+
+def _calls(call: dict[str, Any]) -> dict[str, Any]:
+    return {"tool_calls": [call]}
 
 
 def tokens(text: str) -> list[str]:
@@ -162,7 +201,7 @@ async def _send_error(writer: asyncio.StreamWriter, status: int, message: str, c
     return "finished"
 
 
-def _event(model: str, delta: dict[str, str], finish: str | None = None, chunked: bool = True) -> bytes:
+def _event(model: str, delta: dict[str, Any], finish: str | None = None, chunked: bool = True) -> bytes:
     chunk = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
@@ -189,8 +228,8 @@ async def _client_stays(reader: asyncio.StreamReader, seconds: float | None) -> 
 async def _stream(script: Script, model: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
     if script.end_after is not None:  # a body that ends with the connection: the HTTP layer cannot tell a cut
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-        for piece in tokens(script.reply)[: script.end_after]:
-            writer.write(_event(model, {"content": piece}, chunked=False))
+        for delta in script.deltas()[: script.end_after]:
+            writer.write(_event(model, delta, chunked=False))
         await writer.drain()
         writer.close()
         return "ended early"
@@ -199,17 +238,22 @@ async def _stream(script: Script, model: str, reader: asyncio.StreamReader, writ
         b"Transfer-Encoding: chunked\r\n\r\n" + _event(model, {"role": "assistant", "content": ""})
     )
     await writer.drain()
-    for i, piece in enumerate(tokens(script.reply)):
+    deltas = script.deltas()
+    for i in range(len(deltas) + 1):  # a stall or a drop may come after the last delta, before the finish
         if i == script.stall_after:
             await _client_stays(reader, None)
             return "client closed"
         if i == script.drop_after:
             writer.transport.abort()
             return "dropped"
+        if i == len(deltas):
+            break
+        delta = deltas[i]
         if not await _client_stays(reader, script.first_delay_s if i == 0 else script.delay_s):
             return "client closed"
-        writer.write(_event(model, {"content": piece}))
+        writer.write(_event(model, delta))
         await writer.drain()
-    writer.write(_event(model, {}, "stop") + _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    finish = script.finish_reason or ("tool_calls" if script.calls else "stop")
+    writer.write(_event(model, {}, finish) + _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n")
     await writer.drain()
     return "finished"

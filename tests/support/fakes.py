@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from assistant.asr import Transcript
-from assistant.llm.backend import LlmError, Message
+from assistant.llm.backend import LlmError, Message, ToolCall, ToolSpec
 from assistant.segment import Segment
 
 FRAME = 1920
@@ -132,32 +132,50 @@ class ManualSink:
 
 
 class FakeBackend:
-    """An LLM that streams the given deltas, then optionally fails; records cancellation and closing."""
+    """An LLM that streams the given deltas (text, and tool calls), then optionally fails; records the messages and
+    tools of each request, cancellation and closing. Request n streams `replies[n]` (the last one again after
+    the last), the first being `deltas`."""
 
     name = "fake"
 
-    def __init__(self, deltas: Sequence[str], fail_after: int | None = None, delay_s: float = 0.0) -> None:
-        self.deltas = list(deltas)
+    def __init__(
+        self,
+        deltas: Sequence[str | ToolCall],
+        fail_after: int | None = None,
+        delay_s: float = 0.0,
+        *,
+        then: Sequence[Sequence[str | ToolCall]] = (),
+    ) -> None:
+        self.replies = [list(deltas), *(list(reply) for reply in then)]
         self.fail_after = fail_after
         self.delay_s = delay_s
         self.messages: list[list[Message]] = []
+        self.tools: list[list[ToolSpec]] = []
         self.streams_closed = 0
+
+    @property
+    def deltas(self) -> list[str | ToolCall]:
+        return self.replies[min(len(self.messages), len(self.replies) - 1)]
 
     async def start(self) -> None:
         return None
 
-    async def stream(self, messages: list[Message], cancel: asyncio.Event | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], cancel: asyncio.Event | None = None, tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
+        deltas = self.deltas
         self.messages.append(list(messages))
+        self.tools.append(list(tools))
         try:
-            for i, delta in enumerate(self.deltas):
+            for i, delta in enumerate(deltas):
                 if i == self.fail_after:
                     raise LlmError("the fake LLM was told to fail", before_first_token=i == 0)
                 await asyncio.sleep(self.delay_s)
                 if cancel is not None and cancel.is_set():
                     return
                 yield delta
-            if self.fail_after is not None and self.fail_after >= len(self.deltas):
-                raise LlmError("the fake LLM was told to fail", before_first_token=not self.deltas)
+            if self.fail_after is not None and self.fail_after >= len(deltas):
+                raise LlmError("the fake LLM was told to fail", before_first_token=not deltas)
         finally:
             self.streams_closed += 1
 

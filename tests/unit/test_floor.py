@@ -47,6 +47,7 @@ from pipelines.floor import (
     ReplyStarted,
     Reset,
     ResumeReply,
+    RunTools,
     SetTimer,
     SourceEnded,
     StartSpeculation,
@@ -54,6 +55,8 @@ from pipelines.floor import (
     Stop,
     TakeBack,
     TimerFired,
+    ToolsDone,
+    ToolsWanted,
     TurnEnded,
     TurnScore,
     UserState,
@@ -225,6 +228,53 @@ def test_no_take_back(why: str) -> None:
     d.on(Heard(True, 30))
     actions = d.on(VoiceOnset(continues_last=why != "no reopen"))
     assert TakeBack(turn) not in actions and not any(isinstance(e, TurnTakenBack) for e in published(actions))
+
+
+# --- tool calls: a turn acts only once it can no longer be taken back
+
+
+def test_tools_run_at_once_and_the_turn_then_cannot_be_taken_back() -> None:
+    d = Driver()
+    turn = d.say_a_turn()
+    d.answer(turn, sounding=False)
+    assert d.on(ToolsWanted(turn)) == [RunTools(turn)]
+    assert d.floor.assistant is AssistantState.ACTING
+    d.on(Heard(True, 30))  # no hold: taking the turn back would not undo what the tools did
+    assert d.floor.assistant is AssistantState.ACTING
+    actions = d.on(VoiceOnset(continues_last=True))
+    assert TakeBack(turn) not in actions
+    assert d.on(ToolsDone(turn)) == [] and d.floor.assistant is AssistantState.ANSWERING
+
+
+def test_tools_wait_while_a_sound_may_take_the_turn_back_and_run_when_it_ends() -> None:
+    d = Driver()
+    turn = d.say_a_turn()
+    d.answer(turn, sounding=False)
+    d.on(Heard(True, 30))
+    assert d.on(ToolsWanted(turn)) == [] and d.floor.assistant is AssistantState.HOLDING
+    assert d.on(Heard(False, 0)) == [ResumeReply(turn), RunTools(turn)]
+
+
+def test_tools_never_run_for_a_turn_the_user_takes_back() -> None:
+    d = Driver()
+    turn = d.say_a_turn()
+    d.answer(turn, sounding=False)
+    d.on(Heard(True, 30))
+    d.on(ToolsWanted(turn))
+    actions = d.on(VoiceOnset(continues_last=True)) + d.on(Heard(True, 300))
+    assert TakeBack(turn) in actions and RunTools(turn) not in actions
+    assert d.on(ToolsWanted(turn)) == []  # a stopping turn acts no more
+
+
+def test_speech_while_tools_run_for_a_typed_turn_barges_in_as_over_a_reply() -> None:
+    d = Driver()
+    d.on(Queued(100))
+    d.answer(100, sounding=False)
+    assert d.on(ToolsWanted(100)) == [RunTools(100)]
+    actions = d.speak()
+    assert PauseReply(100) in actions and d.floor.assistant is AssistantState.PAUSED
+    actions = d.on(VoiceEnded(utterance())) + d.on(JudgedWords("Cancel that."))
+    assert InterruptTurn(100) in actions
 
 
 def test_speech_ending_while_a_reply_is_answered_is_not_a_turn() -> None:

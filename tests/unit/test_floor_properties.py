@@ -42,6 +42,7 @@ from pipelines.floor import (
     ReplyStarted,
     Reset,
     ResumeReply,
+    RunTools,
     SetTimer,
     SourceEnded,
     StartSpeculation,
@@ -49,6 +50,8 @@ from pipelines.floor import (
     Stop,
     TakeBack,
     TimerFired,
+    ToolsDone,
+    ToolsWanted,
     TurnEnded,
     TurnScore,
     UserState,
@@ -71,6 +74,8 @@ class Turn:
     reply_over: bool = False
     stopping: bool = False
     over: bool = False  # its task ended (the world has fed TurnEnded, or it was dropped)
+    tools: str = "none"  # none, wanted, running
+    acted: bool = False
 
 
 @dataclass
@@ -133,10 +138,16 @@ class World:
             assert not turn.over
             if isinstance(action, TakeBack):
                 assert self.closed and self.vad == "speech"
+                assert not turn.acted, "a turn taken back after its tools ran"
                 self.closed = False
             if not turn.started:
                 turn.over = True
             turn.stopping = True
+        elif isinstance(action, RunTools):
+            turn = self.turns[action.turn]
+            assert turn.tools == "wanted" and turn.started and not turn.stopping and not turn.over
+            assert self.floor.assistant is not AssistantState.HOLDING, "tools ran while a sound may take the turn back"
+            turn.tools, turn.acted = "running", True
         elif isinstance(action, PauseReply):
             turn = self.turns[action.turn]
             assert turn.started and turn.replying and not turn.paused
@@ -211,6 +222,10 @@ class World:
         options += [("timer", name) for name in sorted(self.timers)]
         if (head := self.head()) is not None:
             options.append(("progress", head.id))
+            if head.replying and not head.reply_over and not head.stopping and head.tools == "none":
+                options.append(("want tools", head.id))
+            if head.tools == "running":
+                options.append(("tools done", head.id))
         return options
 
     def step(self, choice: tuple[str, Any]) -> None:
@@ -265,6 +280,12 @@ class World:
             self.feed(TimerFired(arg))
         elif what == "progress":
             self.progress(self.turns[arg])
+        elif what == "want tools":
+            self.turns[arg].tools = "wanted"
+            self.feed(ToolsWanted(arg))
+        elif what == "tools done":
+            self.turns[arg].tools = "none"
+            self.feed(ToolsDone(arg))
 
     def block(self, events: list[Any]) -> None:
         """A block of audio: the VAD's events, then what it hears now (as the voice loop feeds them)."""
@@ -276,8 +297,13 @@ class World:
         self.feed(Heard(self.vad != "silent", self.voiced_ms))
 
     def progress(self, turn: Turn) -> None:
-        """The turn under way takes its next step: its reply starts, sounds, ends; then the turn ends."""
-        if turn.stopping or turn.reply_over:
+        """The turn under way takes its next step: its tools end, its reply starts, sounds, ends; then the turn
+        ends. Tools still wanted when the reply ends are never run (the reply was interrupted before they were)."""
+        if turn.tools == "running":
+            turn.tools = "none"
+            self.feed(ToolsDone(turn.id))
+        elif turn.stopping or turn.reply_over:
+            turn.tools = "none"
             if turn.replying and not turn.reply_over:
                 turn.reply_over = True
                 self.feed(ReplyEnded(turn.id))
