@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from assistant.config import LocalBackendConfig
-from assistant.llm.backend import LlmError, Message
-from assistant.llm.local_transformers import LocalBackend
-from tests.support.random_chat_model import save_random_chat_model
+from assistant.llm.backend import LlmError, Message, ToolCall, ToolSpec
+from assistant.llm.local_transformers import LocalBackend, template_messages
+from tests.support.random_chat_model import QWEN_TOOLS_TEMPLATE, save_random_chat_model
 
 MESSAGES: list[Message] = [
     {"role": "system", "content": "Be brief."},
@@ -54,7 +54,7 @@ async def test_a_reply_streams_what_the_model_generates_from_the_chat_template(t
     with torch.no_grad():  # the same greedy reply, generated directly from the templated prompt
         ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt")
         direct = llm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-    assert "".join(deltas) == tokenizer.decode(direct[0, ids.shape[1] :], skip_special_tokens=True)
+    assert "".join(map(str, deltas)) == tokenizer.decode(direct[0, ids.shape[1] :], skip_special_tokens=True)
     await llm.aclose()
 
 
@@ -106,7 +106,7 @@ async def test_an_interrupted_reply_frees_the_model_for_the_next(tiny_chat_model
 
 async def test_sampling_with_a_temperature_streams_text(tiny_chat_model_dir: Path) -> None:
     llm = local(tiny_chat_model_dir, temperature=0.7)
-    assert "".join([delta async for delta in llm.stream(MESSAGES)])
+    assert "".join([str(delta) async for delta in llm.stream(MESSAGES)])
 
 
 async def test_a_hub_id_loads_from_the_hub_cache(tiny_chat_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -152,3 +152,143 @@ async def test_a_model_without_a_chat_template_is_refused(tmp_path: Path) -> Non
     folder = save_random_chat_model(tmp_path / "base-model", chat_template=None)
     with pytest.raises(LlmError, match="has no chat template: llm.local.model must be an instruct"):
         await local(folder).start()
+
+
+# Tool calls: Qwen2.5's template renders the tools and the history; the calls the model writes are parsed out.
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "The weather now in a city.",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+WEATHER_JSON = (
+    '{"type": "function", "function": {"name": "get_weather", "description": "The weather now in a city.", '
+    '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}'
+)
+HISTORY: list[Message] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny", "celsius": 21}'},
+]
+CALL_TEXT = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def tool_chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random model with Qwen2.5's tool-calling template and its `<tool_call>` tags (added, not special)."""
+    return save_random_chat_model(
+        tmp_path_factory.mktemp("tool-chat-model"), chat_template=QWEN_TOOLS_TEMPLATE, tool_tags=True
+    )
+
+
+class FakeScriptedModel:
+    """Stands in for the model in `generate`: streams a fixed reply, as tokens of the real tokenizer, through the
+    backend's real streamer (then the end-of-turn token, as a chat model ends)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, tokenizer, reply: str) -> None:
+        self.ids = tokenizer.encode(reply, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    def generate(self, input_ids: torch.Tensor, streamer, stopping_criteria, **settings) -> None:
+        streamer.put(input_ids.cpu())
+        for token in self.ids:
+            if any(criterion(input_ids, None).all() for criterion in stopping_criteria):
+                break
+            streamer.put(torch.tensor([token]))
+        streamer.end()
+
+
+async def test_the_prompt_shows_the_tools_and_past_calls_as_qwen_does(tool_chat_model_dir: Path) -> None:
+    llm = local(tool_chat_model_dir, max_new_tokens=4)
+    await llm.start()
+    prompts: list[torch.Tensor] = []
+    count_forwards(llm, prompts)
+    [item async for item in llm.stream(HISTORY, tools=[WEATHER])]
+
+    assert llm.tokenizer.decode(prompts[0][0]) == (
+        "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist with the user "
+        "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        f"{WEATHER_JSON}\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+        'within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+        "<args-json-object>}\n</tool_call><|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        "</tool_call><|im_end|>\n"
+        '<|im_start|>user\n<tool_response>\n{"sky": "sunny", "celsius": 21}\n</tool_response><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+
+
+async def test_without_tools_the_prompt_has_no_tools_section(tool_chat_model_dir: Path) -> None:
+    llm = local(tool_chat_model_dir, max_new_tokens=2)
+    await llm.start()
+    prompts: list[torch.Tensor] = []
+    count_forwards(llm, prompts)
+    [item async for item in llm.stream(MESSAGES)]
+    assert llm.tokenizer.decode(prompts[0][0]) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there!<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_messages_reach_the_template_as_hf_templates_expect() -> None:
+    bad_call: Message = {
+        "role": "assistant",
+        "content": "Checking.",
+        "tool_calls": [{"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "{city"}}],
+    }
+    converted = template_messages([*HISTORY, bad_call])
+    function = {"name": "get_weather", "arguments": {"city": "Paris"}}  # arguments parsed, for `tojson` to render
+    assert converted[2] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_1", "type": "function", "function": function}],
+    }
+    assert converted[3] == {**HISTORY[3], "name": "get_weather"}
+    assert converted[4]["tool_calls"][0]["function"]["arguments"] == "{city"  # as written, for the model to see
+    assert HISTORY[2]["content"] is None  # the caller's messages are left as they were
+
+
+@pytest.mark.parametrize("tags_special", [False, True], ids=["tags as in Qwen2.5", "tags marked special"])
+async def test_a_call_the_model_writes_comes_out_after_its_text(tool_chat_model_dir: Path, tags_special: bool) -> None:
+    llm = local(tool_chat_model_dir)
+    await llm.start()
+    if tags_special:
+        llm.tokenizer.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]}, False)
+    llm.model = fake = FakeScriptedModel(llm.tokenizer, CALL_TEXT + "\nSure.")
+    assert {llm.tokenizer.convert_tokens_to_ids(tag) for tag in ("<tool_call>", "</tool_call>")} <= set(fake.ids)
+    items = [item async for item in llm.stream(HISTORY[:2], tools=[WEATHER])]
+
+    calls = [item for item in items if isinstance(item, ToolCall)]
+    text_before = "".join(item for item in items[: items.index(calls[0])] if isinstance(item, str))
+    assert text_before == "Let me check.\n"
+    assert [(call.name, call.arguments) for call in calls] == [("get_weather", '{"city": "Paris"}')]
+    assert items[-1] == "Sure."  # text after the call; the end-of-turn token is not said
+    assert calls[0].id.startswith("call_")
+
+
+async def test_a_call_cut_off_at_the_token_limit_still_comes_out(tool_chat_model_dir: Path) -> None:
+    llm = local(tool_chat_model_dir)
+    await llm.start()
+    llm.model = FakeScriptedModel(llm.tokenizer, '<tool_call>\n{"name": "get_weather", "arguments": {"ci')
+    (call,) = [item async for item in llm.stream(HISTORY[:2], tools=[WEATHER])]
+    assert isinstance(call, ToolCall)
+    assert (call.name, call.arguments) == ("get_weather", '{"name": "get_weather", "arguments": {"ci')
+
+
+async def test_a_template_without_tools_answers_without_them(tiny_chat_model_dir: Path, caplog) -> None:
+    llm = local(tiny_chat_model_dir)
+    plain = [delta async for delta in llm.stream(MESSAGES)]
+    with caplog.at_level("WARNING"):
+        with_tools = [delta async for delta in llm.stream(MESSAGES, tools=[WEATHER])]
+        again = [delta async for delta in llm.stream(MESSAGES, tools=[WEATHER])]
+    assert with_tools == again == plain
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert f"the chat template of the local LLM {str(tiny_chat_model_dir)!r} does not support tools" in warning
