@@ -6,6 +6,9 @@ async with Assistant.from_config("configs/kiosk.yaml") as assistant:
         print(await assistant.ask("What can you do?"))
 ```
 
+Tools the model may call are Python functions handed in (`Assistant(config, tools=[move])`) or registered with
+`@assistant.tool`, besides the config's MCP servers and, with MQTT, the tools a host announces.
+
 Every part can be handed in ready-made (tests pass fakes; a program may share a loaded model);
 what is not given is opened or loaded by `start()` from the config: the devices first, so a
 missing microphone is reported before minutes of model loading, then the models side by side.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,8 @@ from assistant.events import ErrorEvent, Event, EventBus, Subscription
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.mqtt import MqttBridge, MqttSetupError
+from assistant.tools.python import PythonTool
+from assistant.tools.toolbox import Toolbox, ToolFunction
 from assistant.tts.reference_voice import ReferenceVoice
 from assistant.vad import VadSegmenter
 from pipelines.components import Models, StartupError, load_models, load_voice
@@ -68,6 +73,7 @@ class Assistant:
         source: AudioSource | None = None,
         sink: AudioSink | None = None,
         voice: ReferenceVoice | str | Path | None = None,
+        tools: Sequence[ToolFunction] = (),
     ) -> None:
         # a path is loaded with the engine, as the config's would be; a ReferenceVoice is used as is
         if voice is not None:
@@ -86,6 +92,8 @@ class Assistant:
         self._voice: VoiceLoop | None = None
         self._listening: asyncio.Task[None] | None = None
         self._bridge: MqttBridge | None = None
+        self.toolbox = Toolbox(config.tools, self.bus, tools)
+        self._tools_open = False
 
     @classmethod
     def from_config(cls, config: Config | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Assistant:
@@ -110,12 +118,14 @@ class Assistant:
             raise RuntimeError("the assistant is already started")
         try:
             await self._open_devices()
-            await self._load_models()
+            self._tools_open = True
+            await asyncio.gather(self._load_models(), self.toolbox.start())
             self._voice = self._voice_loop()
             assert self._source is not None
             self._listening = asyncio.create_task(self._voice.listen(self._source), name="VoiceLoop.listen")
             if self.config.mqtt.enabled:
-                self._bridge = MqttBridge(self.config.mqtt, self.bus, self)
+                tools = self.toolbox.registry if self.config.tools.mqtt else None
+                self._bridge = MqttBridge(self.config.mqtt, self.bus, self, tools)
                 await self._bridge.start()
         except MqttSetupError as error:
             await self.stop()
@@ -139,6 +149,9 @@ class Assistant:
             self._listening = None
         while self._owned:
             await self._owned.pop().aclose()
+        if self._tools_open:
+            self._tools_open = False
+            await self.toolbox.aclose()
         self._voice = None
 
     async def wait(self) -> None:
@@ -161,6 +174,17 @@ class Assistant:
     def ask(self, text: str) -> asyncio.Task[str]:
         """A typed turn: the reply is spoken, and the task gives the text of it the user heard."""
         return _heard(self._loop().ask(_words(text, "ask")))
+
+    def tool(
+        self, function: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None
+    ) -> Any:
+        """`@assistant.tool` (or `@assistant.tool(name=...)`): offer a function to the model, from its next request.
+        The schema comes from the type hints, the description from the docstring (`assistant.tools.python`)."""
+
+        def register(f: Callable[..., Any]) -> PythonTool:
+            return self.toolbox.add(PythonTool(f, name=name, description=description))
+
+        return register if function is None else register(function)
 
     def mute(self) -> None:
         """Nothing said from now on is heard, transcribed or interrupts the assistant."""
@@ -262,6 +286,7 @@ class Assistant:
             segmenter=VadSegmenter(self.config.vad),
             turn_model=self._turn_model,
             reference=self._reference,
+            tools=self.toolbox.registry,
         )
 
 

@@ -15,6 +15,7 @@ from assistant.events import EventBus, UtteranceEnded
 from assistant.llm.backend import ChatBackend
 from assistant.llm.factory import make_backend
 from assistant.logs import log_turns
+from assistant.tools.toolbox import Toolbox
 from assistant.vad import VadSegmenter
 from pipelines.assistant import Assistant, device_reporter
 from pipelines.components import Models, load_models, start_backend
@@ -56,8 +57,9 @@ async def run(config: Config, mode: Mode) -> None:
 
 async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     if not mode.speech:
-        await start_backend(backend)
-        await run_text_mode(VoiceLoop(config, bus, backend), bus)
+        async with Toolbox(config.tools, bus) as toolbox:
+            await start_backend(backend)
+            await run_text_mode(VoiceLoop(config, bus, backend, tools=toolbox.registry), bus)
         return
     from assistant.audio.speaker import Speaker
 
@@ -68,9 +70,9 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
         on_error=device_reporter(bus),
         latency_ms=audio.output_latency_ms,
     )
-    async with speaker:
+    async with speaker, Toolbox(config.tools, bus) as toolbox:
         models = await load_models(config, backend, transcriber=False)
-        voice = _voice_loop(config, bus, backend, speaker, models)
+        voice = _voice_loop(config, bus, backend, speaker, models, toolbox)
         try:
             await run_text_mode(voice, bus)
         finally:
@@ -81,15 +83,16 @@ async def _text(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
 async def _file(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend) -> None:
     assert mode.input_wav is not None and mode.output_wav is not None
     source, sink = FileSource(mode.input_wav, block_ms=config.vad.frame_ms), FileSink(mode.output_wav)
-    models = await load_models(config, backend)
-    voice = _voice_loop(config, bus, backend, sink, models)
-    heard = bus.subscribe(UtteranceEnded)
-    try:
-        await voice.listen(source, sequential=True)
-    finally:
-        await voice.aclose()
-        await sink.aclose()
-        await models.aclose()
+    async with Toolbox(config.tools, bus) as toolbox:
+        models = await load_models(config, backend)
+        voice = _voice_loop(config, bus, backend, sink, models, toolbox)
+        heard = bus.subscribe(UtteranceEnded)
+        try:
+            await voice.listen(source, sequential=True)
+        finally:
+            await voice.aclose()
+            await sink.aclose()
+            await models.aclose()
     if heard.queue.empty():  # an empty reply file would look like an answer
         mode.output_wav.unlink(missing_ok=True)
         raise WavError(f"{mode.input_wav}: no speech found in it, so nothing to answer (no {mode.output_wav} written)")
@@ -109,7 +112,9 @@ async def _live(config: Config, mode: Mode, bus: EventBus, backend: ChatBackend)
             await assistant.wait()
 
 
-def _voice_loop(config: Config, bus: EventBus, backend: ChatBackend, sink: AudioSink, models: Models) -> VoiceLoop:
+def _voice_loop(
+    config: Config, bus: EventBus, backend: ChatBackend, sink: AudioSink, models: Models, toolbox: Toolbox
+) -> VoiceLoop:
     engine = models.engine
     assert engine is not None
     segmenter = VadSegmenter(config.vad) if models.transcriber is not None else None
@@ -124,4 +129,5 @@ def _voice_loop(config: Config, bus: EventBus, backend: ChatBackend, sink: Audio
         segmenter=segmenter,
         turn_model=models.turn_model,
         reference=models.voice,
+        tools=toolbox.registry,
     )

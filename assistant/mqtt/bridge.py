@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import time
@@ -34,6 +35,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from assistant.config import MqttConfig
 from assistant.events import CommandRejected, ErrorEvent, EventBus, Subscription
 from assistant.mqtt.messages import EVENT_TOPICS, Command, CommandError, Topics, event_message, parse_command
+from assistant.mqtt.tools import MqttTools
+from assistant.tools.registry import ToolError, ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,12 @@ class MqttSetupError(RuntimeError):
 
 
 class MqttBridge:
-    """`await bridge.start()` subscribes to the bus and begins connecting; `await bridge.aclose()` ends it."""
+    """`await bridge.start()` subscribes to the bus and begins connecting; `await bridge.aclose()` ends it. With a
+    `tools` registry, the tools a host announces over MQTT are added to it (`assistant.mqtt.tools`)."""
 
-    def __init__(self, config: MqttConfig, bus: EventBus, commands: Commands) -> None:
+    def __init__(
+        self, config: MqttConfig, bus: EventBus, commands: Commands, tools: ToolRegistry | None = None
+    ) -> None:
         self.config = config
         self.bus = bus
         self.commands = commands
@@ -80,6 +86,7 @@ class MqttBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._events: Subscription | None = None
         self._closing = False  # aclose() has marked it offline
+        self.tools = MqttTools(tools, self._publish_json, self._report) if tools is not None else None
 
     @property
     def connected(self) -> bool:
@@ -109,6 +116,17 @@ class MqttBridge:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
         self._tasks = []
+        if self.tools is not None:
+            self.tools.withdraw()
+
+    async def _publish_json(self, subtopic: str, payload: dict[str, Any]) -> None:
+        if (client := self._client) is None:
+            raise ToolError(f"the MQTT broker {self.broker} is not connected, so the host cannot be asked")
+        try:
+            data = json.dumps(payload, ensure_ascii=False)
+            await client.publish(f"{self.topics.base}/{subtopic}", data, qos=1, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as error:
+            raise ToolError(f"could not publish on MQTT: {error}") from None
 
     def _password(self) -> str | None:
         password = self.config.password()
@@ -158,6 +176,9 @@ class MqttBridge:
                         self.topics.commands, options=SubscribeOptions(qos=1, retainAsPublished=True)
                     )
                     await client.subscribe(self.topics.status, qos=1)
+                    if self.tools is not None:
+                        await client.subscribe(self.topics.tool_manifest, qos=1)
+                        await client.subscribe(self.topics.tool_result, qos=1)
                     self._client = client  # connected before "online" can reach anyone
                     await client.publish(self.topics.status, "online", qos=1, retain=True)
                     log.info(
@@ -168,8 +189,13 @@ class MqttBridge:
                     )
                     delay = self.config.reconnect_min_s
                     async for message in client.messages:
-                        if message.topic.value == self.topics.status:
+                        topic = message.topic.value
+                        if topic == self.topics.status:
                             await self._stay_online(client, message)
+                        elif self.tools is not None and topic == self.topics.tool_manifest:
+                            self.tools.on_manifest(_bytes(message.payload))
+                        elif self.tools is not None and topic == self.topics.tool_result:
+                            self.tools.on_result(_bytes(message.payload))
                         else:
                             self._receive(message)
             except MqttConnectError as error:
@@ -207,7 +233,7 @@ class MqttBridge:
 
     def _receive(self, message: aiomqtt.Message) -> None:
         name = self.topics.command_name(message.topic.value)
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        payload = _bytes(message.payload)
         try:
             if message.retain:  # it would be carried out again on every subscription
                 raise CommandError("retained commands are not carried out; publish commands without retain")
@@ -251,6 +277,10 @@ class MqttBridge:
     def _report(self, message: str, recoverable: bool = True) -> None:
         (log.warning if recoverable else log.error)("%s", message)
         self.bus.publish(ErrorEvent(source="mqtt", message=message, recoverable=recoverable))
+
+
+def _bytes(payload: Any) -> bytes:
+    return payload if isinstance(payload, bytes) else str(payload or "").encode()
 
 
 def _code(error: MqttCodeError) -> int | None:

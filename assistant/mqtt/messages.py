@@ -1,7 +1,8 @@
 """What goes over MQTT: the topics, events as JSON, and commands parsed and validated from payloads.
 
 Topics live under `{topic_prefix}/{site_id}/`: `status` (retained "online"/"offline"),
-`event/<name>` (JSON, see EVENT_TOPICS) and `command/<name>` (JSON, see COMMANDS).
+`event/<name>` (JSON, see EVENT_TOPICS) and `command/<name>` (JSON, see COMMANDS); a host's tools use `tool/...`
+(`assistant.mqtt.tools`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ class Topics:
     def commands(self) -> str:
         """The subscription that receives every command, and anything deeper (answered as unknown commands)."""
         return f"{self.base}/command/#"
+
+    @property
+    def tool_manifest(self) -> str:
+        return f"{self.base}/tool/manifest"
+
+    @property
+    def tool_result(self) -> str:
+        return f"{self.base}/tool/result"
 
     def event(self, name: str) -> str:
         return f"{self.base}/event/{name}"
