@@ -256,12 +256,20 @@ class ScriptedReply(Section):
 
 
 class ScriptedBackendConfig(Section):
-    replies: list[str | ScriptedReply] = Field(
-        default_factory=lambda: list[str | ScriptedReply](["Hello! This is a scripted reply."]),
+    replies: list[ScriptedReply] = Field(
+        default_factory=lambda: [ScriptedReply(text="Hello! This is a scripted reply.")],
         min_length=1,
         description="Used in turn, one per request to the LLM (a reply that calls tools and the answer after the "
-        "results are two); '{result}' in a reply's text stands for the last tool result in the conversation.",
+        "results are two): text, or {text, tool_calls}; '{result}' in a reply's text stands for the last tool "
+        "result in the conversation.",
     )
+
+    @field_validator("replies", mode="before")
+    @classmethod
+    def _text_is_a_reply(cls, replies: Any) -> Any:
+        if isinstance(replies, list):
+            return [{"text": reply} if isinstance(reply, str) else reply for reply in replies]
+        return replies
     first_token_delay_s: float = Field(0.0, ge=0, le=60)
     token_delay_s: float = Field(0.0, ge=0, le=10)
 
@@ -440,7 +448,9 @@ class McpServerConfig(Section):
     server reached over streamable HTTP (`url`, `headers`)."""
 
     name: str = Field(description="Names the server in logs and events.")
-    command: str | None = Field(None, description="The program to start (stdio).")
+    command: str | None = Field(
+        None, description="The program to start (stdio); python or python3 is the assistant's own interpreter."
+    )
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] | None = Field(None, description="Its environment; null = the assistant's own.")
     cwd: str | None = Field(None, description="Its working folder; null = the assistant's.")

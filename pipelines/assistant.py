@@ -96,9 +96,16 @@ class Assistant:
         self._tools_open = False
 
     @classmethod
-    def from_config(cls, config: Config | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Assistant:
-        """An assistant with every part from the config (a Config, or a YAML path with `--set`-style overrides)."""
-        return cls(config if isinstance(config, Config) else load_config(config, overrides))
+    def from_config(
+        cls,
+        config: Config | str | Path,
+        overrides: list[str] | tuple[str, ...] = (),
+        *,
+        tools: Sequence[ToolFunction] = (),
+    ) -> Assistant:
+        """An assistant with every part from the config (a Config, or a YAML path with `--set`-style overrides), and
+        the Python functions `tools` for the model to call."""
+        return cls(config if isinstance(config, Config) else load_config(config, overrides), tools=tools)
 
     async def __aenter__(self) -> Assistant:
         await self.start()

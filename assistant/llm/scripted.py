@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Sequence
 
-from assistant.config import ScriptedBackendConfig, ScriptedReply
+from assistant.config import ScriptedBackendConfig
 from assistant.llm.backend import Message, ToolCall, ToolSpec
 
 _calls = itertools.count(1)
@@ -31,8 +31,7 @@ class ScriptedBackend:
     async def stream(
         self, messages: list[Message], cancel: asyncio.Event | None = None, tools: Sequence[ToolSpec] = ()
     ) -> AsyncIterator[str | ToolCall]:
-        reply = next(self._replies)
-        scripted = reply if isinstance(reply, ScriptedReply) else ScriptedReply(text=reply)
+        scripted = next(self._replies)
         text = scripted.text.replace("{result}", _last_result(messages))
         await asyncio.sleep(self._config.first_token_delay_s)
         for i, piece in enumerate(re.findall(r"\S+\s*", text)):

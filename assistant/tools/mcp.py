@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shlex
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ CLIENT_INFO = types.Implementation(name="csm-voice-assistant", version="0.1.0")
 MAX_PAGES = 100  # of a tools/list answer: a server whose cursor never ends cannot hang the start
 STDERR_LINES = 20
 CLOSE_TIMEOUT_S = 10.0  # for a polite close (an HTTP session's DELETE); a stdio server is stopped within ~6 s
+PYTHON = ("python", "python3")  # the assistant's own interpreter: a Python server finds the packages it has
 _NAME = re.compile(r"[^A-Za-z0-9_-]")  # what OpenAI-style function names may not contain
 
 
@@ -259,7 +261,7 @@ class McpServer:
                 yield _Watched(read, self._closed_by_server), write
             return
         parameters = StdioServerParameters(
-            command=self.config.command,
+            command=sys.executable if self.config.command in PYTHON else self.config.command,
             args=self.config.args,
             env=dict(os.environ) if self.config.env is None else self.config.env,
             cwd=self.config.cwd,

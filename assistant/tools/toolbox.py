@@ -55,6 +55,5 @@ class Toolbox:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _report(self, message: str) -> None:
-        log.warning("%s", message)
+    def _report(self, message: str) -> None:  # the MCP servers have logged it
         self.bus.publish(ErrorEvent(source="tools", message=message))

@@ -192,3 +192,36 @@ async def test_muted_speech_is_not_heard_and_unmuting_hears_again() -> None:
         ("MuteChanged", False),
         ("UserTranscript", None),
     ]
+
+
+async def test_python_tools_handed_in_or_decorated_are_offered_and_called(tmp_path) -> None:
+    from assistant.audio.streams import FileSink
+    from assistant.llm.backend import ToolCall
+
+    moved: list[str] = []
+
+    async def move(room: str) -> str:
+        """Drive to a room."""
+        moved.append(room)
+        return f"in the {room}"
+
+    backend = FakeBackend([ToolCall("c1", "move", '{"room": "hall"}'), ToolCall("c2", "wave", "{}")], then=[["Hi."]])
+    robot = Assistant(
+        config("off"),
+        backend=backend,
+        engine=FakeSpeechEngine(frames_per_text=1),
+        transcriber=FakeTranscriber(),
+        source=QueueSource(),
+        sink=FileSink(tmp_path / "replies.wav"),
+        tools=[move],
+    )
+
+    @robot.tool(name="wave")
+    def greet() -> str:
+        """Wave a hand."""
+        return "waved"
+
+    async with robot:
+        assert await robot.ask("Come and wave.") == "Hi."
+    assert moved == ["hall"] and [t.name for t in backend.tools[0]] == ["move", "wave"]
+    assert [m["content"] for m in backend.messages[1] if m["role"] == "tool"] == ["in the hall", "waved"]

@@ -91,7 +91,7 @@ def test_overrides_are_parsed_as_yaml_values(tmp_path: Path) -> None:
     assert config.llm.backend == "scripted"
     assert config.audio.input_device == 2
     assert config.asr.language is None
-    assert config.llm.scripted.replies == ["Hi there.", "Bye."]
+    assert [r.text for r in config.llm.scripted.replies] == ["Hi there.", "Bye."]
     assert config.csm.temperature == 0
 
 
