@@ -288,20 +288,51 @@ async def test_tools_not_enabled_are_neither_offered_nor_callable() -> None:
     assert robot.started == [] and backend.messages[1][-1]["content"].startswith("error: there is no tool named")
 
 
-async def test_barge_in_during_the_filler_interrupts_and_cancels_the_call() -> None:
-    robot, engine, sink = Robot(move_s=5.0), FakeSpeechEngine(frames_per_text=8), ManualSink()
-    voice = loop(FakeBackend([call("move", {"room": "hall"})], then=[["Here."]]), robot, engine=engine, sink=sink)
+async def test_barge_in_during_the_filler_interrupts_and_cancels_the_call_and_the_speech_is_the_next_turn() -> None:
+    config = Config.model_validate(
+        {
+            "vad": {"min_speech_ms": 90, "end_silence_ms": 300, "preroll_ms": 90},
+            "barge_in": {"mode": "vad", "min_speech_ms": 150, "tail_ms": 0, "hold_ms": 0, "resume_ms": 2000},
+            "tools": {"filler_ms": 100},
+            "csm": {"chunk_frames": 1},
+        }
+    )
+    robot, engine, sink, source = Robot(move_s=5.0), FakeSpeechEngine(frames_per_text=8), ManualSink(), QueueSource()
+    backend = FakeBackend([call("move", {"room": "hall"})], then=[["Going to the kitchen."]])
+    voice = VoiceLoop(
+        config,
+        EventBus(),
+        backend,
+        transcriber=FakeTranscriber("No, the kitchen."),
+        engine=engine,
+        sink=sink,
+        segmenter=VadSegmenter(config.vad, classifier=energy_classifier),
+        tools=robot.registry,
+    )
     interrupted = voice.bus.subscribe(Interrupted)
+    listening = asyncio.create_task(voice.listen(source))
     asking = voice.ask("Go to the hall.")
-    await until(lambda: sink.queued >= FRAME)  # the filler is sounding
-    sink.advance(FRAME)
-    await until(lambda: voice.floor.assistant.value == "acting" and voice.floor._head().heard)  # type: ignore[union-attr]
-    voice.interrupt("barge-in")
+    await until(lambda: sink.queued >= FRAME)  # the filler is ready
+    sink.advance(FRAME)  # and heard
+    await until(lambda: voice.floor.assistant.value == "acting")
+    source.put(loud(0.5))  # the user talks over it
+    source.put(quiet(0.5))
     await asking
-    assert robot.cancelled == ["hall"] and isinstance(interrupted.queue.get_nowait(), Interrupted)
+    event = await asyncio.wait_for(interrupted.get(), 5)
+    assert isinstance(event, Interrupted) and event.source == "barge-in"
+    assert robot.cancelled == ["hall"] and robot.moves == []
+    await until(lambda: sink.queued >= sink.played + FRAME)  # the next turn's answer
+    sink.advance(sink.queued)
+    source.end()
+    await listening
     history = voice.conversation.messages()
-    assert history[-2]["role"] == "tool" and history[-1]["content"] == "One moment. [the user interrupted here]"
     assert_valid(history)
+    assert [m["role"] for m in history[1:]] == ["user", "assistant", "tool", "assistant", "user", "assistant"]
+    assert history[4]["content"] == "One moment. [the user interrupted here]"
+    assert history[5:] == [
+        {"role": "user", "content": "No, the kitchen."},
+        {"role": "assistant", "content": "Going to the kitchen."},
+    ]
 
 
 def voice_with_tools(robot: Robot, backend: FakeBackend, *texts: str) -> tuple[VoiceLoop, ManualSink, QueueSource]:
