@@ -270,6 +270,7 @@ class ScriptedBackendConfig(Section):
         if isinstance(replies, list):
             return [{"text": reply} if isinstance(reply, str) else reply for reply in replies]
         return replies
+
     first_token_delay_s: float = Field(0.0, ge=0, le=60)
     token_delay_s: float = Field(0.0, ge=0, le=10)
 
