@@ -28,6 +28,7 @@ from assistant.config import AsrConfig
 
 if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import Segment
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,12 @@ class Transcriber(Protocol):
 
 
 def _resolve_device(device: str) -> str:
-    if device != "auto":
+    if device == "cpu":
         return device
     import ctranslate2
 
+    if device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+        raise AsrError("asr.device = cuda: ctranslate2 finds no CUDA device here; set asr.device to cpu, or auto")
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
@@ -93,10 +96,13 @@ class WhisperTranscriber:
                 download_root=config.download_root,
             )
         except Exception as exc:  # faster-whisper raises hub, OS and CT2 errors alike
-            raise AsrError(
-                f"cannot load Whisper model {config.model!r} ({type(exc).__name__}: {exc}). Offline? "
-                "Download it once while online, or set asr.model to a local faster-whisper (CT2) folder."
-            ) from exc
+            if device == "cuda" and "cuda" in str(exc).lower():
+                hint = "Its CUDA could not be used: set asr.device to cpu."
+            elif local.is_dir():
+                hint = "asr.model must be a faster-whisper (CT2) folder (model.bin, config.json...)."
+            else:
+                hint = "Offline? Download it once while online, or set asr.model to a local faster-whisper folder."
+            raise AsrError(f"cannot load Whisper model {config.model!r} ({type(exc).__name__}: {exc}). {hint}") from exc
         log.info("ASR: faster-whisper %s on %s (%s), %s window", config.model, device, compute_type, config.window)
         self._tokenizer: Tokenizer | None = None
         self._suppressed: list[int] = []
@@ -121,7 +127,7 @@ class WhisperTranscriber:
             condition_on_previous_text=False,
             vad_filter=False,
         )
-        kept = [s.text for s in segments if not _no_speech(s.no_speech_prob, s.avg_logprob)]
+        kept = [s.text for s in segments if not _no_speech(s.no_speech_prob, s.avg_logprob) and not _noise_words(s)]
         return Transcript(text=" ".join(t.strip() for t in kept).strip(), language=info.language, audio_s=audio_s)
 
     def _fitted(self, audio: np.ndarray, audio_s: float) -> str:
@@ -203,3 +209,19 @@ def _unlooped(text: str, opening: int = 3) -> str:
 def _no_speech(no_speech_prob: float, avg_logprob: float) -> bool:
     """Whisper's own verdict that a decode heard no speech."""
     return no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOW_LOGPROB
+
+
+# What Whisper says on noise and silence (its training had subtitles), lower-case without punctuation.
+NOISE_WORDS = frozenset(
+    "you|thank you|thanks|thank you very much|thanks for watching|thank you for watching|thanks for listening|"
+    "thank you for listening|bye|bye bye|please subscribe|subscribe".split("|")
+)
+NOISE_WORDS_NO_SPEECH = 0.5
+
+
+def _noise_words(segment: Segment) -> bool:
+    """One of Whisper's known noise outputs, decoded without confidence (3 s of brown noise comes out as "You" with
+    no_speech_prob ~0.8; a spoken "Thank you." has ~0.3 and a logprob of ~-0.6)."""
+    return " ".join(_words(segment.text)) in NOISE_WORDS and (
+        segment.no_speech_prob > NOISE_WORDS_NO_SPEECH or segment.avg_logprob < LOW_LOGPROB
+    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -144,6 +145,23 @@ HOLD_WORDS = (
     "on",
     "at",
 )
+
+
+class ListenConfig(Section):
+    """When the assistant listens: to everything (`always`), after its wake word (`wake_word`), or while it is asked
+    to (`push_to_talk`: a key, `command/listen`, `Assistant.listen()`)."""
+
+    mode: Literal["always", "wake_word", "push_to_talk"] = "always"
+    wake_word: str = Field(
+        "okay_nabu",
+        description="A built-in microWakeWord model (okay_nabu, hey_jarvis, hey_mycroft, alexa) or a model's .json "
+        "file with its .tflite beside it.",
+    )
+    threshold: float | None = Field(None, gt=0, lt=1, description="Detection threshold; null = the model's own.")
+    follow_up_s: float = Field(
+        8.0, ge=0, le=600, description="After a reply (or the wake word), listening without the wake word this long."
+    )
+    earcon: str | None = Field(None, description="A sound file played when the wake word is heard; null = none.")
 
 
 class TurnConfig(Section):
@@ -368,6 +386,9 @@ class ConversationConfig(Section):
     max_turns: int = Field(20, ge=0, le=1000, description="Turns kept for the LLM's messages.")
     max_audio_turns: int = Field(6, ge=0, le=100, description="Most recent turns whose audio CSM hears.")
     max_audio_s: float = Field(60.0, ge=0, le=600, description="Audio seconds kept for CSM's context.")
+    idle_reset_s: float | None = Field(
+        None, gt=0, le=86_400, description="Forget the conversation after this long with no turn; null = never."
+    )
 
 
 class BargeInConfig(Section):
@@ -389,7 +410,9 @@ class BargeInConfig(Section):
         "within this long the reply resumes where it paused; 0 = speech interrupts at once.",
     )
     key: str | None = Field(
-        "space", description="Terminal key that interrupts: one character, space, enter, tab or escape; null = none."
+        "space",
+        description="Terminal key that interrupts (with listen.mode push_to_talk: press to talk, again when done): "
+        "one character, space, enter, tab or escape; null = none.",
     )
 
     @field_validator("key")
@@ -506,6 +529,7 @@ class LoggingConfig(Section):
 class Config(Section):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     vad: VadConfig = Field(default_factory=VadConfig)
+    listen: ListenConfig = Field(default_factory=ListenConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
     asr: AsrConfig = Field(default_factory=AsrConfig)
     llm: LlmConfig = Field(default_factory=LlmConfig)
@@ -534,7 +558,8 @@ def secret(env_name: str | None) -> str | None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar or list)."""
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar or list); a setting that takes text gets the
+    value as typed where YAML reads a kind the setting cannot take (`Be brief: one sentence.` is a mapping to YAML)."""
     key, sep, raw = text.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path):
@@ -543,7 +568,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    kinds = _kinds(path)
+    if str in kinds and value is not None and not isinstance(value, tuple(k for k in kinds if isinstance(k, type))):
+        value = raw.strip()
     return path, value
+
+
+def _kinds(path: list[str]) -> tuple[Any, ...]:
+    """The types the setting at `path` takes (those of a union, or the one); () for no such setting."""
+    kind: Any = Config
+    for part in path:
+        fields = getattr(kind, "model_fields", None) if isinstance(kind, type) else None
+        if not isinstance(fields, dict) or part not in fields:
+            return ()
+        kind = fields[part].annotation
+    return get_args(kind) if isinstance(kind, UnionType) or get_origin(kind) is Union else (kind,)
 
 
 def _apply_override(data: dict[str, Any], path: list[str], value: Any, origin: str) -> None:
@@ -579,21 +618,35 @@ def _describe(error: ValidationError, data: dict[str, Any], file: Path, override
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
     value = _lookup(data, loc)
-    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" = {value!r}"
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "string_type" and isinstance(value, (dict, list)):  # YAML read `a: b` or `[a]` as such
+        kind = "a mapping" if isinstance(value, dict) else "a list"
+        return f"{source}: {key} = {value!r}: YAML read it as {kind}; quote the text to keep it as typed"
+    shown = "" if isinstance(value, dict) or first["type"] == "missing" else f" = {value!r}"
     return f"{source}: {key}{shown}: {message}"
 
 
+def _preset(path: Path) -> Path:
+    """`path`, or for a relative path that is not there, the preset it names (`configs/x.yaml` or `x.yaml`)."""
+    if path.is_absolute() or path.exists():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == (CONFIG_DIR.name,) else path.parts
+    preset = CONFIG_DIR.joinpath(*parts)
+    return preset if parts and preset.is_file() else path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file (default: configs/default.yaml), apply overrides, validate.
+    """Read a YAML file (default: configs/default.yaml), apply overrides, validate. A relative path that is not there
+    is looked up among the presets (`configs/kiosk.yaml` or `kiosk.yaml`), so they are found from any folder.
 
     Raises ConfigError with one line naming the file, key and value.
     """
-    file = Path(path) if path is not None else DEFAULT_CONFIG
+    file = _preset(Path(path)) if path is not None else DEFAULT_CONFIG
     try:
         data = _yaml(file.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{file}: config file not found") from None
+        presets = "" if file.is_absolute() else f" (nor among the presets in {CONFIG_DIR})"
+        raise ConfigError(f"{file}: config file not found{presets}") from None
     except IsADirectoryError:
         raise ConfigError(f"{file}: a folder, not a config file (the presets are the .yaml files in it)") from None
     except UnicodeDecodeError as exc:
@@ -612,6 +665,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _apply_override(data, keys, value, origin=f"--set {text}")
         applied[tuple(keys)] = text
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, data, file, applied)) from None
+    if file.resolve().parent == CONFIG_DIR:  # a preset's programs (the kiosk's MCP server) are the repository's files
+        for server in config.tools.mcp:
+            if server.command is not None and server.cwd is None:
+                server.cwd = str(CONFIG_DIR.parent)
+    return config

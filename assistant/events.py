@@ -18,7 +18,7 @@ from typing import Literal
 
 log = logging.getLogger(__name__)
 
-State = Literal["idle", "listening", "thinking", "speaking"]
+State = Literal["idle", "waiting", "listening", "thinking", "speaking"]  # waiting: for the wake word
 
 _ids = itertools.count(1)
 
@@ -158,7 +158,18 @@ class MuteChanged(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ConversationReset(Event):
-    """The conversation history was cleared: the next turn starts a new conversation."""
+    """The conversation history was cleared: the next turn starts a new conversation. `reason`: asked for
+    (`command`), or nobody spoke for `conversation.idle_reset_s` (`idle`)."""
+
+    reason: Literal["command", "idle"] = "command"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WakeDetected(Event):
+    """The wake word was heard (`model`, with the detector's `score`): the assistant listens."""
+
+    model: str
+    score: float
 
 
 def next_turn_id() -> int:

@@ -14,6 +14,32 @@ class ModelNotFound(RuntimeError):
     """The model is neither a folder nor a hub repository this machine can get; the message says what to do."""
 
 
+class PathError(ValueError):
+    """A local path given to a loader is not what it must be. Loaders know the path and their own parameter
+    (`argument`: "mimi", "tokenizer", "model"), not the setting that named it: the caller names that with
+    `named(setting)`, the assistant `csm.mimi`, the speech server `--mimi`. `fix` says what to do, `{setting}` in it
+    standing for the setting."""
+
+    def __init__(self, argument: str, path: str | Path, problem: str, fix: str) -> None:
+        self.argument, self.path, self.problem, self.fix = argument, str(path), problem, fix
+        super().__init__(f"{path}: {problem}; {fix.replace('{setting}', f'the {argument} setting')}")
+
+    def named(self, setting: str, value: str | None = None) -> str:
+        """One line naming `setting` and its value (the path, unless `value` says it otherwise)."""
+        shown = f"{setting} {value or self.path}" if setting.startswith("-") else f"{setting} = {value or self.path}"
+        return f"{shown}: {self.problem}; {self.fix.replace('{setting}', setting)}"
+
+
+def check_folder(path: str | Path, argument: str = "model") -> Path:
+    """`path` if it is a folder; PathError saying what it is instead (nothing, or a file)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    if not folder.exists():
+        raise PathError(argument, path, "no such file or folder", "point {setting} at the model's folder")
+    raise PathError(argument, path, "a file, not a folder", "point {setting} at the folder that holds the model")
+
+
 def resolve_model(model: str, files: Sequence[str], setting: str) -> Path:
     """`model` as a local folder, or the snapshot folder of the hub repository `model` (only `files`, glob patterns).
 
@@ -22,6 +48,8 @@ def resolve_model(model: str, files: Sequence[str], setting: str) -> Path:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise ModelNotFound(f"{setting}={model!r} is a file, not a folder: point {setting} at the folder that holds it")
     if not is_hub_id(model):
         raise ModelNotFound(f"{setting}={model!r} is neither a folder nor a hub id like 'organisation/name'")
     return _download(model, files, setting)

@@ -27,15 +27,19 @@ def _ms(seconds: float | None) -> str:
 
 
 def format_turn(heard: str | None, reply: ReplyText | None, latency: TurnLatency) -> str:
+    """The turn's line; stages its kind of turn cannot reach are left out: a typed turn has no endpoint or
+    transcript, and a reply that made no sound and was not cut off (`--no-speech`) no csm-in, audio or played."""
     said = reply.text if reply else ""
-    tool = "" if latency.tool_s is None else f", tool {_ms(latency.tool_s)}"
     mark = " [interrupted]" if reply and reply.interrupted else ""
-    return (
-        f"turn {latency.turn}: heard {heard or ''!r} -> said {said!r}{mark} | ms after end of speech: "
-        f"endpoint {_ms(latency.endpoint_s)}, asr {_ms(latency.transcript_s)}, llm {_ms(latency.first_token_s)}, "
-        f"csm-in {_ms(latency.first_chunk_s)}, audio {_ms(latency.first_audio_s)}, "
-        f"played {_ms(latency.first_played_s)}{tool}"
-    )
+    stages = {"llm": latency.first_token_s}
+    if latency.endpoint_s is not None or latency.transcript_s is not None:
+        stages = {"endpoint": latency.endpoint_s, "asr": latency.transcript_s, **stages}
+    if latency.first_audio_s is not None or latency.first_played_s is not None or mark:
+        stages |= {"csm-in": latency.first_chunk_s, "audio": latency.first_audio_s, "played": latency.first_played_s}
+    if latency.tool_s is not None:
+        stages["tool"] = latency.tool_s
+    shown = ", ".join(f"{stage} {_ms(seconds)}" for stage, seconds in stages.items())
+    return f"turn {latency.turn}: heard {heard or ''!r} -> said {said!r}{mark} | ms after end of speech: {shown}"
 
 
 async def log_turns(bus: EventBus) -> None:

@@ -19,9 +19,8 @@ another thread, through `loop.call_soon_threadsafe`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from assistant.tools.python import PythonTool
 from assistant.tools.toolbox import Toolbox, ToolFunction
 from assistant.tts.reference_voice import ReferenceVoice
 from assistant.vad import VadSegmenter
+from pipelines.attention import Attention, load_attention
 from pipelines.components import Models, StartupError, load_models, load_voice
 from pipelines.reply import SpeechEngine, Spoken
 from pipelines.voice_loop import AudioEncoder, TurnDetector, VoiceLoop
@@ -92,6 +92,7 @@ class Assistant:
         self._voice: VoiceLoop | None = None
         self._listening: asyncio.Task[None] | None = None
         self._bridge: MqttBridge | None = None
+        self._attention = Attention()  # the wake word and its earcon, loaded by start()
         self.toolbox = Toolbox(config.tools, self.bus, tools)
         self._tools_open = False
 
@@ -102,10 +103,12 @@ class Assistant:
         overrides: list[str] | tuple[str, ...] = (),
         *,
         tools: Sequence[ToolFunction] = (),
+        **parts: Any,
     ) -> Assistant:
-        """An assistant with every part from the config (a Config, or a YAML path with `--set`-style overrides), and
-        the Python functions `tools` for the model to call."""
-        return cls(config if isinstance(config, Config) else load_config(config, overrides), tools=tools)
+        """An assistant from the config (a Config, or a YAML path with `--set`-style overrides; a preset's name such as
+        `configs/kiosk.yaml` is found from any folder), with the Python functions `tools` for the model to call and
+        any part handed in ready-made (`parts`: the keyword arguments of `Assistant`)."""
+        return cls(config if isinstance(config, Config) else load_config(config, overrides), tools=tools, **parts)
 
     async def __aenter__(self) -> Assistant:
         await self.start()
@@ -119,10 +122,12 @@ class Assistant:
     async def start(self) -> None:
         """Open the devices and load the models not handed in, then listen (and bridge MQTT when enabled).
 
-        Raises StartupError or AudioDeviceError, naming the part, when one cannot be had.
+        Raises StartupError or AudioDeviceError, naming the part, when one cannot be had, and AttentionError for a
+        `listen` setting that cannot be used (before anything opens).
         """
         if self._voice is not None:
             raise RuntimeError("the assistant is already started")
+        self._attention = load_attention(self.config.listen)
         try:
             await self._open_devices()
             self._tools_open = True
@@ -143,23 +148,35 @@ class Assistant:
 
     async def stop(self) -> None:
         """Stop the bridge, end what is being said and drop what is queued, stop listening and close what `start()`
-        opened."""
-        if self._bridge is not None:
-            await self._bridge.aclose()
-            self._bridge = None
+        opened. Every part is closed even when closing one fails or the task stopping them is cancelled meanwhile
+        (Ctrl-C at `asyncio.run`, a timeout): then the cancellation, or else the first error, is raised at the end."""
+        errors: list[BaseException] = []
+
+        async def close(closing: Awaitable[Any]) -> None:
+            try:
+                await closing
+            except (Exception, asyncio.CancelledError) as error:
+                errors.append(error)
+
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            await close(bridge.aclose())
         if self._voice is not None:
-            await self._voice.aclose()
-        if self._listening is not None:
-            self._listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listening
-            self._listening = None
+            await close(self._voice.aclose())
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.cancel()
+            await close(asyncio.wait([listening]))  # its cancellation is not this task's
+            if listening.done() and not listening.cancelled() and (failed := listening.exception()) is not None:
+                errors.append(failed)
         while self._owned:
-            await self._owned.pop().aclose()
+            await close(self._owned.pop().aclose())
         if self._tools_open:
             self._tools_open = False
-            await self.toolbox.aclose()
+            await close(self.toolbox.aclose())
         self._voice = None
+        if errors:
+            raise next((e for e in errors if isinstance(e, asyncio.CancelledError)), errors[0])
 
     async def wait(self) -> None:
         """Until the audio source ends (a microphone: until `stop()`)."""
@@ -192,6 +209,14 @@ class Assistant:
             return self.toolbox.add(PythonTool(f, name=name, description=description))
 
         return register if function is None else register(function)
+
+    def listen(self, source: str = "api", *, release: bool = False) -> None:
+        """Listen now without the wake word (`listen.mode` wake_word or push_to_talk: a robot's button, a face at the
+        kiosk). With push-to-talk, `release=True` says the button went up: what was said is the turn."""
+        if release:
+            self._loop().release()
+        else:
+            self._loop().attend(source)
 
     def mute(self) -> None:
         """Nothing said from now on is heard, transcribed or interrupts the assistant."""
@@ -294,6 +319,8 @@ class Assistant:
             turn_model=self._turn_model,
             reference=self._reference,
             tools=self.toolbox.registry,
+            wake_word=self._attention.wake_word,
+            earcon=self._attention.earcon,
         )
 
 

@@ -20,7 +20,7 @@ from assistant.tts.reference_voice import (
     locked_voice,
     voice_from_clip,
 )
-from pipelines.model_check import hub_reachable, missing_models, needed_models
+from pipelines.model_check import hub_reachable, missing_cuda, missing_models, needed_models
 
 if TYPE_CHECKING:
     from assistant.asr import WhisperTranscriber
@@ -70,6 +70,7 @@ def load_engine(config: CsmConfig) -> CSMEngine:
     """CSM in this process (`csm.backend: local`); `connect_engine` is the speech server's."""
     import torch
 
+    from assistant.hub import PathError
     from assistant.tts.csm import CheckpointError, CSMEngine
 
     device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,6 +86,9 @@ def load_engine(config: CsmConfig) -> CSMEngine:
             cuda_graphs=config.cuda_graphs,
             fused=config.fused,
         )
+    except PathError as error:  # names the file; the setting that gave it is named here
+        unset = error.argument == "tokenizer" and config.tokenizer is None  # the model folder's
+        raise StartupError(error.named(f"csm.{error.argument}", f"null, so {error.path}" if unset else None)) from None
     except CheckpointError as error:
         raise StartupError(f"cannot load the CSM speech model {config.model!r}: {error}") from None
     except Exception as error:  # tokenizer, Mimi or torch failures: still one line, not a traceback
@@ -169,9 +173,14 @@ async def load_models(config: Config, backend: ChatBackend, *, engine: bool = Tr
     if engine:
         check_voice(config.voice)
     local_llm = backend.model_name if isinstance(backend, LocalBackend) else None
+    problems = await asyncio.to_thread(
+        missing_cuda, config, engine=engine, transcriber=transcriber, local_llm=local_llm
+    )
     needed = needed_models(config, engine=engine, transcriber=transcriber, local_llm=local_llm)
-    if (problem := await asyncio.to_thread(missing_models, needed, hub_reachable)) is not None:
-        raise StartupError(problem)
+    if (missing := await asyncio.to_thread(missing_models, needed, hub_reachable)) is not None:
+        problems.append(missing)
+    if problems:
+        raise StartupError("; and ".join(problems))
     served = engine and config.csm.backend == "server"
     remote = await connect_engine(config.csm) if served else None  # first: an absent server is told in a moment
     try:

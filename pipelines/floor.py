@@ -21,6 +21,12 @@ The user's side (the microphone):
     SPEAKING, PAUSE --VoiceEnded--> LISTENING: CommitTurn; or JudgeUtterance (it paused a reply); or nothing (a
         reply not interrupted is being answered)
     any --Mute(True)--> MUTED: ForgetSpeech, Listen(False); a judgement or a hold waiting on the speech ends
+    WAITING (listen.mode wake_word or push_to_talk: nobody addressed it) --Attend (the wake word, a button, the
+        API)--> LISTENING: Detect(False), Listen(True), publish StateChanged(listening); push-to-talk interrupts the
+        reply first
+    LISTENING --nothing going on for listen.follow_up_s (wake_word), or at once (push_to_talk, released)-->
+        WAITING: Listen(False), Detect(True), publish StateChanged(waiting)
+    any (push-to-talk) --TalkReleased--> EndTurnAfter(0): the speech held is the turn; silences while held end none
     any --barge-in off: a turn answered, an interrupted reply winding down, or its echo tail--> DEAF: the same
     MUTED, DEAF --Mute(False); the turn and its echo tail over--> LISTENING: Listen(True)
 
@@ -47,13 +53,8 @@ The assistant's side (the turn at the head of the queue):
     any --TurnEnded of the head--> the next turn's ANSWERING (StartTurn), or IDLE
     any --Stop--> STOPPING: every turn interrupted or dropped, timers cancelled; whatever is queued later is dropped
 
-Designed in, not built yet (each is a state of one region and the events that move it):
-- waiting for a wake word: a user-side state before LISTENING; audio reaches the wake-word detector only, and
-  `WakeWord` moves it to LISTENING; after a reply (and its follow-up window) it returns there.
-- a follow-up window: after ReplyEnded, LISTENING with a timer; its firing moves the user's side back to waiting
-  for the wake word, speech within it is a turn without one.
-- push-to-talk: `TalkPressed` / `TalkReleased` events; pressed acts as a VoiceOnset (and interrupts the reply),
-  released as a VoiceEnded of the audio held, with no silence waited.
+With `conversation.idle_reset_s`, the `idle` timer runs whenever a conversation has begun and nothing is going on;
+its firing asks to ForgetConversation (a kiosk's next visitor starts afresh).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from assistant.config import BargeInConfig, TurnConfig
+from assistant.config import BargeInConfig, ListenConfig, TurnConfig
 from assistant.events import (
     BargeInPaused,
     BargeInResumed,
@@ -72,6 +73,7 @@ from assistant.events import (
     Interrupted,
     MuteChanged,
     SpeechStarted,
+    StateChanged,
     TurnTakenBack,
     UtteranceEnded,
     next_turn_id,
@@ -89,6 +91,7 @@ class UserState(Enum):
     PAUSE = "pause"  # a pause in the user's speech: a speculation may be running
     MUTED = "muted"
     DEAF = "deaf"  # barge-in off: the assistant is answering, or its echo may still linger
+    WAITING = "waiting"  # for the wake word (or the talk key): audio reaches the wake-word detector only
 
 
 class AssistantState(Enum):
@@ -226,6 +229,19 @@ class Mute:
 
 
 @dataclass(frozen=True)
+class Attend:
+    """The user addressed the assistant: its wake word was heard, or a key, `command/listen` or the API asked it to
+    listen (`source`)."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class TalkReleased:
+    """Push-to-talk: the key or button was let go: what was said while it was held is the turn."""
+
+
+@dataclass(frozen=True)
 class SourceEnded:
     """The audio source ended: speech cut off by it is no turn."""
 
@@ -259,6 +275,8 @@ FloorEvent = (
     | Interrupt
     | Reset
     | Mute
+    | Attend
+    | TalkReleased
     | SourceEnded
     | Stop
     | TimerFired
@@ -273,6 +291,18 @@ class Listen:
     """Feed the microphone's audio to the VAD (True) or drop it (False)."""
 
     on: bool
+
+
+@dataclass(frozen=True)
+class Detect:
+    """Feed the microphone's audio to the wake-word detector (True) or stop (False)."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class ForgetConversation:
+    """Nothing happened for `conversation.idle_reset_s`: forget the conversation (the next visitor starts afresh)."""
 
 
 @dataclass(frozen=True)
@@ -395,6 +425,8 @@ class CancelTimer:
 
 Action = (
     Listen
+    | Detect
+    | ForgetConversation
     | ForgetSpeech
     | StartSpeculation
     | PrepareReply
@@ -416,7 +448,7 @@ Action = (
     | CancelTimer
 )
 
-JUDGE, TAIL = "judge", "tail"
+JUDGE, TAIL, FOLLOW_UP, IDLE = "judge", "tail", "follow_up", "idle"
 
 
 @dataclass
@@ -459,6 +491,8 @@ class Floor:
 
     `undecided_ms` is the silence that ends a turn the words do not decide (vad.end_silence_ms); with `model`, an
     end-of-turn model scores each pause and decides instead of the words; `tail_ms` overrides barge_in.tail_ms.
+    `listen` says when it listens at all (always, after a wake word, or push-to-talk); `idle_reset_s` when a
+    conversation nobody continues is forgotten.
     """
 
     def __init__(
@@ -470,11 +504,18 @@ class Floor:
         model: bool = False,
         tail_ms: int | None = None,
         new_turn_id: Callable[[], int] = next_turn_id,
+        listen: ListenConfig | None = None,
+        idle_reset_s: float | None = None,
     ) -> None:
         self.turn, self.barge_in, self.undecided_ms, self.model = turn, barge_in, undecided_ms, model
         self.tail_ms = barge_in.tail_ms if tail_ms is None else tail_ms
         self.new_turn_id = new_turn_id
-        self.user = UserState.LISTENING
+        self.listen = listen or ListenConfig()
+        self.idle_reset_s = idle_reset_s
+        self._waiting = self.listen.mode != "always"  # nobody has addressed it: audio goes to the detector only
+        self._talking = False  # push-to-talk: the key is held
+        self._conversing = False  # a turn was taken since the conversation began (or was last forgotten)
+        self.user = UserState.WAITING if self._waiting else UserState.LISTENING
         self.muted = False
         self._turns: list[_Turn] = []  # the queue; its head is being answered once started
         self._last_voice: int | None = None  # the microphone's last committed turn
@@ -534,7 +575,7 @@ class Floor:
     # --- events from the microphone
 
     def _on_Heard(self, event: Heard) -> None:
-        if not self._hearing():
+        if not self._hearing() or self._waiting:
             return
         self._in_speech, self._voiced_ms = event.in_speech, event.voiced_ms
         if not event.in_speech:
@@ -561,7 +602,7 @@ class Floor:
         if not self._answering():
             return
         self._pause = _Pause(event.utterance)
-        self._emit(EndTurnAfter(self.turn.incomplete_ms), StartSpeculation(event.utterance, score=self.model))
+        self._emit(EndTurnAfter(self._silence(self.turn.incomplete_ms)), StartSpeculation(event.utterance, self.model))
 
     def _on_VoiceResumed(self, event: VoiceResumed) -> None:
         self.user = UserState.SPEAKING
@@ -574,7 +615,7 @@ class Floor:
         if event.text.strip():
             self._emit(PrepareReply(event.text))
         if not self.model:
-            self._emit(EndTurnAfter(silence_to_end(event.text, self.turn, self.undecided_ms)))
+            self._emit(EndTurnAfter(self._silence(silence_to_end(event.text, self.turn, self.undecided_ms))))
 
     def _on_TurnScore(self, event: TurnScore) -> None:
         if self._pause is None or not self.model:
@@ -582,10 +623,10 @@ class Floor:
         if event.probability is None:  # the model failed: the words decide from now on
             self.model = False
             if self._pause.words is not None:
-                self._emit(EndTurnAfter(silence_to_end(self._pause.words, self.turn, self.undecided_ms)))
+                self._emit(EndTurnAfter(self._silence(silence_to_end(self._pause.words, self.turn, self.undecided_ms))))
             return
         complete = event.probability >= self.turn.model_threshold
-        self._emit(EndTurnAfter(self.turn.complete_ms if complete else self.turn.incomplete_ms))
+        self._emit(EndTurnAfter(self._silence(self.turn.complete_ms if complete else self.turn.incomplete_ms)))
 
     def _on_VoiceEnded(self, event: VoiceEnded) -> None:
         self.user = UserState.LISTENING
@@ -635,6 +676,13 @@ class Floor:
         self._timers.discard(event.name)
         if event.name == TAIL:
             self._tail = False
+        elif event.name == FOLLOW_UP:
+            log.info("nobody spoke for %g s: waiting for the wake word", self.listen.follow_up_s)
+            self._waiting = True
+        elif event.name == IDLE:
+            log.info("nobody spoke for %g s: the conversation is forgotten", self.idle_reset_s)
+            self._conversing = False
+            self._emit(ForgetConversation())
         elif event.name == JUDGE and (judgement := self._judgement) is not None and not judgement.transcribing:
             if self._in_speech:  # the speech goes on: judge what was said so far
                 judgement.transcribing = True
@@ -721,6 +769,7 @@ class Floor:
     # --- the user's and the program's requests
 
     def _on_Queued(self, event: Queued) -> None:
+        self._conversing = True
         self._queue(_Turn(event.turn, event.kind))
 
     def _on_Interrupt(self, event: Interrupt) -> None:
@@ -732,6 +781,7 @@ class Floor:
             self._stop(turn, source=event.source)
 
     def _on_Reset(self, event: Reset) -> None:
+        self._conversing = False
         self._on_Interrupt(Interrupt("reset", every=True))
         self._queue(_Turn(event.turn, "reset"))
 
@@ -739,6 +789,27 @@ class Floor:
         self.muted = event.muted
         log.info("microphone %s", "muted" if event.muted else "unmuted")
         self._emit(Publish(MuteChanged(muted=event.muted, at=self._now)))
+
+    def _on_Attend(self, event: Attend) -> None:
+        if self.listen.mode == "always" or self.muted or self._stopped:
+            log.info("listen (%s): %s", event.source, "muted" if self.muted else "it listens all the time already")
+            return
+        if self.listen.mode == "push_to_talk":
+            self._talking = True
+            if (head := self._head()) is not None and not head.stopping and head.kind != "reset":
+                self._stop(head, source="push-to-talk")  # pressing to talk cuts the reply short
+        if self._waiting:
+            log.info("addressed (%s): listening", event.source)
+            self._waiting = False
+            self._emit(Publish(StateChanged(state="listening", at=self._now)))
+        self._cancel_timer(FOLLOW_UP)  # its window starts afresh
+
+    def _on_TalkReleased(self, event: TalkReleased) -> None:
+        if not self._talking:
+            return
+        self._talking = False
+        if self._in_speech and self.user in (UserState.SPEAKING, UserState.PAUSE):
+            self._emit(EndTurnAfter(0))
 
     def _on_SourceEnded(self, event: SourceEnded) -> None:
         self._forget_speech()
@@ -751,22 +822,58 @@ class Floor:
         for name in list(self._timers):
             self._cancel_timer(name)
         self._tail = False
+        self._talking = False
 
     # --- rules that hold after every event
 
     def _settle(self) -> None:
-        hearing = self._hearing()
-        listening = self.user not in (UserState.MUTED, UserState.DEAF)
-        if listening and not hearing:
+        self._attend()
+        off: UserState | None = None  # the state that keeps the VAD from hearing, if one does
+        if not self._hearing():
+            off = UserState.MUTED if self.muted else UserState.DEAF
+        elif self._waiting:
+            off = UserState.WAITING
+        was = self.user
+        if off is not None and was not in (UserState.MUTED, UserState.DEAF, UserState.WAITING):
             self._forget_speech()
-            self.user = UserState.MUTED if self.muted else UserState.DEAF
             self._emit(Listen(False))
-        elif not listening and hearing:
-            self.user = UserState.LISTENING
+        elif off is None and was in (UserState.MUTED, UserState.DEAF, UserState.WAITING):
             self._emit(Listen(True))
-        elif not hearing:
-            self.user = UserState.MUTED if self.muted else UserState.DEAF
+        if (was is UserState.WAITING) != (off is UserState.WAITING):
+            self._emit(Detect(off is UserState.WAITING))
+            if off is UserState.WAITING:
+                self._emit(Publish(StateChanged(state="waiting", at=self._now)))
+        if off is not None:
+            self.user = off
+        elif was in (UserState.MUTED, UserState.DEAF, UserState.WAITING):
+            self.user = UserState.LISTENING
         self._hold_for_sound()
+        self._keep_time()
+
+    def _attend(self) -> None:
+        """Push-to-talk: back to waiting once the key is up and its turn is over. Wake word: once nothing has gone on
+        for the follow-up window (timed by `_keep_time`)."""
+        quiet = not self._in_speech and not self._turns and self._pause is None
+        if self.listen.mode == "push_to_talk" and not self._waiting and quiet and not self._talking:
+            self._waiting = True
+
+    def _keep_time(self) -> None:
+        """The follow-up window and the idle reset run while nothing goes on, and stop when something does."""
+        quiet = not self._stopped and not self._in_speech and not self._turns and self._pause is None
+        follow_up = quiet and self.listen.mode == "wake_word" and not self._waiting and not self.muted
+        self._run_timer(FOLLOW_UP, follow_up, int(self.listen.follow_up_s * 1000))
+        if self.idle_reset_s is not None:
+            self._run_timer(IDLE, quiet and self._conversing, int(self.idle_reset_s * 1000))
+
+    def _run_timer(self, name: str, wanted: bool, after_ms: int) -> None:
+        if wanted and name not in self._timers:
+            self._set_timer(name, after_ms)
+        elif not wanted:
+            self._cancel_timer(name)
+
+    def _silence(self, silence_ms: int) -> int:
+        """While the talk key is held, no silence ends the turn: letting go does."""
+        return 600_000 if self._talking else silence_ms
 
     def _hearing(self) -> bool:
         """Muted, nothing is heard. With barge-in off, nothing is heard while a turn is answered (unless speech would
@@ -819,6 +926,7 @@ class Floor:
             return
         turn = self.new_turn_id()
         self._last_voice = turn
+        self._conversing = True
         self._emit(CommitTurn(turn, utterance, prepared))
         self._queue(_Turn(turn, "voice"))
 

@@ -3,7 +3,9 @@
 Loading fails one model at a time, and which one first depends on which loader thread gets there first. So the
 models are looked for up front (a local folder, or the hub cache), and when some are missing and the hub cannot
 be reached (HF_HUB_OFFLINE, or no answer), all of them are listed at once, each with the setting that points it
-at a local folder.
+at a local folder. A local path that is not what it must be (a folder where a file belongs, a file that is not a
+tokenizer.json, ...) is named with what is wrong with it, and so is a device setting of `cuda` on a machine without
+one.
 """
 
 from __future__ import annotations
@@ -13,67 +15,105 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.config import Config
-from assistant.hub import is_hub_id
+from assistant.hub import PathError, check_folder, is_hub_id
 
 
 @dataclass(frozen=True)
 class Needed:
     setting: str  # the config key naming the model
     value: str
-    found: Callable[[], bool]  # on this machine (a local folder or file, or in the hub cache)
-    hub: bool = True  # whether the hub could supply it (False: a local path, which must exist)
+    found: Callable[[], bool]  # in the hub cache; a local path: True, or PathError saying what is wrong with it
 
 
 def needed_models(config: Config, *, engine: bool, transcriber: bool, local_llm: str | None) -> list[Needed]:
     """The models a run loads: CSM with its tokenizer and Mimi (unless a speech server runs it), Whisper, the
     local LLM `local_llm` (those that apply)."""
     from assistant.llm.local_transformers import MODEL_FILES
-    from assistant.tts.csm.weights import HUB_FILES
+    from assistant.tts.csm.codec import check_mimi
+    from assistant.tts.csm.weights import HUB_FILES, check_tokenizer
 
     needed: list[Needed] = []
     if engine and config.csm.backend == "local":
         csm = config.csm
-        found = lambda: _model_here(csm.model, HUB_FILES)  # noqa: E731
-        needed.append(Needed("csm.model", csm.model, found, is_hub_id(csm.model)))
+        needed.append(_model(csm.model, "csm.model", HUB_FILES))
         if csm.tokenizer is not None:
-            tokenizer = Path(csm.tokenizer).expanduser()
-            needed.append(Needed("csm.tokenizer", csm.tokenizer, tokenizer.is_file, hub=False))
+            needed.append(_local("csm.tokenizer", csm.tokenizer, check_tokenizer))
         elif Path(csm.model).expanduser().is_dir():
-            in_folder = Path(csm.model).expanduser() / "tokenizer.json"
-            needed.append(Needed("csm.tokenizer", f"null, so {in_folder}", in_folder.is_file, hub=False))
-        mimi = csm.mimi or "moshi's default (kyutai/moshiko-pytorch-bf16)"
-        needed.append(Needed("csm.mimi", mimi, lambda: _mimi_here(csm.mimi), hub=csm.mimi is None))
+            in_folder = str(Path(csm.model).expanduser() / "tokenizer.json")
+            needed.append(_local("csm.tokenizer", in_folder, check_tokenizer, shown=f"null, so {in_folder}"))
+        if csm.mimi is not None:
+            needed.append(_local("csm.mimi", csm.mimi, check_mimi))
+        else:
+            needed.append(Needed("csm.mimi", "moshi's default (kyutai/moshiko-pytorch-bf16)", _mimi_cached))
     if transcriber:
         asr = config.asr
-        found = lambda: _whisper_here(asr.model, asr.download_root)  # noqa: E731
-        needed.append(Needed("asr.model", asr.model, found, _whisper_id(asr.model)))
+        if _whisper_id(asr.model):
+            needed.append(Needed("asr.model", asr.model, lambda: _whisper_here(asr.model, asr.download_root)))
+        else:
+            needed.append(_local("asr.model", asr.model, check_folder))
     if local_llm is not None:
-        found = lambda: _model_here(local_llm, MODEL_FILES)  # noqa: E731
-        needed.append(Needed("llm.local.model", local_llm, found, is_hub_id(local_llm)))
+        needed.append(_model(local_llm, "llm.local.model", MODEL_FILES))
     return needed
 
 
+def _model(model: str, setting: str, files: Sequence[str]) -> Needed:
+    """A model that is a hub id or a local folder."""
+    if is_hub_id(model):
+        return Needed(setting, model, lambda: _model_here(model, files))
+    return _local(setting, model, check_folder)
+
+
+def _local(setting: str, path: str, check: Callable[[str], Path], shown: str | None = None) -> Needed:
+    """A local path, which `check` finds right (or raises PathError saying what is wrong with it)."""
+    return Needed(setting, shown or path, lambda: bool(check(path)))
+
+
 def missing_models(needed: Sequence[Needed], hub_reachable: Callable[[], bool]) -> str | None:
-    """One message listing every model that is neither here nor downloadable; None when nothing is missing."""
-    missing = [n for n in needed if not n.found()]
-    absent = [n for n in missing if not n.hub]  # local paths that are not there: no hub helps
-    offline = [n for n in missing if n.hub]
+    """One message naming every local path that is wrong, with what is wrong with it, and every model neither here
+    nor downloadable; None when nothing is amiss."""
+    wrong: list[str] = []  # local paths: no hub helps
+    offline: list[Needed] = []
+    for n in needed:
+        try:
+            if not n.found():
+                offline.append(n)
+        except PathError as error:
+            wrong.append(error.named(n.setting, n.value))
     if offline and hub_reachable():
         offline = []  # they will be downloaded as they load
-    if not absent and not offline:
-        return None
-    parts = [f"{n.setting} = {n.value}: no such file or folder" for n in absent]
     if offline:
         listed = "; ".join(f"{n.setting} = {n.value}" for n in offline)
-        parts.append(
-            f"the hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and these are not on this machine: {listed}"
+        settings = " ".join(f"--set {n.setting}=/local/path" for n in offline)
+        wrong.append(
+            f"{len(offline)} model(s) missing: the hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and these are "
+            f"not on this machine: {listed}. Connect once to download them, or point each at a local copy: {settings}"
         )
-    settings = " ".join(f"--set {n.setting}=/local/path" for n in absent + offline)
-    return (
-        f"{len(absent) + len(offline)} model(s) missing: "
-        + "; and ".join(parts)
-        + (f". Connect once to download them, or point each at a local copy: {settings}")
+    return "; and ".join(wrong) or None
+
+
+def missing_cuda(config: Config, *, engine: bool, transcriber: bool, local_llm: str | None) -> list[str]:
+    """A line for each device setting of `cuda` (of the parts a run loads) where no CUDA device can be had."""
+    asked = (
+        ("csm.device", "torch", engine and config.csm.backend == "local" and config.csm.device == "cuda"),
+        ("asr.device", "ctranslate2", transcriber and config.asr.device == "cuda"),
+        ("llm.local.device", "torch", local_llm is not None and config.llm.local.device == "cuda"),
     )
+    return [
+        f"{setting} = cuda: {library} finds no CUDA device here; set {setting} to cpu, or auto"
+        for setting, library, wanted in asked
+        if wanted and not cuda_devices(library)
+    ]
+
+
+def cuda_devices(library: str) -> int:
+    """How many CUDA devices `library` (torch or ctranslate2: each has its own CUDA build) can use."""
+    if library == "ctranslate2":
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def hub_reachable(timeout_s: float = 5.0) -> bool:
@@ -97,10 +137,7 @@ def _whisper_id(model: str) -> bool:
 
 
 def _model_here(model: str, files: Sequence[str]) -> bool:
-    if Path(model).expanduser().is_dir():
-        return True
-    if not is_hub_id(model):
-        return False  # a path that is not there
+    """Whether the hub repository `model` is in the hub cache."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -110,9 +147,7 @@ def _model_here(model: str, files: Sequence[str]) -> bool:
         return False
 
 
-def _mimi_here(mimi: str | None) -> bool:
-    if mimi is not None:
-        return Path(mimi).expanduser().is_file()
+def _mimi_cached() -> bool:
     from huggingface_hub import try_to_load_from_cache
     from moshi.models import loaders
 

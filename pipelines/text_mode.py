@@ -1,17 +1,39 @@
 """Text mode: the user types, the assistant answers, speaking the reply when it has a voice.
 
-Each line is one turn, answered in order. A chunk of the reply is printed as it is handed to speech. A ready
-line goes to the log once the assistant can answer; at a terminal, a `you: ` prompt asks for each line, and a
-log line that comes while a reply is being printed ends the reply's line first (the reply goes on below it).
+Each line is one turn, answered in order. A chunk of the reply is printed as it is handed to speech, and a ready line
+goes to the log once the assistant can answer.
+
+At a terminal (input and output both, and not a dumb one), prompt_toolkit keeps the `you: ` line below everything
+printed: the reply being printed shows just above it and moves up whole when it ends, log lines come above it too,
+and what is typed meanwhile stays in the input line. A line sent while a reply plays is queued: typed turns are
+answered in order, as lines sent in a chat are (Esc or Ctrl-C is the way to cut a reply short). Esc or Ctrl-C
+interrupts the reply (its line ends with ` [interrupted]`); Ctrl-C with nothing to interrupt quits (KeyboardInterrupt,
+as a Ctrl-C does elsewhere). Ctrl-D ends the input: the turns sent are answered, and the cursor is left on a fresh line.
+
+Otherwise (a pipe, a file) lines are read plainly; when only the input is a terminal a `you: ` prompt asks for each
+line, and a log line that comes while a reply is being printed on a terminal ends the reply's line first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import io
 import logging
 import sys
 import threading
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import create_app_session, run_in_terminal
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.input import create_input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.output import create_output
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.utils import is_dumb_terminal
 
 from assistant.events import EventBus, ReplyText, Subscription
 from pipelines.voice_loop import VoiceLoop
@@ -78,7 +100,15 @@ def _terminal_handlers() -> list[logging.Handler]:
 
 
 async def run_text_mode(voice: VoiceLoop, bus: EventBus, source: TextIO = sys.stdin, sink: TextIO = sys.stdout) -> None:
-    """Answer each typed line until end of input."""
+    """Answer each typed line until end of input; at a terminal, Ctrl-C with nothing to interrupt raises
+    KeyboardInterrupt."""
+    if source.isatty() and sink.isatty() and not is_dumb_terminal():
+        await _at_terminal(voice, bus, source, sink)
+    else:
+        await _read_plainly(voice, bus, source, sink)
+
+
+async def _read_plainly(voice: VoiceLoop, bus: EventBus, source: TextIO, sink: TextIO) -> None:
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     # A daemon thread, not the default executor: a blocked readline must not hold up shutdown.
     threading.Thread(target=_read_lines, args=(source, asyncio.get_running_loop(), lines), daemon=True).start()
@@ -112,3 +142,129 @@ async def run_text_mode(voice: VoiceLoop, bus: EventBus, source: TextIO = sys.st
         finally:
             for handler in handlers:
                 handler.removeFilter(printed)
+
+
+class _Above(io.TextIOBase):
+    """A stream for the log's handlers: its whole lines are printed above the prompt, in order, from any thread."""
+
+    def __init__(self, print_above: Callable[[str], object]) -> None:
+        super().__init__()
+        self._print = print_above
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            lines, newline, self._partial = (self._partial + text).rpartition("\n")
+            if newline and threading.get_ident() == self._thread:
+                self._print(lines + newline)
+            elif newline:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: the program is stopping
+                    self._loop.call_soon_threadsafe(self._print, lines + newline)
+        return len(text)
+
+
+async def _at_terminal(voice: VoiceLoop, bus: EventBus, source: TextIO, sink: TextIO) -> None:
+    live: dict[int, str] = {}  # the line of each reply being printed, shown above the prompt until it ends
+    lines: asyncio.Queue[tuple[str, Callable[[], object]]] = asyncio.Queue()  # to print above the prompt, in order
+    turns: set[asyncio.Task[Any]] = set()
+
+    def above(text: str, then: Callable[[], object] = lambda: None) -> None:
+        lines.put_nowait((text, then))
+
+    def write(batch: list[tuple[str, Callable[[], object]]]) -> None:
+        for text, then in batch:
+            sink.write(text)
+            sink.flush()
+            then()
+
+    async def print_above() -> None:  # a task of the prompt's app session, so that the prompt makes way
+        while True:
+            batch = [await lines.get()]
+            while not lines.empty():
+                batch.append(lines.get_nowait())
+            try:
+                await run_in_terminal(functools.partial(write, batch), in_executor=False)
+            finally:
+                for _ in batch:
+                    lines.task_done()
+
+    def show(event: ReplyText) -> None:
+        if not event.final:
+            live[event.turn] = f"{live.get(event.turn, 'assistant:')} {event.text}"
+            session.app.invalidate()
+        elif event.turn in live or event.interrupted:
+            mark = " [interrupted]" if event.interrupted else ""
+            above(f"{live.get(event.turn, 'assistant:')}{mark}\n", lambda: live.pop(event.turn, None))
+
+    async def print_replies() -> None:
+        while True:
+            show(await replies.get())  # type: ignore[arg-type]
+
+    def message() -> str:
+        app = session.app
+        if app.is_done or not live:  # an accepted line is left as `you: ...` alone
+            return PROMPT
+        size = app.output.get_size()
+        width = max(1, size.columns)  # wrapped as the terminal wraps the line once printed
+        rows = [line[i : i + width] for line in live.values() for i in range(0, len(line), width)]
+        return "\n".join([*rows[-max(1, size.rows - 2) :], PROMPT])  # what fits on the screen, if not all
+
+    keys = KeyBindings()
+
+    @keys.add("c-c")
+    def _interrupt_or_quit(event: KeyPressEvent) -> None:
+        if voice.busy:
+            voice.interrupt("key")
+        else:
+            event.app.exit(exception=KeyboardInterrupt, style="class:aborting")
+
+    @keys.add("escape", eager=True, filter=Condition(lambda: voice.busy))  # eager: at once, not as a Meta prefix
+    def _interrupt(event: KeyPressEvent) -> None:
+        voice.interrupt("key")
+
+    log.info("ready: type a line and press Enter; Esc or Ctrl-C interrupts a reply; Ctrl-D or Ctrl-C ends")
+    handlers = [h for h in _terminal_handlers() if isinstance(h, logging.StreamHandler)]
+    streams = [h.stream for h in handlers]
+    with (
+        bus.subscribe(ReplyText) as replies,
+        create_app_session(input=create_input(source), output=create_output(sink)),
+        patch_stdout(raw=True),  # anything else written to stdout or stderr comes above the prompt too
+    ):
+        session: PromptSession[str] = PromptSession(message, key_bindings=keys)
+        tasks = [asyncio.create_task(print_above()), asyncio.create_task(print_replies())]
+        for handler in handlers:
+            handler.setStream(_Above(above))
+        try:
+            while True:
+                try:
+                    text = (await session.prompt_async()).strip()
+                except EOFError:  # Ctrl-D: the turns sent are still answered
+                    break
+                except KeyboardInterrupt:  # an interrupted reply still ends its line
+                    if turns:
+                        await asyncio.wait(turns)
+                    raise
+                if text:
+                    turn = voice.ask(text)
+                    turns.add(turn)
+                    turn.add_done_callback(turns.discard)
+            if turns:
+                await asyncio.wait(turns)
+        finally:
+            for handler, stream in zip(handlers, streams):
+                handler.setStream(stream)
+            while not replies.queue.empty():
+                show(replies.queue.get_nowait())  # type: ignore[arg-type]
+            try:
+                await lines.join()
+                sink.write("".join(f"{line} [interrupted]\n" for line in live.values()))  # cut short by a stop
+                sink.flush()
+            finally:
+                for task in tasks:
+                    task.cancel()

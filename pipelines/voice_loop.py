@@ -10,13 +10,14 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from assistant.events import (
     State,
     StateChanged,
     UserTranscript,
+    WakeDetected,
     next_turn_id,
 )
 from assistant.llm.backend import ChatBackend
@@ -40,16 +42,20 @@ from assistant.segment import Segment
 from assistant.tools.registry import ToolRegistry
 from assistant.tts.reference_voice import ReferenceVoice
 from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
+from assistant.wake_word import WakeWordDetector
 from pipelines.floor import (
     Action,
+    Attend,
     CancelTimer,
     CommitTurn,
+    Detect,
     DropJudgement,
     DropSpeculation,
     DropTurn,
     EndTurnAfter,
     Floor,
     FloorEvent,
+    ForgetConversation,
     ForgetSpeech,
     Heard,
     Interrupt,
@@ -76,11 +82,13 @@ from pipelines.floor import (
     StartTurn,
     Stop,
     TakeBack,
+    TalkReleased,
     TimerFired,
     ToolsDone,
     ToolsWanted,
     TurnEnded,
     TurnScore,
+    UserState,
     VoiceEnded,
     VoiceOnset,
     VoicePause,
@@ -123,6 +131,8 @@ class VoiceLoop:
         turn_model: TurnDetector | None = None,
         reference: ReferenceVoice | None = None,
         tools: ToolRegistry | None = None,
+        wake_word: WakeWordDetector | None = None,
+        earcon: np.ndarray | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -134,6 +144,8 @@ class VoiceLoop:
         self.segmenter = segmenter
         self.turn_model = turn_model  # with turn.detector "model": it, not the words, decides each pause
         self.tools = tools if tools is not None else ToolRegistry(config.tools.enabled)
+        self.wake_word = wake_word  # with listen.mode wake_word: what the floor's Detect feeds (none: no microphone)
+        self.earcon = earcon  # 24 kHz audio played when the wake word is heard
         if segmenter is not None:  # pauses this long start a speculative transcript and reply
             segmenter.pause_ms = config.turn.speculate_ms
         csm = config.csm
@@ -149,14 +161,22 @@ class VoiceLoop:
         )
         user_speaker = 0 if speaker != 0 else 1
         self.conversation = Conversation(config.conversation, config.llm.system_prompt, user_speaker, speaker)
-        self.floor = Floor(config.turn, config.barge_in, config.vad.end_silence_ms, model=turn_model is not None)
+        self.floor = Floor(
+            config.turn,
+            config.barge_in,
+            config.vad.end_silence_ms,
+            model=turn_model is not None,
+            listen=config.listen,
+            idle_reset_s=config.conversation.idle_reset_s,
+        )
         self._events: deque[FloorEvent] = deque()  # fed to the floor one at a time, in order
         self._feeding = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._turns: dict[int, _QueuedTurn] = {}
         self._reply: Reply | None = None  # the reply of the turn being answered
         self._permits: dict[int, asyncio.Future[None]] = {}  # tool calls waiting for the floor's RunTools
-        self._listening = True  # the floor's Listen: audio reaches the VAD
+        self._listening = self.floor.user is UserState.LISTENING  # the floor's Listen: audio reaches the VAD
+        self._detecting = self.floor.user is UserState.WAITING  # the floor's Detect: audio reaches the wake word
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
         self._judged: Speculation | None = None  # the ended speech over the reply, being transcribed and encoded
         self._judging: asyncio.Task[None] | None = None  # the transcription of the speech over the reply
@@ -201,6 +221,15 @@ class VoiceLoop:
         """Queue speaking `text` as the assistant's own turn, with the conversation as the voice's context."""
         turn = next_turn_id()
         return self._queue(Queued(turn), self._said_turn(turn, text))
+
+    def attend(self, source: str = "api") -> None:
+        """Listen now without the wake word (a button, `command/listen`, a face at the kiosk); with push-to-talk, the
+        key went down: what is said until `release()` is the turn."""
+        self._feed(Attend(source))
+
+    def release(self) -> None:
+        """Push-to-talk: the key went up; the speech held is the turn."""
+        self._feed(TalkReleased())
 
     def set_muted(self, muted: bool) -> None:
         """Muted, the microphone's audio is dropped here: nothing said is heard, transcribed or interrupts."""
@@ -253,6 +282,12 @@ class VoiceLoop:
             self.bus.publish(action.event)
         elif isinstance(action, Listen):
             self._listening = action.on
+        elif isinstance(action, Detect):
+            self._detecting = action.on
+            if action.on and self.wake_word is not None:
+                self.wake_word.reset()
+        elif isinstance(action, ForgetConversation):
+            self._forget("idle")
         elif isinstance(action, ForgetSpeech):
             assert self.segmenter is not None
             self.segmenter.reset()
@@ -324,6 +359,14 @@ class VoiceLoop:
 
     def _hear(self, block: np.ndarray) -> None:
         assert self.segmenter is not None
+        if self._detecting and self.wake_word is not None:
+            if (detection := self.wake_word.feed(block)) is not None:
+                log.info("wake word %r (%.2f)", detection.phrase, detection.score)
+                self.bus.publish(WakeDetected(model=detection.model, score=detection.score))
+                if self.earcon is not None and self.sink is not None:
+                    self.sink.play(self.earcon)
+                self._feed(Attend("wake word"))
+            return
         if not self._listening:
             return
         events = self.segmenter.feed(block)
@@ -502,6 +545,8 @@ class VoiceLoop:
                 return None
             finally:
                 clock.mark("transcript")
+            if self.wake_word is not None:
+                transcript = dataclasses.replace(transcript, text=self.wake_word.strip_phrase(transcript.text))
             if transcript.is_empty:
                 log.info("turn %d: no words in %.1f s of audio; not replying", turn, utterance.duration_s)
                 self._done(codes, speculation)
@@ -536,9 +581,15 @@ class VoiceLoop:
         return await self._respond(turn, clock, self._speech_context(None, None), given=text)
 
     async def _clear(self) -> None:  # a turn of the queue, so that it returns None like the others
+        self._forget("command")
+
+    def _forget(self, reason: Literal["command", "idle"]) -> None:
+        """A new conversation: its text, its audio, and the rows of it CSM's cache holds."""
         self.conversation.reset()
-        log.info("conversation reset")
-        self.bus.publish(ConversationReset())
+        if (forget_cache := getattr(self.engine, "forget_cache", None)) is not None:  # an in-process engine's
+            forget_cache()
+        log.info("conversation reset (%s)", reason)
+        self.bus.publish(ConversationReset(reason=reason))
 
     async def _respond(
         self,

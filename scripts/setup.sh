@@ -13,7 +13,9 @@ venv="${VENV:-.venv}"
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=(libportaudio2 python3-venv)
-test_apt_packages=(pulseaudio pulseaudio-utils libasound2-plugins mosquitto espeak-ng sox pocketsphinx-testdata)
+# asterisk-core-sounds-en-wav: recorded prompts for the real-speech pause set (bench/pause_set.py builds it on first use)
+test_apt_packages=(pulseaudio pulseaudio-utils libasound2-plugins mosquitto espeak-ng sox pocketsphinx-testdata
+    asterisk-core-sounds-en-wav)
 wanted=("${apt_packages[@]}")
 ((with_tests)) && wanted+=("${test_apt_packages[@]}")
 ((with_tests)) && ! command -v npm >/dev/null && wanted+=(npm)

@@ -11,6 +11,15 @@ from assistant.audio.alsa_messages import route_alsa_messages
 Direction = Literal["input", "output"]
 
 
+WITHOUT_DEVICE = {
+    "input": "run_assistant.py --list-devices shows what there is; without a microphone, type with --text (add "
+    "--no-speech without a speaker too) or answer a recording with --input q.wav --output a.wav",
+    "output": "run_assistant.py --list-devices shows what there is; without a speaker, use --text --no-speech (replies "
+    "printed) or --input q.wav --output a.wav (replies written to a file)",
+}
+"""The ways forward when a direction has no device at all."""
+
+
 class AudioDeviceError(RuntimeError):
     """No usable audio system, or no device matching what was asked for."""
 
@@ -71,7 +80,7 @@ def resolve_device(ref: int | str | None, direction: Direction) -> DeviceInfo:
     """Find a device by index, exact name, or unique substring of its name; None = the default."""
     devices = [d for d in list_devices() if d.channels(direction) > 0]
     if not devices:
-        raise AudioDeviceError(f"no audio {direction} devices found")
+        raise AudioDeviceError(f"no audio {direction} devices found; {WITHOUT_DEVICE[direction]}")
     if ref is None:
         index = default_device(direction)
         match = [d for d in devices if d.index == index] or devices[:1]

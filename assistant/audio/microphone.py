@@ -27,7 +27,8 @@ class Microphone(DeviceStream):
     no trace), goes through `process` when one is set (the echo canceller: there, in step with the
     speaker's audio thread, the loop's own delays cannot move its reference), and is handed to the
     loop; when the consumer falls more than QUEUE_S behind, the oldest blocks are dropped, reported
-    once per episode.
+    once per episode. Before the first read (the device opens before the models load) they are dropped
+    silently, until the first reader has caught up: nobody was behind.
     """
 
     direction = "input"
@@ -49,6 +50,7 @@ class Microphone(DeviceStream):
         self._queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()  # None: closed
         self._queued = 0  # samples in the queue (soxr gives blocks of uneven size)
         self._behind = False
+        self._reading = False  # blocks() has begun: from then on, dropped audio is reported
         self.process: Callable[[np.ndarray], np.ndarray] | None = None  # applied to each block in the audio thread
 
     async def blocks(self) -> AsyncIterator[np.ndarray]:
@@ -56,6 +58,7 @@ class Microphone(DeviceStream):
         if self.closed:
             return
         await self.start()
+        self._reading = True
         while (block := await self._queue.get()) is not None:
             self._queued -= block.size
             if not self._queued:
@@ -88,8 +91,9 @@ class Microphone(DeviceStream):
             dropped = self._queue.get_nowait()
             assert dropped is not None  # None is put only once closed
             self._queued -= dropped.size
-            if not self._behind:
+            if not self._behind:  # an episode: until the consumer has caught up (the queue ran empty)
                 self._behind = True
-                self._report(f"{self.role} {self.name}: audio is not read fast enough; dropping the oldest")
+                if self._reading:  # before that, the audio queued while the models load is only let go
+                    self._report(f"{self.role} {self.name}: audio is not read fast enough; dropping the oldest")
         self._queue.put_nowait(block)
         self._queued += block.size

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from assistant.audio.wavfile import read_wav, write_wav
+from assistant.audio.wavfile import read_wav, write_audio
 
 CAPTURE_RATE = 16_000
 PLAYBACK_RATE = 24_000
@@ -78,7 +78,8 @@ class FileSource:
 
 
 class FileSink:
-    """Everything played goes into one 24 kHz wav, written on close; playing is instantaneous."""
+    """Everything played goes into one 24 kHz audio file (wav, or the format its name gives: `write_audio`), written
+    on close; playing is instantaneous."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -109,4 +110,4 @@ class FileSink:
 
     async def aclose(self) -> None:
         audio = np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
-        write_wav(self.path, audio, PLAYBACK_RATE)
+        write_audio(self.path, audio, PLAYBACK_RATE)

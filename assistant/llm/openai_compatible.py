@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
@@ -45,9 +45,16 @@ class OpenAICompatibleBackend:
     def __init__(self, config: OpenAIBackendConfig) -> None:
         self._config = config
         self.url = config.base_url or OPENAI_URL
+        self.shown_url = redact_url(self.url)  # what messages say: no password
         key = config.api_key() or None  # an empty variable is no key
         if key is None and urlsplit(self.url).hostname == "api.openai.com":
-            raise BackendUnavailable(f"{self.url} needs an API key: {self._key_hint()}")
+            raise BackendUnavailable(f"{self.shown_url} needs an API key: {self._key_hint()}")
+        if key is None and config.api_key_env:
+            log.info(
+                "LLM: $%s (llm.openai.api_key_env) is not set, so no API key is sent to %s",
+                config.api_key_env,
+                self.shown_url,
+            )
         # Our own timers decide (timeout_s, stall_timeout_s); the client's is only a backstop, and it never retries.
         backstop = max(config.timeout_s, config.stall_timeout_s) + 1
         self._client = openai.AsyncOpenAI(base_url=self.url, api_key=key or NO_KEY, timeout=backstop, max_retries=0)
@@ -74,7 +81,7 @@ class OpenAICompatibleBackend:
                         yield item
                 return
             except Exception as error:
-                failure = LlmError(self._explain(error, started), before_first_token=not said)
+                failure = LlmError(self._scrub(self._explain(error, started)), before_first_token=not said)
                 if said or attempt >= self._config.max_retries or not _retryable(error):
                     raise failure from error
                 log.warning("%s; trying again (%d of %d)", failure, attempt + 1, self._config.max_retries)
@@ -131,7 +138,7 @@ class OpenAICompatibleBackend:
     def _explain(self, error: Exception, started: bool) -> str:
         """One line that says what went wrong and what to check; `started`: the server had begun to reply (with text
         or a piece of a tool call)."""
-        config, server = self._config, f"the LLM server at {self.url}"
+        config, server = self._config, f"the LLM server at {self.shown_url}"
         if isinstance(error, (TimeoutError, openai.APITimeoutError)):
             if started:
                 return (
@@ -163,6 +170,13 @@ class OpenAICompatibleBackend:
         if isinstance(error, ValueError):
             return f"{server} sent something that is not a chat-completions stream ({error})"
         return f"{server}: {type(error).__name__}: {error}"
+
+    def _scrub(self, message: str) -> str:
+        """`message` without the URL's credentials, wherever a library's text repeats the URL."""
+        netloc = urlsplit(self.url).netloc
+        if "@" not in netloc:
+            return message
+        return message.replace(netloc, urlsplit(self.shown_url).netloc)
 
     def _key_hint(self) -> str:
         variable = self._config.api_key_env
@@ -226,6 +240,16 @@ def _tool(spec: ToolSpec) -> ChatCompletionToolParam:
 
 class StreamEndedEarly(Exception):
     """A reply stream whose body ended before any chunk gave a finish reason."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user part as *** (user:***@), or all of it when it has no password (a token)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if colon and user else f"***@{host}"))
 
 
 def _retryable(error: Exception) -> bool:

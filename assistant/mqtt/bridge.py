@@ -12,7 +12,9 @@ out. The command subscription asks for retain-as-published, so a retained comman
 whenever it arrives (otherwise brokers clear the flag on messages to a live subscription).
 The retained status is "online" while connected: the bridge follows its own status topic and says
 "online" again should its last will, from a connection the broker noticed lost only after the bridge
-was back, mark it offline.
+was back, mark it offline (what came before its own "online" came back to it is older, and is let be).
+Each time it connects it publishes the assistant's current state on `event/state`, so a controller need not
+wait for the next change to know it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from assistant.config import MqttConfig
-from assistant.events import CommandRejected, ErrorEvent, EventBus, Subscription
+from assistant.events import CommandRejected, ErrorEvent, EventBus, StateChanged, Subscription
 from assistant.mqtt.messages import EVENT_TOPICS, Command, CommandError, Topics, event_message, parse_command
 from assistant.mqtt.tools import MqttTools
 from assistant.tools.registry import ToolError, ToolRegistry
@@ -61,6 +63,8 @@ class Commands(Protocol):
 
     def unmute(self) -> None: ...
 
+    def listen(self, source: str = ..., *, release: bool = ...) -> None: ...
+
     def reset(self) -> asyncio.Future[None]: ...
 
 
@@ -86,6 +90,8 @@ class MqttBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._events: Subscription | None = None
         self._closing = False  # aclose() has marked it offline
+        self._online = False  # this connection's own "online" has come back from the broker
+        self._state: StateChanged | None = None  # the last state the bus announced
         self.tools = MqttTools(tools, self._publish_json, self._report) if tools is not None else None
 
     @property
@@ -179,8 +185,9 @@ class MqttBridge:
                     if self.tools is not None:
                         await client.subscribe(self.topics.tool_manifest, qos=1)
                         await client.subscribe(self.topics.tool_result, qos=1)
-                    self._client = client  # connected before "online" can reach anyone
+                    self._client, self._online = client, False  # connected before "online" can reach anyone
                     await client.publish(self.topics.status, "online", qos=1, retain=True)
+                    await self._say_state(client)
                     log.info(
                         "MQTT: connected to %s as %r (after %.1f s)",
                         self.broker,
@@ -224,8 +231,16 @@ class MqttBridge:
         hint = f" (password from ${self.config.password_env})" if self.config.password_env else ""
         return f"the MQTT broker {self.broker} refused {who}{hint}: {error}; not retrying, the bridge is off"
 
+    async def _say_state(self, client: aiomqtt.Client) -> None:
+        """The state the assistant is in, for controllers that would otherwise learn it only at its next change."""
+        message = event_message(self._state or StateChanged(state="idle"))
+        assert message is not None  # states are published
+        await client.publish(self.topics.event(message[0]), message[1], qos=0, timeout=PUBLISH_TIMEOUT_S)
+
     async def _stay_online(self, client: aiomqtt.Client, status: aiomqtt.Message) -> None:
-        if status.payload != b"online" and not self._closing:
+        if status.payload == b"online":
+            self._online = True
+        elif self._online and not self._closing:  # not the retained status or a will from before its "online"
             log.info(
                 "MQTT: the broker marked %s %r while connected; saying online again", self.topics.status, status.payload
             )
@@ -252,6 +267,8 @@ class MqttBridge:
             assert command.text is not None
             turn = (self.commands.say if command.name == "say" else self.commands.ask)(command.text)
             turn.add_done_callback(_retrieve)  # results and failures reach MQTT as events
+        elif command.name == "listen":
+            self.commands.listen("mqtt", release=command.release)
         elif command.name == "reset":
             self.commands.reset().add_done_callback(_retrieve)
         else:
@@ -260,6 +277,8 @@ class MqttBridge:
     async def _forward(self, events: Subscription) -> None:
         """Publish the bus's events while connected (QoS 0); while not, they are dropped."""
         async for event in events:
+            if isinstance(event, StateChanged):
+                self._state = event  # said again on each connection
             message = event_message(event)
             if message is None or (client := self._client) is None:
                 continue

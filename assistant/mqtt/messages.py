@@ -29,6 +29,7 @@ from assistant.events import (
     TurnLatency,
     TurnTakenBack,
     UserTranscript,
+    WakeDetected,
 )
 
 EVENT_TOPICS: dict[type[Event], str] = {
@@ -42,6 +43,7 @@ EVENT_TOPICS: dict[type[Event], str] = {
     TurnTakenBack: "taken_back",
     MuteChanged: "muted",
     ConversationReset: "reset",
+    WakeDetected: "wake",
     ToolCalled: "tool",  # phase "called", then phase "result" with the status
     ToolResult: "tool",
     ErrorEvent: "error",  # CommandRejected too: it is an ErrorEvent that names the command
@@ -71,8 +73,13 @@ class _Interrupt(_NoArguments):
     all: bool = False  # also drop every turn queued
 
 
+class _Listen(_NoArguments):
+    release: bool = False  # push-to-talk: the button went up, the turn ends now
+
+
 COMMANDS: dict[str, type[_NoArguments]] = {
     "interrupt": _Interrupt,
+    "listen": _Listen,
     "say": _Text,
     "ask": _Text,
     "mute": _NoArguments,
@@ -86,6 +93,7 @@ class Command:
     name: str
     text: str | None = None
     all: bool = False  # interrupt: every queued turn too
+    release: bool = False  # listen: the push-to-talk button went up
 
 
 @dataclass(frozen=True)
@@ -138,8 +146,12 @@ def parse_command(name: str, payload: bytes, max_bytes: int) -> Command:
     if len(payload) > max_bytes:
         raise CommandError(f"payload of {len(payload)} bytes is over the limit of {max_bytes}")
     try:
-        data = json.loads(payload or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        text = payload.decode() or "{}"  # not json.loads(bytes): that would take UTF-16 and UTF-32 too
+    except UnicodeDecodeError as error:
+        raise CommandError(f"payload is not UTF-8 (byte {error.start} is 0x{payload[error.start]:02x})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise CommandError(f"payload is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise CommandError(f"payload must be a JSON object, not {type(data).__name__}")
@@ -150,4 +162,6 @@ def parse_command(name: str, payload: bytes, max_bytes: int) -> Command:
         where = ".".join(str(part) for part in first["loc"]) or "payload"
         message = "unexpected field" if first["type"] == "extra_forbidden" else first["msg"]
         raise CommandError(f"{where}: {message.removeprefix('Value error, ')}") from None
-    return Command(name, getattr(parsed, "text", None), getattr(parsed, "all", False))
+    return Command(
+        name, getattr(parsed, "text", None), getattr(parsed, "all", False), getattr(parsed, "release", False)
+    )

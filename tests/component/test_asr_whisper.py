@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.asr import AsrError, WhisperTranscriber, _repeats, _segments, _unlooped
+from assistant.asr import SAMPLE_RATE, AsrError, WhisperTranscriber, _repeats, _segments, _unlooped
 from assistant.audio.wavfile import read_wav
 from assistant.config import AsrConfig
 from tests.support.speech import Clip, word_error_rate
@@ -64,6 +64,32 @@ def test_no_speech_gives_an_empty_transcript(transcriber: WhisperTranscriber, ki
     rng = np.random.default_rng(1)
     audio = np.zeros(16000 * 2, np.float32) if kind == "silence" else 0.05 * rng.standard_normal(32000)
     assert transcriber.transcribe(audio.astype(np.float32)).is_empty
+
+
+def brown_noise(seed: int, seconds: float = 3.0, level: float = 0.6) -> np.ndarray:
+    """Brown noise as sox's `synth brownnoise` makes it (a walk of small random steps kept within +-1), with the 0.3 s
+    of silence on either side that a turn cut by the VAD has."""
+    steps, walk, at = np.random.default_rng(seed).uniform(-1 / 16, 1 / 16, int(4 * SAMPLE_RATE * seconds)), [], 0.0
+    for step in steps:
+        if abs(at + step) <= 1:
+            at += step
+            walk.append(at)
+    pad = np.zeros(int(0.3 * SAMPLE_RATE))
+    return np.concatenate([pad, level * np.array(walk[: int(SAMPLE_RATE * seconds)]), pad]).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [2, 3, 9, 11])
+def test_brown_noise_is_not_heard_as_you(transcriber: WhisperTranscriber, seed: int) -> None:
+    """Whisper's noise output: tiny.en hears "You" in these (no_speech_prob ~0.8, avg_logprob ~-0.95)."""
+    assert transcriber.transcribe(brown_noise(seed)).text == ""
+
+
+def test_a_spoken_thank_you_is_still_heard(transcriber: WhisperTranscriber, espeak_wav) -> None:
+    """The words of a noise output, said: Whisper is sure of them (no_speech_prob ~0.3, avg_logprob ~-0.6)."""
+    pad = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)
+    for words in ("Thank you.", "Thank you very much."):
+        audio = read_wav(espeak_wav(words), SAMPLE_RATE)[0]
+        assert transcriber.transcribe(np.concatenate([pad, audio, pad])).text == words
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

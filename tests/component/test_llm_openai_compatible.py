@@ -10,7 +10,7 @@ import pytest
 
 from assistant.config import OpenAIBackendConfig
 from assistant.llm.backend import BackendUnavailable, LlmError, Message, ToolCall, ToolSpec
-from assistant.llm.openai_compatible import OpenAICompatibleBackend
+from assistant.llm.openai_compatible import OpenAICompatibleBackend, redact_url
 from tests.support.chat_server import Call, ChatServer, Script, tokens
 from tests.support.processes import free_port
 
@@ -71,6 +71,57 @@ def test_openai_itself_without_a_key_names_the_variable(monkeypatch: pytest.Monk
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(BackendUnavailable, match="OPENAI_API_KEY"):
         OpenAICompatibleBackend(OpenAIBackendConfig())
+
+
+async def test_a_key_variable_that_is_not_set_for_a_local_server_is_said_once_at_start(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_LLM_KEY", "sk-test")
+    with caplog.at_level(logging.INFO, logger="assistant.llm.openai_compatible"), ChatServer() as server:
+        for variable in (None, "TEST_LLM_KEY", "UNSET_TEST_LLM_KEY"):
+            deltas, error = await collect(backend(server.url, api_key_env=variable))
+            assert error is None and deltas
+    assert [r.getMessage() for r in caplog.records] == [
+        f"LLM: $UNSET_TEST_LLM_KEY (llm.openai.api_key_env) is not set, so no API key is sent to {server.url}"
+    ]
+
+
+def test_openai_without_a_key_names_the_variable_but_not_the_url_s_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendUnavailable) as caught:
+        OpenAICompatibleBackend(OpenAIBackendConfig(base_url="https://me:s3cret@api.openai.com/v1"))
+    assert str(caught.value) == (
+        "https://me:***@api.openai.com/v1 needs an API key: put the key in the environment variable OPENAI_API_KEY "
+        "(llm.openai.api_key_env)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://me:s3cret@host:8080/v1", "http://me:***@host:8080/v1"),
+        ("http://t0ken@host/v1", "http://***@host/v1"),  # a user part alone may be the secret
+        ("http://:s3cret@host/v1", "http://***@host/v1"),
+        ("http://host/v1", "http://host/v1"),
+    ],
+)
+def test_credentials_in_a_url_are_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+async def test_credentials_in_the_base_url_are_in_no_warning_or_error(caplog: pytest.LogCaptureFixture) -> None:
+    with ChatServer(Script(status=500), Script(status=500)) as server:
+        secured = server.url.replace("http://", "http://kiosk:s3cret@")
+        with caplog.at_level(logging.INFO, logger="assistant.llm.openai_compatible"):
+            deltas, error = await collect(backend(secured, api_key_env="UNSET_TEST_LLM_KEY", max_retries=1))
+    assert server.authorizations == ["Basic a2lvc2s6czNjcmV0"] * 2  # the client still sends them (HTTP basic auth)
+    assert deltas == [] and error is not None
+    shown = server.url.replace("http://", "http://kiosk:***@")
+    assert str(error).startswith(f"the LLM server at {shown} answered 500")
+    assert [shown in r.getMessage() and "s3cret" not in r.getMessage() for r in caplog.records] == [True, True]
+    refused = f"http://kiosk:s3cret@127.0.0.1:{free_port()}/v1"
+    deltas, error = await collect(backend(refused))
+    assert error is not None and "s3cret" not in str(error) and "kiosk:***@127.0.0.1" in str(error)
 
 
 async def test_connection_refused_is_retried_then_reported(caplog: pytest.LogCaptureFixture) -> None:

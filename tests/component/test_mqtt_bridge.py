@@ -122,6 +122,7 @@ async def test_each_command_is_carried_out_and_each_event_published(broker: Mosq
     async with controller(broker) as remote, kiosk(kiosk_config(broker), ManualSink()) as assistant:
         sink = assistant._voice.sink
         assert await remote.next("status", lambda s: s == "online") == "online"
+        assert (await remote.next("state"))["state"] == "listening"  # the state it is in, said as it connects
 
         await remote.send("ask", {"text": "What is on today?"})
         assert (await remote.next("state"))["state"] == "thinking"
@@ -202,7 +203,9 @@ BAD = [
     ("interrupt", b'{"all": "yes"}', "all: Input should be a valid boolean"),
     ("say", json.dumps({"text": "la " * 400}).encode(), "over the limit of 1024"),
     ("ask", b"[" * 1000, "payload is not JSON"),
-    ("ask", b"\xff\xfe", "payload is not JSON"),
+    ("ask", b"\xff\xfe", "payload is not UTF-8 (byte 0 is 0xff)"),
+    ("say", '{"text": "hi"}'.encode("utf-16"), "payload is not UTF-8 (byte 0 is 0xff)"),  # not taken as UTF-16
+    ("say", '{"text": "café"}'.encode("latin-1"), "payload is not UTF-8 (byte 13 is 0xe9)"),
     ("shutdown", b"{}", "unknown command 'shutdown'"),
     ("say/extra", b'{"text": "hi"}', "unknown command 'say/extra'"),  # a deeper topic is no command either
 ]
@@ -298,6 +301,21 @@ async def test_status_is_retained_online_and_offline_after_stop_and_a_lost_assis
             assistant._bridge._client._client.socket().shutdown(socket.SHUT_RDWR)
             assert await remote.next("status") == "offline"
             assert await remote.next("status") == "online"  # and the bridge is back
+
+
+async def test_after_a_clean_stop_a_start_says_online_once_then_the_state(broker: Mosquitto, tmp_path: Path) -> None:
+    """The retained "offline" the stop left is older than the new "online": it is not answered with a second one."""
+    async with controller(broker) as remote, kiosk(kiosk_config(broker), FileSink(tmp_path / "one.wav")):
+        await remote.next("status", lambda s: s == "online")
+    async with controller(broker) as remote:
+        assert await remote.next("status") == "offline"
+        async with kiosk(kiosk_config(broker), FileSink(tmp_path / "two.wav")):
+            assert await remote.next("status") == "online"
+            assert (await remote.next("state"))["state"] == "listening"  # no need to wait for a change to know it
+            await asyncio.sleep(0.5)
+            seen = [remote.received.get_nowait() for _ in range(remote.received.qsize())]
+            assert [(topic, payload) for topic, payload, _ in seen if not topic.endswith("/event/state")] == []
+        assert await remote.next("status") == "offline"
 
 
 async def test_an_offline_status_while_connected_is_set_right(broker: Mosquitto, tmp_path: Path) -> None:

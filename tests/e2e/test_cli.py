@@ -167,8 +167,9 @@ def test_text_mode_answers_each_line() -> None:
     assert len(turns) == 2 and "heard 'hello' -> said 'Hi there!'" in turns[0]
 
 
-@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
-def test_ctrl_c_and_sigterm_stop_cleanly_without_a_traceback(stop: signal.Signals, status: int) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_without_a_traceback(stop: signal.Signals) -> None:
+    """A stop the user asked for is no failure: exit 0 (as the README says), after "Stopped."."""
     process = subprocess.Popen(
         [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
         stdin=subprocess.PIPE,
@@ -185,7 +186,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_without_a_traceback(stop: signal.Signal
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == status
+    assert process.returncode == 0
     assert "Traceback" not in stderr
     assert stderr.rstrip().endswith("Stopped.")
 
@@ -198,8 +199,11 @@ def _wait_until_mapped(pid: int, library: str, timeout_s: float = 30) -> None:
         time.sleep(0.002)
 
 
-@pytest.mark.parametrize("moment", ["at once", "while loading the config modules"])
-def test_ctrl_c_during_start_up_is_clean(moment: str) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("moment", ["at once", "while loading the config modules", "while importing torch"])
+def test_ctrl_c_and_sigterm_during_start_up_are_clean(moment: str, stop: signal.Signals) -> None:
+    """Before the event loop runs (its own SIGTERM handler is not there yet) a stop is as clean: "Stopped.", exit 0;
+    only before Python has begun to run the program can the signal end it as it ends any process."""
     process = subprocess.Popen(
         [sys.executable, SCRIPT, "--text", "--no-speech", "--set", "llm.backend=scripted"],
         stdin=subprocess.PIPE,
@@ -208,9 +212,10 @@ def test_ctrl_c_during_start_up_is_clean(moment: str) -> None:
         text=True,
         cwd=REPO,
     )
-    if moment != "at once":
-        _wait_until_mapped(process.pid, "pydantic_core")  # our own imports have begun
-    process.send_signal(signal.SIGINT)
+    if moment != "at once":  # our own imports have begun
+        _wait_until_mapped(process.pid, "pydantic_core" if "config" in moment else "libtorch")
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=30)
     assert "Traceback" not in stderr
-    assert process.returncode in (130, -signal.SIGINT)
+    assert process.returncode in ((0, -stop) if moment == "at once" else (0,)), stderr
+    assert moment == "at once" or stderr.rstrip().endswith("Stopped.")

@@ -19,10 +19,21 @@ from assistant.audio.microphone import Microphone
 from assistant.audio.speaker import Speaker
 from assistant.audio.wavfile import read_wav
 from assistant.config import Config
-from assistant.events import Event, EventBus, Interrupted, ReplyText, StateChanged, TurnLatency, UserTranscript
+from assistant.events import (
+    Event,
+    EventBus,
+    Interrupted,
+    ReplyText,
+    SpeechStarted,
+    StateChanged,
+    TurnLatency,
+    UserTranscript,
+    WakeDetected,
+)
 from assistant.llm.scripted import ScriptedBackend
 from assistant.tts.csm import CSMEngine
 from assistant.vad import VadSegmenter
+from pipelines.attention import load_attention
 from pipelines.voice_loop import VoiceLoop
 from tests.support.pulse import MonitorRecording, PulseAudio
 from tests.support.silence import AHEAD_S, SOUND, WatchedSpeaker, interrupt_while_sounding, silent_after
@@ -69,9 +80,10 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
     threads = set(threading.enumerate())
     started: list[tuple[asyncio.Task[None], Microphone, Speaker, MonitorRecording]] = []
 
-    async def start(barge_in: str, chunk_frames: int = 10) -> Live:
+    async def start(barge_in: str, chunk_frames: int = 10, listen: str = "always") -> Live:
         config = Config.model_validate(
             {
+                "listen": {"mode": listen},
                 # speech interrupts at once (resume_ms 0): the pause that comes first otherwise is tested in unit tests
                 "barge_in": {"mode": barge_in, "min_speech_ms": 300, "tail_ms": 300, "hold_ms": 0, "resume_ms": 0},
                 "llm": {"backend": "scripted", "scripted": {"replies": [STORY]}},
@@ -96,6 +108,7 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
             encode_audio=engine.encode,
             sink=speaker,
             segmenter=VadSegmenter(config.vad),
+            wake_word=load_attention(config.listen).wake_word,
         )
         started.append((asyncio.create_task(voice.listen(microphone)), microphone, speaker, monitor))
         return Live(voice, speaker, monitor, events.queue)
@@ -298,3 +311,20 @@ async def test_with_echo_cancellation_the_speaker_is_its_reference_and_the_user_
                 pass
         await asyncio.sleep(0.3)
         assert assistant.echo_canceller.sounded_s > 0.3  # the reply's sound went to the canceller as its reference
+
+
+async def test_with_a_wake_word_other_speech_is_ignored_and_the_wake_phrase_opens_a_turn(
+    pulse: PulseAudio, live_loop, speech_clips: list[Clip], espeak_wav
+) -> None:
+    live = await live_loop("off", listen="wake_word")
+    say(pulse, speech_clips[0])  # a person talking nearby, not to the assistant
+    await asyncio.sleep(len(read_wav(speech_clips[0].path)[0]) / 16_000 + 1.0)
+    ignored = [live.events.get_nowait() for _ in range(live.events.qsize())]
+    assert not [e for e in ignored if isinstance(e, SpeechStarted | UserTranscript | WakeDetected)]
+    audio, _ = read_wav(espeak_wav("Okay Nabu, what time is it?"), pulse.rate)
+    pulse.microphone().send(np.concatenate([audio, np.zeros(pulse.rate, np.float32)]))
+    wake = await live.next(WakeDetected)
+    assert wake.model == "okay_nabu"
+    heard = await live.next(UserTranscript)
+    assert "time" in heard.text.lower() and "nabu" not in heard.text.lower()
+    await live.next(ReplyText, lambda e: e.final)

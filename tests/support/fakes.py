@@ -42,7 +42,11 @@ class FakeSpeechEngine:
     calls: list[tuple[str, list[Segment]]] = field(default_factory=list)
     references: list[Segment | None] = field(default_factory=list)  # the reference voice of each call
     cancelled: int = 0
+    cache_forgotten: int = 0
     _next_code: int = 1
+
+    def forget_cache(self) -> None:
+        self.cache_forgotten += 1
 
     async def stream(
         self,

@@ -197,3 +197,48 @@ def test_an_unset_speech_server_key_variable_is_found_with_the_config(monkeypatc
     assert load_config(None, settings).csm.server.api_key() == "secret"
     monkeypatch.delenv("NO_SUCH_SPEECH_KEY")
     assert load_config(None, ["csm.server.api_key_env=NO_SUCH_SPEECH_KEY"]).csm.backend == "local"  # not needed
+
+
+def test_a_text_setting_takes_the_value_as_typed_where_yaml_reads_another_kind() -> None:
+    config = load_config(
+        None,
+        [
+            "llm.system_prompt=Be brief: one sentence.",  # a mapping to YAML
+            "llm.openai.model=3",  # a number
+            "mqtt.site_id=true",  # a boolean
+            "llm.apology=[sorry]",  # a list
+            "csm.mimi=null",  # null stays null for a setting that may be null
+            "audio.input_device=2",  # a number or a name: a number stays one
+            "audio.output_device=USB: Speaker",  # but a mapping is the name as typed
+        ],
+    )
+    assert config.llm.system_prompt == "Be brief: one sentence."
+    assert (config.llm.openai.model, config.mqtt.site_id, config.llm.apology) == ("3", "true", "[sorry]")
+    assert config.csm.mimi is None and (config.audio.input_device, config.audio.output_device) == (2, "USB: Speaker")
+    assert parse_override("llm.system_prompt=Be brief: one sentence.") == (
+        ["llm", "system_prompt"],
+        "Be brief: one sentence.",
+    )
+
+
+def test_a_mapping_for_a_text_setting_in_a_file_says_to_quote_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "llm:\n  system_prompt: {Be brief: one sentence.}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: llm.system_prompt = {{'Be brief': 'one sentence.'}}: YAML read it as a mapping; "
+        "quote the text to keep it as typed"
+    )
+
+
+@pytest.mark.parametrize("name", ["configs/kiosk.yaml", "kiosk.yaml"])
+def test_a_preset_is_found_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    kiosk = load_config(name, ["mqtt.enabled=false"])
+    assert kiosk.mqtt.site_id == "lobby"
+    assert kiosk.tools.mcp[0].cwd == str(CONFIG_DIR.parent)  # its MCP server, examples/..., is the repository's
+    (tmp_path / "configs").mkdir()
+    write(tmp_path / "configs", "mqtt:\n  site_id: hall\n").rename(tmp_path / "configs" / "kiosk.yaml")
+    assert load_config("configs/kiosk.yaml").mqtt.site_id == "hall"  # a file that is there comes first
+    with pytest.raises(ConfigError, match=r"^configs/nope\.yaml: config file not found \(nor among the presets in "):
+        load_config("configs/nope.yaml")

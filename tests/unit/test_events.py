@@ -12,7 +12,7 @@ from assistant.events import (
     TurnLatency,
     UserTranscript,
 )
-from assistant.logs import log_turns
+from assistant.logs import format_turn, log_turns
 
 
 async def test_subscribers_get_only_the_types_they_asked_for() -> None:
@@ -72,3 +72,16 @@ async def test_one_log_line_per_turn(caplog: pytest.LogCaptureFixture) -> None:
         "turn 7: heard 'what time is it' -> said 'It is noon.' [interrupted] | ms after end of speech: "
         "endpoint 250, asr 210, llm 400, csm-in -, audio 610, played -"
     ]
+
+
+def test_a_turn_line_leaves_out_the_stages_its_turn_cannot_reach() -> None:
+    typed_unspoken = TurnLatency(turn=2, first_token_s=0.3, first_chunk_s=0.001)  # --text --no-speech
+    assert format_turn("hi", ReplyText(text="Hello.", turn=2, final=True), typed_unspoken) == (
+        "turn 2: heard 'hi' -> said 'Hello.' | ms after end of speech: llm 300"
+    )
+    heard_unspoken = TurnLatency(turn=3, endpoint_s=0.25, transcript_s=0.2, first_token_s=0.3, first_chunk_s=0.31)
+    assert format_turn("hi", None, heard_unspoken).endswith("endpoint 250, asr 200, llm 300")
+    cut_off = ReplyText(text="", turn=4, final=True, interrupted=True)  # a spoken reply stopped before its sound
+    assert format_turn("hi", cut_off, TurnLatency(turn=4, first_token_s=0.3, first_chunk_s=0.31, tool_s=1.5)).endswith(
+        "[interrupted] | ms after end of speech: llm 300, csm-in 310, audio -, played -, tool 1500"
+    )

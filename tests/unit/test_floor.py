@@ -15,19 +15,23 @@ from assistant.events import (
     Interrupted,
     MuteChanged,
     SpeechStarted,
+    StateChanged,
     TurnTakenBack,
     UtteranceEnded,
 )
 from assistant.vad import Utterance
 from pipelines.floor import (
     AssistantState,
+    Attend,
     CancelTimer,
     CommitTurn,
+    Detect,
     DropJudgement,
     DropSpeculation,
     DropTurn,
     EndTurnAfter,
     Floor,
+    ForgetConversation,
     ForgetSpeech,
     Heard,
     Interrupt,
@@ -54,6 +58,7 @@ from pipelines.floor import (
     StartTurn,
     Stop,
     TakeBack,
+    TalkReleased,
     TimerFired,
     ToolsDone,
     ToolsWanted,
@@ -71,9 +76,11 @@ def utterance(end_sample: int = 16_000, seconds: float = 1.0) -> Utterance:
     return Utterance(np.zeros(int(16_000 * seconds), np.float32), 16_000, 600, end_sample)
 
 
-def rules(**barge_in: Any) -> Config:
+def rules(listen: dict[str, Any] | None = None, idle_reset_s: float | None = None, **barge_in: Any) -> Config:
     return Config.model_validate(
         {
+            "listen": listen or {},
+            "conversation": {"idle_reset_s": idle_reset_s},
             "vad": {"end_silence_ms": 600},
             "turn": {"speculate_ms": 200, "complete_ms": 250, "incomplete_ms": 1200},
             "barge_in": {
@@ -95,7 +102,13 @@ class Driver:
         config = config or rules()
         ids = itertools.count(1)
         self.floor = Floor(
-            config.turn, config.barge_in, config.vad.end_silence_ms, model=model, new_turn_id=lambda: next(ids)
+            config.turn,
+            config.barge_in,
+            config.vad.end_silence_ms,
+            model=model,
+            new_turn_id=lambda: next(ids),
+            listen=config.listen,
+            idle_reset_s=config.conversation.idle_reset_s,
         )
         self.now = 0.0
         self.next_text_turn = itertools.count(100)
@@ -555,3 +568,79 @@ def test_the_source_ending_in_every_state_leaves_nothing_held(state: str) -> Non
         d.end(turn)
     d.on(TimerFired("tail"))
     assert d.state() == (UserState.LISTENING, AssistantState.IDLE)
+
+
+# --- attention: the wake word, the follow-up window, push-to-talk, the idle reset
+
+
+def test_with_a_wake_word_nothing_is_heard_until_it_is_said_then_a_turn_and_a_follow_up_window() -> None:
+    d = Driver(rules(listen={"mode": "wake_word", "follow_up_s": 8}))
+    assert d.floor.user is UserState.WAITING
+    assert d.on(Heard(True, 30)) == []  # the VAD is not fed: nothing it reports counts
+    actions = d.on(Attend("wake word"), at=1.0)
+    assert actions == [
+        Publish(StateChanged(state="listening", at=1.0)),
+        Listen(True),
+        Detect(False),
+        SetTimer("follow_up", 9.0),
+    ]
+    turn = d.say_a_turn()  # speech cancels the window; the turn is answered
+    assert "follow_up" not in d.floor.timers
+    d.answer(turn)
+    actions = d.end(turn)
+    assert SetTimer("follow_up", d.now + 8) in actions  # after the reply, a turn needs no wake word for 8 s
+    actions = d.on(TimerFired("follow_up"), at=d.now + 8)
+    assert actions == [Listen(False), Detect(True), Publish(StateChanged(state="waiting", at=d.now))]
+    assert d.floor.user is UserState.WAITING
+
+
+def test_a_sound_in_the_follow_up_window_restarts_it_and_mute_stops_detection() -> None:
+    d = Driver(rules(listen={"mode": "wake_word", "follow_up_s": 5}))
+    d.on(Attend("wake word"), at=0.0)
+    assert d.on(Heard(True, 30), at=2.0) == [CancelTimer("follow_up")]
+    assert d.on(Heard(False, 0), at=2.1) == [SetTimer("follow_up", 7.1)]
+    d.on(TimerFired("follow_up"), at=7.1)
+    actions = d.on(Mute(True))
+    assert Detect(False) in actions and d.floor.user is UserState.MUTED
+    actions = d.on(Mute(False))
+    assert Detect(True) in actions and d.floor.user is UserState.WAITING
+    assert d.on(Attend("mqtt")) != [] and d.floor.user is UserState.LISTENING
+
+
+def test_push_to_talk_listens_while_held_ends_the_turn_when_let_go_and_cuts_the_reply_short() -> None:
+    d = Driver(rules(listen={"mode": "push_to_talk"}))
+    d.on(Attend("key"))
+    d.speak()
+    end = utterance()
+    assert d.on(VoicePause(end))[0] == EndTurnAfter(600_000)  # a silence while held ends nothing
+    assert d.on(PauseWords("What time is it?")) == [PrepareReply("What time is it?"), EndTurnAfter(600_000)]
+    assert d.on(TalkReleased()) == [EndTurnAfter(0)]
+    actions = d.on(VoiceEnded(end))
+    (commit,) = [a for a in actions if isinstance(a, CommitTurn)]
+    d.answer(commit.turn)
+    actions = d.on(Attend("key"))  # pressed again while it speaks: the reply stops, it listens
+    assert InterruptTurn(commit.turn) in actions
+    assert Interrupted(source="push-to-talk", turn=commit.turn, at=d.now) in published(actions)
+    d.on(TalkReleased())  # let go without a word
+    d.end(commit.turn)
+    assert d.floor.user is UserState.WAITING
+
+
+def test_a_listen_request_in_always_mode_changes_nothing() -> None:
+    d = Driver()
+    assert d.on(Attend("mqtt")) == [] and d.floor.user is UserState.LISTENING
+
+
+def test_the_conversation_is_forgotten_after_idle_reset_s_with_no_turn() -> None:
+    d = Driver(rules(idle_reset_s=60))
+    assert d.floor.timers == frozenset()  # nothing to forget yet
+    turn = d.say_a_turn()
+    assert "idle" not in d.floor.timers
+    d.answer(turn)
+    assert SetTimer("idle", d.now + 60) in d.end(turn)
+    d.on(Queued(100), at=10.0)  # a typed turn: the clock stops, and starts again after it
+    assert "idle" not in d.floor.timers
+    d.answer(100)
+    d.end(100)
+    assert d.on(TimerFired("idle"), at=70.0) == [ForgetConversation()]
+    assert d.floor.timers == frozenset()

@@ -17,8 +17,10 @@ from assistant.events import Interrupted
 from assistant.vad import Utterance
 from pipelines.floor import (
     AssistantState,
+    Attend,
     CancelTimer,
     CommitTurn,
+    Detect,
     DropJudgement,
     DropSpeculation,
     DropTurn,
@@ -49,6 +51,7 @@ from pipelines.floor import (
     StartTurn,
     Stop,
     TakeBack,
+    TalkReleased,
     TimerFired,
     ToolsDone,
     ToolsWanted,
@@ -85,6 +88,7 @@ class World:
     floor: Floor
     now: float = 0.0
     listening: bool = True
+    detecting: bool = False  # the wake-word detector is fed
     vad: str = "silent"  # silent, sound, speech, pause
     voiced_ms: int = 0
     samples: int = 0
@@ -108,7 +112,11 @@ class World:
 
     def carry_out(self, action: Any) -> None:
         if isinstance(action, Listen):
+            assert self.listening != action.on
             self.listening = action.on
+        elif isinstance(action, Detect):
+            assert self.detecting != action.on and not (action.on and self.listening)
+            self.detecting = action.on
         elif isinstance(action, ForgetSpeech):
             self.vad, self.voiced_ms, self.end_after = "silent", 0, False
         elif isinstance(action, StartSpeculation):
@@ -184,6 +192,8 @@ class World:
                 else:  # the sound it waits on is still going
                     assert self.floor.user in (UserState.SOUND, UserState.SPEAKING, UserState.PAUSE)
         assert self.floor.timers == self.timers
+        assert self.detecting == (self.floor.user is UserState.WAITING)
+        assert not (self.listening and self.detecting)
 
     def head(self) -> Turn | None:
         return next((t for t in self.turns.values() if t.started and not t.over), None)
@@ -215,6 +225,8 @@ class World:
                 "speech": [("more speech", None), ("pause", None)],
                 "pause": [("resume", None), ("end", None)],
             }[self.vad]
+        if self.floor.listen.mode != "always":
+            options += [("attend", None), ("release", None)]
         if self.speculating:
             options += [("words", w) for w in WORDS] + [("score", 0.9), ("score", 0.1), ("score", None)]
         if self.judging:
@@ -280,6 +292,10 @@ class World:
             self.feed(TimerFired(arg))
         elif what == "progress":
             self.progress(self.turns[arg])
+        elif what == "attend":
+            self.feed(Attend("button"))
+        elif what == "release":
+            self.feed(TalkReleased())
         elif what == "want tools":
             self.turns[arg].tools = "wanted"
             self.feed(ToolsWanted(arg))
@@ -322,6 +338,7 @@ class World:
     def drain(self) -> None:
         """Everything that is going on ends: the speech, the work pending, the turns, the timers."""
         self.feed(Mute(False))
+        self.feed(TalkReleased())
         for _ in range(5000):
             if self.vad == "pause":
                 self.step(("end", None))
@@ -338,15 +355,25 @@ class World:
         raise AssertionError("the world did not come to rest")
 
 
-def make_floor(mode: str, take_back: bool, resume_ms: int, model: bool) -> Floor:
+def make_floor(mode: str, take_back: bool, resume_ms: int, model: bool, listen: str = "always") -> Floor:
     config = Config.model_validate(
         {
             "barge_in": {"mode": mode, "min_speech_ms": 150, "hold_ms": 500, "resume_ms": resume_ms, "tail_ms": 300},
             "turn": {"take_back": take_back},
+            "listen": {"mode": listen, "follow_up_s": 2},
+            "conversation": {"idle_reset_s": 30},
         }
     )
     ids = itertools.count(1)
-    return Floor(config.turn, config.barge_in, config.vad.end_silence_ms, model=model, new_turn_id=lambda: next(ids))
+    return Floor(
+        config.turn,
+        config.barge_in,
+        config.vad.end_silence_ms,
+        model=model,
+        new_turn_id=lambda: next(ids),
+        listen=config.listen,
+        idle_reset_s=config.conversation.idle_reset_s,
+    )
 
 
 @settings(  # the same examples every run (CI stays deterministic); FLOOR_EXAMPLES=6000 searches deeper
@@ -360,12 +387,15 @@ def make_floor(mode: str, take_back: bool, resume_ms: int, model: bool) -> Floor
     take_back=st.booleans(),
     resume_ms=st.sampled_from([0, 2000]),
     model=st.booleans(),
+    listen=st.sampled_from(["always", "wake_word", "push_to_talk"]),
     data=st.data(),
 )
 def test_random_sequences_keep_the_invariants_and_come_back_to_listening(
-    mode: str, take_back: bool, resume_ms: int, model: bool, data: st.DataObject
+    mode: str, take_back: bool, resume_ms: int, model: bool, listen: str, data: st.DataObject
 ) -> None:
-    world = World(make_floor(mode, take_back, resume_ms, model))
+    world = World(make_floor(mode, take_back, resume_ms, model, listen))
+    world.detecting = world.listening = world.floor.user is UserState.WAITING
+    world.listening = not world.detecting
     for _ in range(data.draw(st.integers(1, 60), label="steps")):
         world.now += data.draw(st.sampled_from([0.0, 0.03, 0.2, 0.6]), label="time passes")
         world.step(data.draw(st.sampled_from(world.choices()), label="what happens"))
@@ -374,6 +404,10 @@ def test_random_sequences_keep_the_invariants_and_come_back_to_listening(
         world.feed(Stop())
         assert not world.floor.busy and all(t.stopping or t.over for t in world.turns.values())
     world.drain()
-    assert (world.floor.user, world.floor.assistant) == (UserState.LISTENING, AssistantState.IDLE)
-    assert world.floor.queued == [] and world.timers == set() and not world.judging and world.listening
+    rest = UserState.LISTENING if listen == "always" else UserState.WAITING
+    if listen == "wake_word" and world.stopped:  # stopped, the follow-up window no longer runs
+        rest = world.floor.user if world.floor.user is UserState.WAITING else UserState.LISTENING
+    assert (world.floor.user, world.floor.assistant) == (rest, AssistantState.IDLE)
+    assert world.floor.queued == [] and world.timers == set() and not world.judging
+    assert world.listening == (rest is UserState.LISTENING) and world.detecting == (rest is UserState.WAITING)
     assert all(t.over for t in world.turns.values())

@@ -10,6 +10,7 @@ from assistant.config import Config
 from assistant.events import (
     BargeInPaused,
     BargeInResumed,
+    ConversationReset,
     ErrorEvent,
     EventBus,
     Interrupted,
@@ -297,3 +298,20 @@ async def test_typed_turns_share_the_reply_path_and_the_history() -> None:
     assert spoken.text == "One two three. Four five six."
     assert [m["content"] for m in voice.backend.messages[0][1:]] == ["hi"]
     assert not voice.interrupt()  # nothing is going on any more
+
+
+async def test_an_idle_conversation_is_forgotten_its_text_its_audio_and_the_speech_cache() -> None:
+    bus, sink = EventBus(), ManualSink()
+    settings = config("off").model_copy(deep=True)
+    settings.conversation.idle_reset_s = 0.3
+    engine = FakeSpeechEngine(frames_per_text=3)
+    voice = VoiceLoop(settings, bus, FakeBackend(REPLY), engine=engine, sink=sink)
+    resets = bus.subscribe(ConversationReset)
+    asking = voice.ask("hi")
+    await until(lambda: sink.queued >= 6 * FRAME)
+    sink.advance(6 * FRAME)
+    await asking
+    assert voice.conversation.turns[-1].codes is not None  # the reply's audio is in the history
+    reset = await asyncio.wait_for(resets.get(), 5)
+    assert isinstance(reset, ConversationReset) and reset.reason == "idle"
+    assert voice.conversation.turns == [] and engine.cache_forgotten == 1

@@ -22,7 +22,8 @@ FRAME_SAMPLES = 1920  # one 80 ms Mimi frame
 
 
 def load_mimi(mimi: Any, num_codebooks: int, device: torch.device | str) -> Any:
-    """A moshi Mimi module as is, or loaded from a weights path (None: moshi's default hub repo)."""
+    """A moshi Mimi module as is, or loaded from a weights path (None: moshi's default hub repo). A path that does not
+    hold Mimi's weights is a PathError (`assistant.hub`) saying what it is instead."""
     from moshi.models import loaders
 
     if mimi is None or isinstance(mimi, (str, Path)):
@@ -38,9 +39,60 @@ def load_mimi(mimi: Any, num_codebooks: int, device: torch.device | str) -> Any:
                     f"cannot fetch Mimi from {loaders.DEFAULT_REPO} ({type(e).__name__}: {e}); connect once, "
                     f"or pass mimi= a local weights file or a moshi Mimi module"
                 ) from e
-        mimi = loaders.get_mimi(str(mimi), device=device)
+        path, mimi = mimi, check_mimi(mimi)
+        try:
+            mimi = loaders.get_mimi(str(mimi), device=device)
+        except Exception as error:  # another model's weights, or a damaged file: moshi's words are no help
+            from assistant.hub import PathError
+
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            said = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+            raise PathError("mimi", path, f"not Mimi's weights ({said.strip()[:100]})", MIMI_FIX) from error
     mimi.set_num_codebooks(num_codebooks)
     return mimi.eval()
+
+
+MIMI_FIX = "point {setting} at Mimi's weights file (moshi's tokenizer-e351c8d8-checkpoint125.safetensors), or unset it"
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft", ".sfts")  # moshi reads these as safetensors, anything else torch.load
+
+
+def check_mimi(path: str | Path) -> Path:
+    """`path` if it may hold Mimi's weights (a safetensors file so named, or a torch checkpoint); PathError saying
+    what it is instead."""
+    from assistant.hub import PathError
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise PathError("mimi", path, "no such file or folder", MIMI_FIX)
+    if file.is_dir():
+        inside = ", ".join(sorted(p.name for p in file.glob("*.safetensors"))[:3])
+        fix = "point {setting} at the weights file in it (" + inside + "?)" if inside else MIMI_FIX
+        raise PathError("mimi", path, "a folder, not a file", fix)
+    kind = _weights_kind(file)
+    if file.suffix in SAFETENSORS_SUFFIXES and kind != "safetensors":
+        raise PathError("mimi", path, "named as a safetensors file, but it is not one", MIMI_FIX)
+    if file.suffix not in SAFETENSORS_SUFFIXES and kind == "safetensors":
+        raise PathError(
+            "mimi",
+            path,
+            "a safetensors file without a .safetensors name: moshi would not read it as one",
+            "rename it to end in .safetensors",
+        )
+    if file.suffix not in SAFETENSORS_SUFFIXES and kind != "torch":
+        raise PathError("mimi", path, "not Mimi's weights: neither a safetensors file nor a torch checkpoint", MIMI_FIX)
+    return file
+
+
+def _weights_kind(file: Path) -> str | None:
+    """What the file's first bytes say it is: "safetensors", "torch" (a zip or pickle, as torch.save writes), None."""
+    with file.open("rb") as f:
+        head = f.read(16)
+    size = file.stat().st_size
+    if len(head) >= 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+        return "torch"
+    return None
 
 
 class MimiCodec:

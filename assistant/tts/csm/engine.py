@@ -17,7 +17,7 @@ from assistant.segment import Segment
 
 from .budget import FRAME_MS, Budget
 from .cached_rows import CachedRows
-from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, load_mimi
+from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, check_mimi, load_mimi
 from .config import CSMConfig
 from .engine_thread import EngineThread
 from .graphs import CUDAGraphFrames
@@ -26,7 +26,7 @@ from .model import CSMModel
 from .prompt import TextEncoder
 from .sampling import TopKSampler
 from .speech_plan import Prompts, SpeechRequest
-from .weights import read_checkpoint, resolve_checkpoint
+from .weights import check_tokenizer, load_tokenizer, read_checkpoint, resolve_checkpoint
 
 
 class CancelSignal(Protocol):
@@ -55,12 +55,15 @@ WARM_UP_MODES = ((0.9, 50), (0.0, 1))  # Sesame's default sampling, and greedy: 
 
 def pretrained(
     model: str | Path, tokenizer: Tokenizer | str | Path | None
-) -> tuple[CSMConfig, dict[str, torch.Tensor], Tokenizer | str | Path]:
+) -> tuple[CSMConfig, dict[str, torch.Tensor], Tokenizer]:
     """A checkpoint directory or hub id (either layout) read: its config, converted weights, and the tokenizer
-    (the directory's tokenizer.json unless one is given)."""
+    (the directory's tokenizer.json unless one is given). A tokenizer path that is not a tokenizer.json is a
+    PathError (`assistant.hub`), told before the checkpoint is fetched or read when it can be."""
+    given = tokenizer if tokenizer is None or isinstance(tokenizer, Tokenizer) else check_tokenizer(tokenizer)
     directory = resolve_checkpoint(model)
+    found = check_tokenizer(directory / "tokenizer.json") if given is None else given
     config, weights = read_checkpoint(directory)
-    return config, weights, tokenizer if tokenizer is not None else directory / "tokenizer.json"
+    return config, weights, found if isinstance(found, Tokenizer) else load_tokenizer(found)
 
 
 def placed(weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -149,6 +152,8 @@ class CSMEngine:
         `dtype` defaults to bfloat16 on CUDA and float32 elsewhere. `cuda_graphs` applies on CUDA devices only;
         `fused` compiles the per-frame work (see the class).
         """
+        if isinstance(mimi, (str, Path)):
+            check_mimi(mimi)  # before the weights are read
         config, weights, tokenizer = pretrained(model, tokenizer)
         return cls.from_weights(config, weights, mimi, tokenizer, device, dtype, cuda_graphs, fused)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
-from assistant.hub import ModelNotFound, resolve_model
+from assistant.hub import ModelNotFound, PathError, resolve_model
 
 from .config import CSMConfig
 
@@ -32,6 +33,42 @@ def resolve_checkpoint(model: str | Path) -> Path:
         return resolve_model(str(model), HUB_FILES, setting="csm.model")
     except ModelNotFound as error:
         raise CheckpointError(str(error)) from error
+
+
+TOKENIZER_FIX = "point {setting} at a Hugging Face tokenizers file (the checkpoint's tokenizer.json)"
+
+
+def check_tokenizer(path: str | Path) -> Path:
+    """`path` if it may be a tokenizer.json (a file of JSON; what is in it, `load_tokenizer` finds); PathError saying
+    what it is instead."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise PathError("tokenizer", path, "no such file or folder", TOKENIZER_FIX)
+    if file.is_dir():
+        inside = " (the tokenizer.json in it?)" if (file / "tokenizer.json").is_file() else ""
+        raise PathError("tokenizer", path, "a folder, not a file", TOKENIZER_FIX + inside)
+    with file.open("rb") as head:
+        if not head.read(4096).lstrip().startswith(b"{"):
+            raise PathError("tokenizer", path, "not a tokenizer.json: not JSON at all", TOKENIZER_FIX)
+    return file
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer in a tokenizer.json; PathError saying what the file is instead."""
+    file = check_tokenizer(path)
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as error:  # tokenizers raises a bare Exception with serde's words
+        try:
+            content = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            problem = "not a tokenizer.json: not valid JSON"
+        else:
+            if isinstance(content, dict) and "model" in content:
+                problem = f"a tokenizer.json that tokenizers cannot read ({str(error).splitlines()[0][:100]})"
+            else:
+                problem = "JSON, but not a tokenizer.json (no tokenizer 'model' in it)"
+        raise PathError("tokenizer", path, problem, TOKENIZER_FIX) from error
 
 
 def read_checkpoint(directory: Path) -> tuple[CSMConfig, dict[str, torch.Tensor]]:
