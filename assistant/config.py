@@ -178,11 +178,13 @@ class TurnConfig(Section):
     hold_words: list[str] = Field(
         default_factory=lambda: list(HOLD_WORDS), description="Last words that mark an unfinished clause."
     )
-    detector: Literal["words", "model"] = Field(
-        "words", description="What decides a pause: the rules on its words, or the Smart Turn model on its audio."
+    detector: Literal["words", "model", "both"] = Field(
+        "both",
+        description="What decides a pause: the rules on its words, the Smart Turn model on its audio, or both (a "
+        "quick transcript and the model must agree the turn is over; chosen on real speech, docs/benchmarks.md).",
     )
     model: str | None = Field(
-        None, description="Smart Turn ONNX file for detector 'model'; null = the copy scripts/setup.sh placed."
+        None, description="Smart Turn ONNX file for detectors model and both; null = the copy scripts/setup.sh placed."
     )
     model_threshold: float = Field(0.5, gt=0, lt=1, description="Model probability above which a turn is complete.")
     take_back: bool = Field(

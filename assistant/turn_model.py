@@ -1,10 +1,14 @@
 """An end-of-turn model that listens to the audio: Smart Turn v3 (pipecat-ai's, BSD-2), run with ONNX Runtime.
 
-It reads the last 8 s of the user's turn as Whisper log-mel features and gives the probability that the turn is
-complete. The weights ship inside the `pipecat-ai` wheel; `scripts/setup.sh` copies that one file into the
-virtualenv's `share/csm-assistant/` (pipecat itself is not installed), so it works offline. Chosen with
-`turn.detector: model`; see `assistant/turn_end.py` for the rules that read the words instead, and
-docs/benchmarks.md for how each did.
+It reads the last 8 s of the user's turn, up to where its speech ends by level (`speech_end`), as Whisper log-mel
+features and gives the probability that the turn is complete. The cut matters: Smart Turn calls a turn complete the
+more readily the more silence follows it, and in a noisy room the VAD hears the noise after the words as speech for
+a while, so its utterances carry that noise (on real speech the cut halves the cut-off turns it ends; see
+docs/benchmarks.md, "End of turn on real speech").
+
+The weights ship inside the `pipecat-ai` wheel; `scripts/setup.sh` copies that one file into the virtualenv's
+`share/csm-assistant/` (pipecat itself is not installed), so it works offline. Used by `turn.detector: model` and
+`both`; see `assistant/turn_end.py` for the rules that read the words.
 """
 
 from __future__ import annotations
@@ -49,9 +53,12 @@ class SmartTurn:
             raise TurnModelError(f"cannot load the end-of-turn model {model}: {error}") from None
         self._features = WhisperFeatureExtractor(chunk_length=SECONDS)
 
-    def complete(self, audio: np.ndarray) -> float:
+    def complete(self, audio: np.ndarray, *, cut: bool = True) -> float:
+        """`cut`: score the audio up to where its speech ends (`speech_end`), not the VAD's trailing frames."""
         samples = RATE * SECONDS
         audio = np.asarray(audio, np.float32)[-samples:]
+        if cut:
+            audio = audio[: speech_end(audio)]
         audio = np.pad(audio, (samples - len(audio), 0))  # the model was trained with silence before, not after
         features = self._features(
             audio,
@@ -64,3 +71,17 @@ class SmartTurn:
         ).input_features
         (probability,) = self._session.run(None, {"input_features": features.astype(np.float32)})
         return float(np.asarray(probability).reshape(-1)[0])
+
+
+def speech_end(audio: np.ndarray) -> int:
+    """Where the speech in `audio` ends by its level: after the last 10 ms frame within 35 dB of its loud frames (and
+    10 dB over its quiet ones; digital silence, such as padding, is not counted among them)."""
+    frame = RATE // 100
+    frames = np.asarray(audio[: len(audio) // frame * frame], np.float64).reshape(-1, frame)
+    levels = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    audible = levels[levels > -100]
+    if not len(audible):
+        return len(audio)
+    threshold = max(float(np.percentile(audible, 95)) - 35, float(np.percentile(audible, 10)) + 10)
+    loud = np.flatnonzero(levels > threshold)
+    return (int(loud[-1]) + 1) * frame if len(loud) else len(audio)

@@ -52,15 +52,16 @@ from assistant.asr import WhisperTranscriber
 from assistant.audio.wavfile import read_wav
 from assistant.config import AsrConfig, BargeInConfig, TurnConfig, VadConfig
 from assistant.turn_end import silence_to_end
-from assistant.turn_model import SmartTurn
+from assistant.turn_model import SmartTurn, speech_end
 from assistant.vad import Pause, SpeechResumed, Utterance, VadSegmenter
 from bench import pause_set
-from pipelines.floor import EndTurnAfter, Floor, PauseWords, TurnScore, VoiceOnset, VoicePause
+from pipelines.floor import EndTurnAfter, Floor, PauseGlance, PauseWords, TurnScore, VoiceOnset, VoicePause
 
 RATE = 16_000
 LATER_MS = (500, 800)  # second looks: Smart Turn on the audio with this much of the silence after it
 TRIM_KEEP_MS = (0, 90)  # Smart Turn on the audio cut where its level says the speech ends, and this much after
 FACTS_VERSION = 1
+FACT_SETTINGS = {"speculate_ms", "complete_ms", "incomplete_ms", "hold_words"}
 INF = math.inf
 
 
@@ -171,7 +172,7 @@ class Measurer:
             facts.words = transcript.text
             transcript, facts.fitted_ms = _timed(lambda: fitted.transcribe(utterance.audio))
             facts.fitted = transcript.text
-            facts.score, facts.score_ms = _timed(lambda: self.smart.complete(utterance.audio))
+            facts.score, facts.score_ms = _timed(lambda: self.smart.complete(utterance.audio, cut=False))
             if silence_to_end(facts.fitted, self.turn, 0) == self.turn.incomplete_ms:
                 facts.fitted_last_p = last_word_probability(fitted, utterance.audio, facts.fitted, fitted=True)
             kept = min(at_ms // self.vad.frame_ms, 3) * self.vad.frame_ms * RATE // 1000  # trailing silence it keeps
@@ -179,26 +180,14 @@ class Measurer:
             for later in LATER_MS:
                 if run >= later:
                     facts.later[str(later)] = self.smart.complete(
-                        audio[max(0, start) : utterance.end_sample + later * 16]
+                        audio[max(0, start) : utterance.end_sample + later * 16], cut=False
                     )
         if facts.trimmed is None:
             end = speech_end(utterance.audio)
-            facts.trimmed = {str(k): self.smart.complete(utterance.audio[: end + k * 16]) for k in TRIM_KEEP_MS}
+            facts.trimmed = {
+                str(k): self.smart.complete(utterance.audio[: end + k * 16], cut=False) for k in TRIM_KEEP_MS
+            }  # "0": what SmartTurn.complete(utterance.audio) scores (for turns up to the 8 s it reads)
         return facts
-
-
-def speech_end(audio: np.ndarray) -> int:
-    """Where the speech in `audio` ends by its level: the last 10 ms within 35 dB of its loud frames (and 10 dB over
-    its quiet ones). The VAD hears a noisy room as speech for a while after the words; Smart Turn calls a turn
-    complete when it ends in silence, the more so the longer that silence is."""
-    frame = RATE // 100
-    frames = np.asarray(audio[: len(audio) // frame * frame], np.float64).reshape(-1, frame)
-    if not len(frames):
-        return len(audio)
-    levels = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
-    threshold = max(float(np.percentile(levels, 95)) - 35, float(np.percentile(levels, 10)) + 10)
-    loud = np.flatnonzero(levels > threshold)
-    return (int(loud[-1]) + 1) * frame if len(loud) else len(audio)
 
 
 def last_word_probability(transcriber: WhisperTranscriber, audio: np.ndarray, text: str, fitted: bool) -> float | None:
@@ -252,13 +241,16 @@ def save_facts(path: Path, key: dict[str, Any], facts: dict[str, TurnFacts]) -> 
 # --- the decision, as the floor and the segmenter take it
 
 
-def floor_silence(turn: TurnConfig, event: PauseWords | TurnScore) -> int:
-    """The silence a real `Floor` asks for a pause once it hears `event` (its words, or the model's score)."""
-    floor = Floor(turn, BargeInConfig(), VadConfig().end_silence_ms, model=isinstance(event, TurnScore))
+def floor_silence(turn: TurnConfig, *events: PauseWords | PauseGlance | TurnScore) -> int:
+    """The silence a real `Floor` asks for a pause once it hears `events`: the words (detector words), the model's
+    score (detector model), or a glance at the words and the score (detector both)."""
+    detector = "words" if isinstance(events[0], PauseWords) else "both" if len(events) > 1 else "model"
+    turn = turn.model_copy(update={"detector": detector})
+    floor = Floor(turn, BargeInConfig(), VadConfig().end_silence_ms, model=detector != "words")
     utterance = Utterance(audio=np.zeros(RATE, np.float32), sample_rate=RATE, voiced_ms=1000, end_sample=RATE)
     floor.on(VoiceOnset(continues_last=False), 0.0)
     floor.on(VoicePause(utterance), 0.2)
-    asked = [a.silence_ms for a in floor.on(event, 0.5) if isinstance(a, EndTurnAfter)]
+    asked = [a.silence_ms for event in events for a in floor.on(event, 0.5) if isinstance(a, EndTurnAfter)]
     assert len(asked) == 1, asked
     return asked[0]
 
@@ -285,12 +277,27 @@ def ended_at(pause: PauseFacts, decisions: list[Decision], turn: TurnConfig, fra
 
 
 def words(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
-    """The default: the word rules on Whisper's transcript at the pause (turn.detector words)."""
+    """The word rules on Whisper's transcript at the pause (turn.detector words; the default until session 19)."""
     return [(p.at_ms + p.words_ms, floor_silence(turn, PauseWords(p.words)))]
 
 
 def model(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
-    """Smart Turn v3 at the pause (turn.detector model)."""
+    """Smart Turn v3 at the pause (turn.detector model), on the audio cut where its speech ends, as
+    `SmartTurn.complete` does since session 19 (`trimmed`)."""
+    assert p.trimmed is not None
+    return [(p.at_ms + p.score_ms, floor_silence(turn, TurnScore(p.trimmed["0"])))]
+
+
+def both(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
+    """The default (turn.detector both): a glance at the words (the fitted window, asked first) and Smart Turn must
+    agree; known when the slower of the two is."""
+    assert p.trimmed is not None
+    asked = floor_silence(turn, PauseGlance(p.fitted), TurnScore(p.trimmed["0"]))
+    return [(p.at_ms + max(p.fitted_ms, p.score_ms), asked)]
+
+
+def model_untrimmed(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
+    """Smart Turn on the VAD's utterance as it is, trailing frames and all (turn.detector model until session 19)."""
     return [(p.at_ms + p.score_ms, floor_silence(turn, TurnScore(p.score)))]
 
 
@@ -366,8 +373,10 @@ def model_graded(p: PauseFacts, turn: TurnConfig, sure: float = 0.9, middle_ms: 
 
 
 POLICIES: dict[str, Policy] = {
+    "both": both,
     "words": words,
     "model": model,
+    "model_untrimmed": model_untrimmed,
     "words_fitted": words_fitted,
     "model_veto": model_veto,
     "model_wait_veto": model_wait_veto,
@@ -491,7 +500,7 @@ def main() -> None:
     key = {
         "version": FACTS_VERSION,
         "set": hashlib.sha256(json.dumps(manifest["turns"], sort_keys=True).encode()).hexdigest()[:16],
-        "turn": turn.model_dump(),
+        "turn": turn.model_dump(include=FACT_SETTINGS),  # what the facts depend on (not how they are judged)
         "vad": vad.model_dump(),
     }
     cache = args.set / "facts.json"
@@ -520,9 +529,7 @@ def main() -> None:
         "policies": {name: judge(facts, policy, turn) for name, policy in POLICIES.items()},
         "instant": {name: judge(facts, policy, turn, instant=True) for name, policy in POLICIES.items()},
         "sweep": sweep(facts, turn),
-        "by_filler": {
-            name: by_filler(facts, POLICIES[name], turn) for name in ("words", "model", "model_trimmed_words")
-        },
+        "by_filler": {name: by_filler(facts, POLICIES[name], turn) for name in ("both", "words", "model")},
         "vad_lag_ms": stats([t.end_offset_ms for t in facts if t.end_offset_ms is not None]),
         "seconds": round(time.perf_counter() - began, 1),
     }

@@ -128,9 +128,15 @@ class TimedTranscriber:
         self.inner, self.calls = inner, []
 
     def transcribe(self, audio: np.ndarray):
+        return self._timed(self.inner.transcribe, audio)
+
+    def glance(self, audio: np.ndarray):
+        return self._timed(self.inner.glance, audio)
+
+    def _timed(self, call, audio: np.ndarray):
         start = time.monotonic()
         try:
-            return self.inner.transcribe(audio)
+            return call(audio)
         finally:
             self.calls.append((start, time.monotonic()))
 
@@ -323,7 +329,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
     parser.add_argument("--speculate-ms", type=int, default=TurnConfig().speculate_ms, help="turn.speculate_ms")
-    parser.add_argument("--detector", choices=("words", "model"), default="words", help="turn.detector")
+    parser.add_argument("--detector", choices=("words", "model", "both"), default="both", help="turn.detector")
     parser.add_argument("--complete-ms", type=int, default=TurnConfig().complete_ms, help="turn.complete_ms")
     parser.add_argument("--no-take-back", dest="take_back", action="store_false", help="turn.take_back off")
     parser.add_argument("--asr-window", choices=("full", "fitted"), default="full", help="asr.window")

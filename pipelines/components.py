@@ -47,8 +47,8 @@ def load_transcriber(config: AsrConfig) -> WhisperTranscriber:
 
 
 def load_turn_model(config: TurnConfig) -> SmartTurn | None:
-    """The end-of-turn model, when `turn.detector` is `model` (None otherwise)."""
-    if config.detector != "model":
+    """The end-of-turn model, when `turn.detector` is `model` or `both` (None otherwise)."""
+    if config.detector == "words":
         return None
     from assistant.turn_model import SmartTurn, TurnModelError
 

@@ -17,6 +17,8 @@ The user's side (the microphone):
     SOUND --VoiceOnset--> SPEAKING: publish SpeechStarted; TakeBack the last turn if its reply is still unheard
     SPEAKING --VoicePause--> PAUSE: StartSpeculation, EndTurnAfter(incomplete_ms) (if a turn ending now is answered)
     PAUSE --PauseWords / TurnScore--> PAUSE: PrepareReply; EndTurnAfter(the silence the words or the model ask)
+    PAUSE --PauseGlance and TurnScore (detector both)--> PAUSE: EndTurnAfter(complete_ms) when the quick words end a
+        sentence and the model calls the turn complete, else incomplete_ms
     PAUSE --VoiceResumed--> SPEAKING: DropSpeculation
     SPEAKING, PAUSE --VoiceEnded--> LISTENING: CommitTurn; or JudgeUtterance (it paused a reply); or nothing (a
         reply not interrupted is being answered)
@@ -149,6 +151,13 @@ class PauseWords:
 
 
 @dataclass(frozen=True)
+class PauseGlance:
+    """A quick transcript of the pause (detector both: it decides with the model); None: it failed."""
+
+    text: str | None
+
+
+@dataclass(frozen=True)
 class TurnScore:
     """The end-of-turn model's probability that the pause ends the turn; None: the model failed."""
 
@@ -263,6 +272,7 @@ FloorEvent = (
     | VoiceResumed
     | VoiceEnded
     | PauseWords
+    | PauseGlance
     | TurnScore
     | JudgedWords
     | Queued
@@ -484,6 +494,8 @@ class _Pause:
 
     utterance: Utterance
     words: str | None = None
+    glance: str | None = None
+    score: float | None = None
 
 
 class Floor:
@@ -508,6 +520,7 @@ class Floor:
         idle_reset_s: float | None = None,
     ) -> None:
         self.turn, self.barge_in, self.undecided_ms, self.model = turn, barge_in, undecided_ms, model
+        self.detector = turn.detector if model else "words"  # what decides a pause (the words, if no model)
         self.tail_ms = barge_in.tail_ms if tail_ms is None else tail_ms
         self.new_turn_id = new_turn_id
         self.listen = listen or ListenConfig()
@@ -614,16 +627,40 @@ class Floor:
         self._pause.words = event.text
         if event.text.strip():
             self._emit(PrepareReply(event.text))
-        if not self.model:
+        if self.detector == "words":
             self._emit(EndTurnAfter(self._silence(silence_to_end(event.text, self.turn, self.undecided_ms))))
 
+    def _on_PauseGlance(self, event: PauseGlance) -> None:
+        if self._pause is None or self.detector != "both":
+            return
+        if event.text is None:  # no quick words: the model alone decides
+            self.detector = "model"
+            if self._pause.score is not None:
+                self._on_TurnScore(TurnScore(self._pause.score))
+            return
+        self._pause.glance = event.text
+        self._both()
+
+    def _both(self) -> None:
+        """Detector both: the turn ends soon only when the quick words end a sentence and the model agrees."""
+        assert self._pause is not None
+        if self._pause.glance is None or self._pause.score is None:
+            return
+        finished = silence_to_end(self._pause.glance, self.turn, self.undecided_ms) == self.turn.complete_ms
+        complete = finished and self._pause.score >= self.turn.model_threshold
+        self._emit(EndTurnAfter(self._silence(self.turn.complete_ms if complete else self.turn.incomplete_ms)))
+
     def _on_TurnScore(self, event: TurnScore) -> None:
-        if self._pause is None or not self.model:
+        if self._pause is None or self.detector == "words":
             return
         if event.probability is None:  # the model failed: the words decide from now on
-            self.model = False
+            self.model, self.detector = False, "words"
             if self._pause.words is not None:
                 self._emit(EndTurnAfter(self._silence(silence_to_end(self._pause.words, self.turn, self.undecided_ms))))
+            return
+        if self.detector == "both":
+            self._pause.score = event.probability
+            self._both()
             return
         complete = event.probability >= self.turn.model_threshold
         self._emit(EndTurnAfter(self._silence(self.turn.complete_ms if complete else self.turn.incomplete_ms)))

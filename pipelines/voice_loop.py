@@ -65,6 +65,7 @@ from pipelines.floor import (
     JudgeUtterance,
     Listen,
     Mute,
+    PauseGlance,
     PauseReply,
     PauseWords,
     PrepareReply,
@@ -142,7 +143,7 @@ class VoiceLoop:
         self.encode_audio = encode_audio
         self.sink = sink
         self.segmenter = segmenter
-        self.turn_model = turn_model  # with turn.detector "model": it, not the words, decides each pause
+        self.turn_model = turn_model  # with turn.detector "model" (or "both", with a glance at the words) it decides
         self.tools = tools if tools is not None else ToolRegistry(config.tools.enabled)
         self.wake_word = wake_word  # with listen.mode wake_word: what the floor's Detect feeds (none: no microphone)
         self.earcon = earcon  # 24 kHz audio played when the wake word is heard
@@ -395,9 +396,15 @@ class VoiceLoop:
         of the words and the score."""
         assert self.transcriber is not None
         codes = self._encode(utterance.audio, utterance.sample_rate)
+        glancing = None
+        if self.floor.detector == "both":  # asked first: Whisper serves it before the full transcript
+            glancing = asyncio.ensure_future(asyncio.to_thread(self.transcriber.glance, utterance.audio))
         self._speculation = speculation = Speculation(
             utterance, self._clock(utterance), self.transcriber, codes, self._on_transcript
         )
+        if glancing is not None:
+            glancing.add_done_callback(lambda done: self._on_glance(speculation, done))
+            speculation.others.append(glancing)
         if score and self.turn_model is not None:
             listening = asyncio.ensure_future(asyncio.to_thread(self.turn_model.complete, utterance.audio))
             listening.add_done_callback(lambda done: self._on_model(speculation, done))
@@ -406,6 +413,15 @@ class VoiceLoop:
     def _on_transcript(self, speculation: Speculation) -> None:
         if speculation is self._speculation:
             self._feed(PauseWords(speculation.transcript.result().text))
+
+    def _on_glance(self, speculation: Speculation, done: asyncio.Future[Transcript]) -> None:
+        if speculation is not self._speculation or done.cancelled():
+            return
+        if (error := done.exception()) is not None:  # the full transcript's words decide instead
+            self._report("asr", f"the quick transcript failed: {type(error).__name__}: {error}")
+            self._feed(PauseGlance(None))
+            return
+        self._feed(PauseGlance(done.result().text))
 
     def _on_model(self, speculation: Speculation, done: asyncio.Future[float]) -> None:
         if speculation is not self._speculation or done.cancelled():

@@ -122,7 +122,9 @@ async def test_a_cancelled_request_frees_its_slot_for_one_waiting(batched):
     long = [asyncio.create_task(spoken(batched, dict(text=f"Long {i}.", seed=i, max_audio_ms=8000))) for i in range(3)]
     first = asyncio.create_task(cancelled())
     await started.wait()
-    assert batched.active == 4
+    async with asyncio.timeout(30):  # the long ones are admitted as they come (on a busy machine, after the first)
+        while batched.active < 4:
+            await asyncio.sleep(0.001)
     waiting = asyncio.create_task(spoken(batched, dict(text="Waiting.", seed=3, max_audio_ms=400)))
     while batched.waiting == 0:
         await asyncio.sleep(0.001)

@@ -163,8 +163,8 @@ def test_a_bad_request_says_what_is_wrong(
 
 
 def test_the_openai_client_raises_the_servers_reason(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="unknown voice 'verse'"):
-        client.audio.speech.create(model=MODEL_ID, input="Hello.", voice="verse")  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="unknown voice 'robot'"):
+        client.audio.speech.create(model=MODEL_ID, input="Hello.", voice="robot")
 
 
 def test_a_body_that_is_not_json_or_a_wrong_path_is_an_error_in_openais_shape(server: ServerThread) -> None:
@@ -272,6 +272,8 @@ def test_the_cli_serves_drains_on_sigterm_and_exits_0(
         "TEST_SPEECH_KEY",
         "--drain-s",
         "1",
+        "--cors-origins",
+        "https://kiosk.example, https://lobby.example/",
     )
     with ServerProcess(*args, env={"TEST_SPEECH_KEY": "k"}, log=tmp_path / "server.log") as process:
         assert all(
@@ -281,6 +283,8 @@ def test_the_cli_serves_drains_on_sigterm_and_exits_0(
         client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="k", max_retries=0)
         model = client.models.list().data[0].id
         assert model == tiny_csm_dir.name
+        browser = request(f"{process.url}/v1/models", Origin="https://lobby.example", Authorization="bearer k")
+        assert browser.status == 200 and browser.headers["Access-Control-Allow-Origin"] == "https://lobby.example"
         assert len(speech(client, "Hello there.", voice="0", model=model, seed=1, max_audio_ms=400)) == 5 * 1920 * 2
 
         async def interrupted_by_sigterm() -> tuple[int, bytes]:
@@ -299,7 +303,9 @@ def test_the_cli_serves_drains_on_sigterm_and_exits_0(
         assert process.stop() == 0
     log = process.output()
     assert f"speech server ready at http://127.0.0.1:{process.port}/v1" in log and "draining 1 open stream" in log
+    assert "drained for 1.0 s: cutting 1 stream(s) still speaking (request " in log
     assert '"POST /v1/audio/speech HTTP/1.1" 200' in log and "/health" not in log  # the probes stay out of the log
+    assert all(" id=" in line for line in log.splitlines() if '"POST /v1/audio/speech HTTP/1.1"' in line)
 
 
 @pytest.mark.parametrize(
@@ -318,27 +324,33 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str) -> No
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_model_that_cannot_be_loaded_exits_1_with_one_line(tmp_path: Path, llama3_tokenizer_json: Path) -> None:
-    empty = tmp_path / "not-a-csm"
+@pytest.mark.parametrize("case", ["empty folder", "hub id not downloaded", "mimi not weights"])
+def test_what_cannot_be_loaded_is_one_line_naming_the_servers_flag_and_exit_2(
+    case: str, tmp_path: Path, tiny_csm_dir: Path, llama3_tokenizer_json: Path
+) -> None:
+    """The loaders' errors in the server's terms: its flags, not the assistant's settings (`csm.model`), and no
+    exception class as a prefix."""
+    empty, mimi = tmp_path / "not-a-csm", tmp_path / "mimi.safetensors"
     empty.mkdir()
+    mimi.write_text("not weights")
+    args, flag = {
+        "empty folder": (["--model", str(empty)], f"--model {empty}: no config.json in {empty}"),
+        "hub id not downloaded": (["--model", "nobody/no-such-csm"], "--model nobody/no-such-csm: "),
+        "mimi not weights": (["--model", str(tiny_csm_dir), "--mimi", str(mimi)], f"--mimi {mimi}: "),
+    }[case]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "assistant.tts.server",
-            "--model",
-            str(empty),
-            "--tokenizer",
-            str(llama3_tokenizer_json),
-            "--port",
-            "0",
-        ],
+        [sys.executable, "-m", "assistant.tts.server", *args, "--tokenizer", str(llama3_tokenizer_json), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"cannot load the CSM speech model '{empty}': CheckpointError" in result.stderr
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"speech server: {flag}"), result.stderr
+    assert "Traceback" not in result.stderr and "CheckpointError" not in line and "csm." not in line
+    if case == "hub id not downloaded":
+        assert "set --model to a local folder" in line
 
 
 @pytest.fixture(scope="module")

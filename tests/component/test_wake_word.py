@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from assistant.vad import VadSegmenter
 from assistant.wake_word import WakeWordDetector, WakeWordError
 from pipelines.attention import AttentionError, load_attention
 from pipelines.voice_loop import VoiceLoop
-from tests.conftest import require
+from tests.conftest import REPO, require
 from tests.support.fakes import FakeBackend, QueueSource
 from tests.support.speech import espeak, espeak_available, librivox_clips
 from tests.unit.test_reply import until
@@ -188,3 +190,16 @@ def test_bad_wake_word_settings_are_one_line_naming_the_setting(tmp_path: Path) 
         WakeWordDetector(str(own / "eight.json"))
     with pytest.raises(AttentionError, match="listen.earcon: "):
         load_attention(settings(earcon=str(tmp_path / "missing.wav")).listen)
+
+
+@pytest.mark.parametrize("setting", ["listen.wake_word=hey_computer", "listen.earcon=/no/such/ding.wav"])
+def test_the_program_stops_at_once_with_one_line_for_a_bad_listen_setting(setting: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_assistant.py"), "--set", "listen.mode=wake_word", "--set", setting],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"config error: {setting.split('=')[0]}")

@@ -198,6 +198,10 @@ class FakeTranscriber:
         self.heard.append(audio)
         return Transcript(self.texts.pop(0), "en", len(audio) / 16_000)
 
+    def glance(self, audio: np.ndarray) -> Transcript:
+        """The quick look hears what the transcript will (the next text, not taken)."""
+        return Transcript(self.texts[0] if self.texts else "", "en", len(audio) / 16_000)
+
 
 class QueueSource:
     """A microphone the test speaks into with `put`; `end()` closes it."""

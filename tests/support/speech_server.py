@@ -61,7 +61,7 @@ def get(url: str) -> tuple[int, bytes]:
 def open_stream(url: str, body: dict) -> Iterator[http.client.HTTPResponse]:
     """A speech request whose response is read as the test wants; the connection closes when the block ends."""
     parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     try:
         connection.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
         response = connection.getresponse()

@@ -41,6 +41,7 @@ from pipelines.floor import (
     JudgeUtterance,
     Listen,
     Mute,
+    PauseGlance,
     PauseReply,
     PauseWords,
     PrepareReply,
@@ -76,13 +77,15 @@ def utterance(end_sample: int = 16_000, seconds: float = 1.0) -> Utterance:
     return Utterance(np.zeros(int(16_000 * seconds), np.float32), 16_000, 600, end_sample)
 
 
-def rules(listen: dict[str, Any] | None = None, idle_reset_s: float | None = None, **barge_in: Any) -> Config:
+def rules(
+    listen: dict[str, Any] | None = None, idle_reset_s: float | None = None, detector: str = "model", **barge_in: Any
+) -> Config:
     return Config.model_validate(
         {
             "listen": listen or {},
             "conversation": {"idle_reset_s": idle_reset_s},
             "vad": {"end_silence_ms": 600},
-            "turn": {"speculate_ms": 200, "complete_ms": 250, "incomplete_ms": 1200},
+            "turn": {"speculate_ms": 200, "complete_ms": 250, "incomplete_ms": 1200, "detector": detector},
             "barge_in": {
                 "mode": "vad",
                 "min_speech_ms": 150,
@@ -644,3 +647,35 @@ def test_the_conversation_is_forgotten_after_idle_reset_s_with_no_turn() -> None
     d.end(100)
     assert d.on(TimerFired("idle"), at=70.0) == [ForgetConversation()]
     assert d.floor.timers == frozenset()
+
+
+@pytest.mark.parametrize(
+    "glance, score, silence_ms",
+    [
+        ("What time is it?", 0.9, 250),  # both say it is over
+        ("What time is it?", 0.2, 1200),  # the model hears more coming
+        ("I would like a coffee and", 0.9, 1200),  # the words hold it open
+        ("I would like a coffee...", 0.9, 1200),
+    ],
+)
+def test_with_both_the_quick_words_and_the_model_must_agree(glance: str, score: float, silence_ms: int) -> None:
+    d = Driver(rules(detector="both"), model=True)
+    d.speak()
+    d.on(VoicePause(utterance()))
+    assert d.on(PauseGlance(glance)) == []  # the model has not spoken yet
+    assert EndTurnAfter(silence_ms) in d.on(TurnScore(score))
+    assert d.on(PauseWords("What time is it?")) == [PrepareReply("What time is it?")]  # the turn's transcript decides
+    # nothing: it prepares the reply
+
+
+def test_with_both_a_failed_model_leaves_the_words_and_a_failed_glance_the_model() -> None:
+    d = Driver(rules(detector="both"), model=True)
+    d.speak()
+    d.on(VoicePause(utterance()))
+    d.on(PauseGlance(None))
+    assert d.on(TurnScore(0.9)) == [EndTurnAfter(250)]
+    d = Driver(rules(detector="both"), model=True)
+    d.speak()
+    d.on(VoicePause(utterance()))
+    d.on(TurnScore(None))
+    assert EndTurnAfter(250) in d.on(PauseWords("What time is it?"))

@@ -9,7 +9,7 @@ import pytest
 
 from assistant.config import TurnConfig, VadConfig
 from assistant.vad import Pause, VadSegmenter
-from bench.turns import PauseFacts, ended_at, floor_silence, model, words
+from bench.turns import PauseFacts, both, ended_at, floor_silence, model, words
 from pipelines.floor import PauseWords, TurnScore
 
 TURN = TurnConfig()
@@ -45,9 +45,13 @@ def test_a_turn_ends_at_the_silence_asked_or_when_the_decision_comes(decisions, 
 
 
 def test_the_policies_decide_after_their_compute():
-    facts = pause(words="Turn off the lights.", words_ms=500.0, score=0.2, score_ms=60.0)
+    facts = pause(words="Turn off the lights.", words_ms=500.0, score=0.9, score_ms=60.0)
+    facts.fitted, facts.fitted_ms, facts.trimmed = "Turn off the lights.", 80.0, {"0": 0.2}
     assert words(facts, TURN) == [(710.0, TURN.complete_ms)]
-    assert model(facts, TURN) == [(270.0, TURN.incomplete_ms)]
+    assert model(facts, TURN) == [(270.0, TURN.incomplete_ms)]  # the score of the audio cut where speech ends
+    assert both(facts, TURN) == [(290.0, TURN.incomplete_ms)]  # known when the slower of the two is
+    facts.trimmed = {"0": 0.8}
+    assert both(facts, TURN) == [(290.0, TURN.complete_ms)]
     assert ended_at(facts, words(facts, TURN), TURN) == 710.0
 
 

@@ -2,9 +2,11 @@
 
 One thread owns the model (as `engine_thread.py` explains for the one-at-a-time engine) and runs a frame loop:
 between two frames it takes new requests into free slots (each prompt prefilled into its own slot of the KV
-cache), runs calls handed to it (encoding context audio), and lets go of requests that ended or were cancelled.
-Then one batched step gives every slot in use its next frame, Mimi decodes all of them in one call, and each
-request's audio goes to its own consumer. A request that waits for a slot waits in order of arrival.
+cache), runs calls handed to it, and lets go of requests that ended or were cancelled. Then one batched step gives
+every slot in use its next frame, Mimi decodes all of them in one call, and each request's audio goes to its own
+consumer. A request that waits for a slot waits in order of arrival. Context audio is encoded between frames in
+pieces (Mimi's streaming encoder, the one-shot encoder's codes), a share of a frame's time each, so that streams
+speaking go on at their pace while another request's context is encoded.
 
 A request is spoken exactly as `CSMEngine` speaks it (the same prompts and pieces, `speech_plan.py`, and the same
 sampler drawing from its own seeded generator), so a seeded request gives the same frames alone or in a batch,
@@ -17,6 +19,7 @@ import asyncio
 import heapq
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future
@@ -28,11 +31,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from assistant.audio.resample import resample
 from assistant.segment import Segment
 
 from .batched_frames import BatchedFrames, BatchGraphs
 from .budget import Budget
-from .codec import MimiCodec, RowDecoder, load_mimi
+from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, RowDecoder, load_mimi
 from .config import CSMConfig
 from .engine import AudioChunk, CancelSignal, GenerationResult, placed, pretrained, stopper, warm_up_requests
 from .prompt import TextEncoder
@@ -45,6 +49,13 @@ _DONE = object()
 CPU_MIMI_GROUP = 8
 """Rows per Mimi call on a CPU (one call for all of them on a GPU, where a call costs its launches): measured on
 the tiny codec, 1/2/4/8/16 rows took 2.2/3.7/4.3/5.5/12.1 ms (docs/benchmarks.md)."""
+ENCODE_SHARE = 0.4
+"""Between two frames, context audio is encoded for about this share of a frame's time (at least one piece), so
+that a stream's gaps grow by about this much while another request's context is encoded."""
+IDLE_ENCODE_S = 0.25
+"""With no stream speaking, encoding returns to the loop this often, to take in new requests."""
+MAX_PIECE_FRAMES = 32
+"""The most Mimi frames encoded in one piece."""
 
 
 class EngineClosed(RuntimeError):
@@ -64,6 +75,17 @@ class _Call:
             self.done.set_result(self.fn(*self.args))
         except BaseException as error:
             self.done.set_exception(error)
+
+
+@dataclass
+class _Encoding:
+    """24 kHz audio being encoded, a piece at a time, between frames (`BatchedCSMEngine._encode`)."""
+
+    pcm: torch.Tensor  # [1, 1, frames * FRAME_SAMPLES], zero-padded as Mimi's one-shot encoder pads it
+    done: Future[torch.Tensor]
+    codes: list[torch.Tensor] = field(default_factory=list)
+    at: int = 0  # samples encoded so far
+    left: bool = False  # the caller stopped waiting: encode no more
 
 
 @dataclass
@@ -121,6 +143,9 @@ class BatchedCSMEngine:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: deque[_Stream] = deque()
         self._speaking: dict[int, _Stream] = {}
+        self._encodings: deque[_Encoding] = deque()
+        self._frame_s = 0.0  # the last frame's time
+        self._piece_cost: dict[int, float] = {}  # seconds a piece of encoding took, by its frames (an average)
         self._ready: Future[None] = Future()
         self._closed = False
         self._door = threading.Lock()  # taken to hand something in, and to close: nothing is handed in after that
@@ -206,7 +231,10 @@ class BatchedCSMEngine:
         reference: Segment | None = None,
     ) -> AsyncGenerator[AudioChunk, None]:
         """Yield audio as it is generated, as `CSMEngine.stream` does; setting `cancel` or closing the iterator
-        frees the request's slot within one frame."""
+        frees the request's slot within one frame. Segments with audio and no codes are encoded first (as `encode`
+        does: between frames, in pieces)."""
+        context = [await self._coded(segment) for segment in context]
+        reference = await self._coded(reference) if reference is not None else None
         request = SpeechRequest(text, speaker, tuple(context), temperature, topk, seed, max_audio_ms, reference)
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
@@ -249,8 +277,29 @@ class BatchedCSMEngine:
         return GenerationResult(codes, self.call(self.codec.decode, codes))
 
     async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """Mimi codes `[K, frames]` (on the CPU) of mono audio at any rate, computed between two frames."""
-        return await asyncio.wrap_future(self._handoff(self.codec.encode, audio, sample_rate))
+        """Mimi codes `[K, frames]` (on the CPU) of mono audio at any rate: `MimiCodec.encode`'s codes, computed
+        between frames in pieces that leave the streams speaking their pace (`ENCODE_SHARE`)."""
+        pcm = await asyncio.to_thread(resample, np.asarray(audio, np.float32).reshape(-1), sample_rate, SAMPLE_RATE)
+        job = self._encoding(pcm)
+        try:
+            return await asyncio.wrap_future(job.done)
+        finally:
+            job.left = True
+
+    async def _coded(self, segment: Segment) -> Segment:
+        if segment.codes is not None or segment.audio is None:
+            return segment
+        return Segment(segment.speaker, segment.text, codes=await self.encode(segment.audio, segment.sample_rate))
+
+    def _encoding(self, pcm: np.ndarray) -> _Encoding:
+        padded = np.zeros(-(-pcm.size // FRAME_SAMPLES) * FRAME_SAMPLES, np.float32)
+        padded[: pcm.size] = pcm
+        job = _Encoding(torch.from_numpy(padded)[None, None], Future())
+        if pcm.size == 0:
+            job.done.set_result(torch.zeros(self.model.config.num_codebooks, 0, dtype=torch.long))
+        else:
+            self._hand_in(job)
+        return job
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the engine's thread between two frames and wait for it."""
@@ -270,7 +319,7 @@ class BatchedCSMEngine:
         self._hand_in(_Call(fn, args, done))
         return done
 
-    def _hand_in(self, item: _Stream | _Call) -> None:
+    def _hand_in(self, item: _Stream | _Call | _Encoding) -> None:
         with self._door:
             if self._closed:
                 raise EngineClosed("the speech engine was closed")
@@ -288,23 +337,25 @@ class BatchedCSMEngine:
             group = frames.slots if self.model.device.type == "cuda" else CPU_MIMI_GROUP
             self._decoder: RowDecoder = self.codec.rows(frames.slots, group)
             self._free = list(range(frames.slots))  # a heap: the lowest free slot first keeps batches short
+            self._encoder = self.codec._streaming_copy(1)  # Mimi's streaming encoder, for `_encode`
             self._warm_up()
         except BaseException as error:
             self._ready.set_exception(error)
             return
         self._ready.set_result(None)
         with torch.inference_mode():
-            while self._take_inbox(block=not self._speaking and not self._waiting):
+            while self._take_inbox(block=not (self._speaking or self._waiting or self._encodings)):
                 self._step()
         with self._door:
             self._closed = True
-        left = [*self._waiting, *self._speaking.values()]
+        left: list[Any] = [*self._waiting, *self._speaking.values(), *self._encodings]
         while not self._inbox.empty():
             left.append(self._inbox.get())
         for item in left:
             closed = EngineClosed("the speech engine was closed")
-            if isinstance(item, _Call):
-                item.done.set_exception(closed)
+            if isinstance(item, (_Call, _Encoding)):
+                if not item.done.done():
+                    item.done.set_exception(closed)
             elif item is not None:
                 item.send(closed)
 
@@ -322,19 +373,70 @@ class BatchedCSMEngine:
                 self._waiting.append(self._new_stream(request, lambda: False, keep, 1))
                 while self._waiting or self._speaking:
                     self._step()
+            warm = _Encoding(torch.zeros(1, 1, 2 * FRAME_SAMPLES), Future())  # the streaming encoder's first calls
+            self._encodings.append(warm)
+            while self._encodings:
+                self._encode(float("inf"))
+            warm.done.result()
+            self._piece_cost.clear()
         if failures:
             raise failures[0]
         self.frames_generated = 0
 
     def _step(self) -> None:
-        """Give free slots to waiting requests, then one frame for every speaking request."""
+        """Give free slots to waiting requests, then one frame for every speaking request, then a piece of the
+        context audio waiting to be encoded."""
         self._admit()
         if self._speaking:
+            start = time.perf_counter()
             try:
                 self._frame()
             except Exception as error:  # every request in the batch learns why; the engine goes on
                 for stream in list(self._speaking.values()):
                     self._end(stream, error)
+            self._frame_s = time.perf_counter() - start
+        if self._encodings:
+            self._encode(ENCODE_SHARE * self._frame_s if self._speaking else IDLE_ENCODE_S)
+
+    def _encode(self, budget_s: float) -> None:
+        """Encode pieces of the waiting audio for at most about `budget_s` (at least one piece). A piece is as many
+        frames (a power of two) as their cost so far says fit what is left of the budget: on a CPU a streaming Mimi
+        call costs ~50 ms however short the piece (8 frames cost ~2 times one); the codes do not depend on it."""
+        start = time.perf_counter()
+        while self._encodings:
+            job, piece_start = self._encodings[0], time.perf_counter()
+            if job.left or (job.at == 0 and not job.done.set_running_or_notify_cancel()):  # the request left
+                self._encodings.popleft()
+                continue
+            frames = self._piece_frames(budget_s - (piece_start - start))
+            piece = job.pcm[..., job.at : job.at + frames * FRAME_SAMPLES]
+            try:
+                if job.at == 0:
+                    self._encoder.reset_streaming()
+                job.codes.append(self._encoder.encode(piece.to(self.codec.device))[0].cpu())
+                job.at += piece.shape[-1]
+                if job.at == job.pcm.shape[-1]:
+                    self._encodings.popleft()
+                    job.done.set_result(torch.cat(job.codes, dim=1))
+            except Exception as error:
+                self._encodings.popleft()
+                job.done.set_exception(error)
+            now = time.perf_counter()
+            if piece.shape[-1] == frames * FRAME_SAMPLES:  # a whole piece: its cost is known better
+                self._piece_cost[frames] = (self._piece_cost.get(frames, now - piece_start) + now - piece_start) / 2
+            if now - start + self._piece_cost.get(1, 0.0) > budget_s:
+                return
+
+    def _piece_frames(self, left_s: float) -> int:
+        """The most frames (1, 2, 4...) whose piece's cost fits `left_s`, the first size not tried yet taken to
+        cost what the one below it does; 1 at least, and always 1 on a GPU (moshi replays a CUDA graph captured
+        for one frame)."""
+        frames, cost = 1, self._piece_cost
+        while frames < MAX_PIECE_FRAMES and self.codec.device.type == "cpu" and frames in cost:
+            if cost.get(2 * frames, cost[frames]) > left_s:
+                break
+            frames *= 2
+        return frames
 
     def _take_inbox(self, block: bool) -> bool:
         """Move new requests to the waiting line and run handed-off calls; False once the engine is closed."""
@@ -348,6 +450,8 @@ class BatchedCSMEngine:
                 return False
             if isinstance(item, _Call):
                 item.run()
+            elif isinstance(item, _Encoding):
+                self._encodings.append(item)
             else:
                 self._waiting.append(item)
 

@@ -7,9 +7,11 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -82,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="on SIGTERM/Ctrl-C, how long open streams may run on before they are cancelled",
     )
+    parser.add_argument(
+        "--cors-origins",
+        metavar="ORIGINS",
+        default="",
+        help="comma-separated origins a browser page may call the server from ('*': any; default: none, no CORS)",
+    )
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     return parser
 
@@ -113,16 +121,50 @@ class EngineLoadError(RuntimeError):
     """The engine could not be loaded; the message names the model and the cause."""
 
 
+class FlagError(RuntimeError):
+    """What `--model`, `--mimi` or `--tokenizer` names cannot be read; the message starts with the flag."""
+
+
+SETTINGS_AS_FLAGS = {
+    **{"csm.model": "--model", "csm.mimi": "--mimi", "csm.tokenizer": "--tokenizer"},
+    **{"mimi=": "--mimi", "tokenizer=": "--tokenizer"},  # the engine's own arguments
+}
+"""The assistant's settings (and the engine's arguments) the loaders' messages name, and the server's flags that
+stand for them."""
+
+
+@contextmanager
+def _reading(flag: str, value: object) -> Iterator[None]:
+    """A failure inside is a FlagError, one line in the server's own terms: `FLAG VALUE: what is wrong`."""
+    try:
+        yield
+    except Exception as error:
+        argument, named = getattr(error, "argument", None), getattr(error, "named", None)
+        if isinstance(argument, str) and callable(named):  # assistant.hub.PathError: which path, and what is wrong
+            raise FlagError(" ".join(str(named(f"--{argument}")).split())) from None
+        message = " ".join(str(error).split()) or type(error).__name__
+        for setting, name in SETTINGS_AS_FLAGS.items():
+            message = re.sub(rf"(?<![\w.-]){re.escape(setting)}(?!\w|\.\w)", name, message)
+        raise FlagError(f"{flag} {value}: {message}") from None
+
+
 def load_engine(args: argparse.Namespace) -> BatchedCSMEngine:
-    """The engine the server runs: `BatchedCSMEngine`, `args.slots` streams at once (CUDA graphs on a GPU)."""
+    """The engine the server runs: `BatchedCSMEngine`, `args.slots` streams at once (CUDA graphs on a GPU). What
+    `--model`, `--tokenizer` and `--mimi` name is read first, a failure a FlagError naming the flag."""
     import torch
 
     from assistant.tts.csm.batched_engine import BatchedCSMEngine
+    from assistant.tts.csm.codec import load_mimi
+    from assistant.tts.csm.engine import pretrained
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    return BatchedCSMEngine.from_pretrained(
-        args.model, args.mimi, args.tokenizer, device=device, dtype=dtype, slots=args.slots, topk_cap=args.topk_cap
+    with _reading("--model", args.model):
+        config, weights, tokenizer = pretrained(args.model, args.tokenizer)
+    with _reading("--mimi", args.mimi or "(moshi's default Mimi)"):
+        mimi = load_mimi(args.mimi, config.num_codebooks, device)
+    return BatchedCSMEngine.from_weights(
+        config, weights, mimi, tokenizer, device=device, dtype=dtype, slots=args.slots, topk_cap=args.topk_cap
     )
 
 
@@ -148,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         max_input_chars=args.max_input_chars,
         max_queue=args.max_queue,
         drain_s=args.drain_s,
+        cors_origins=tuple(origin.strip().rstrip("/") for origin in args.cors_origins.split(",") if origin.strip()),
     )
     from .serve import ListenError, serve
 
@@ -157,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             loaded.append(load_engine(args))
             return loaded[0]
-        except Exception as error:  # weights, tokenizer, Mimi or torch: one line, not a traceback
+        except FlagError:
+            raise
+        except Exception as error:  # torch, or the engine's warm-up: one line, not a traceback
             cause = f"{type(error).__name__}: {error}"
             raise EngineLoadError(f"cannot load the CSM speech model {args.model!r}: {cause}") from None
 
@@ -173,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
+    except FlagError as error:  # as a bad argument: one line, exit status 2
+        print(f"speech server: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except (ListenError, EngineLoadError) as error:
         log.error("%s", error)
         return EXIT_FAILURE

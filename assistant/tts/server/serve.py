@@ -11,19 +11,19 @@ from aiohttp.web_log import AccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from .app import OPEN_PATHS, create_app
+from .app import OPEN_PATHS, access_line, create_app
 from .service import Engine, SpeechService
 
 log = logging.getLogger(__name__)
 
 
-class ProbeQuietAccessLogger(AccessLogger):
-    """aiohttp's access log without the load balancer's and the scraper's probes (`/health`, `/metrics`), which
-    would otherwise be most of it."""
+class RequestLog(AccessLogger):
+    """The access log (`app.access_line`: the request's id and its outcome, 499 for a client that left) without the
+    load balancer's and the scraper's probes (`/health`, `/metrics`), which would otherwise be most of it."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if request.path not in OPEN_PATHS:
-            super().log(request, response, time)
+            access_line(request, response.status, response.body_length, time)
 
 
 class ListenError(RuntimeError):
@@ -34,7 +34,7 @@ async def serve(service: SpeechService, load: Callable[[], Engine], stop: asynci
     """Serve `service` with the engine `load` returns (called on a worker thread; its errors propagate)."""
     # handler_cancellation: a lost connection cancels its handler, which stops the stream (see app.py)
     runner = web.AppRunner(
-        create_app(service), handler_cancellation=True, shutdown_timeout=5.0, access_log_class=ProbeQuietAccessLogger
+        create_app(service), handler_cancellation=True, shutdown_timeout=5.0, access_log_class=RequestLog
     )
     await runner.setup()
     stopping = asyncio.ensure_future(stop.wait())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from .errors import unavailable
 from .metrics import Metrics
 
 Phase = Literal["loading", "ready", "draining"]
+log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
@@ -26,6 +28,7 @@ class Engine(Protocol):
 
     codec: Any  # .fingerprint: names the Mimi weights
     model: Any  # .config.num_codebooks, .config.codec_bins
+    prompts: Any  # .text.encode(text, speaker): the tokens of a text
 
     @property
     def budget(self) -> Any: ...  # .max_seq_len
@@ -58,6 +61,7 @@ class Settings:
     max_input_chars: int = 4096
     max_queue: int = 64
     drain_s: float = 10.0  # on shutdown, how long open streams may run on before they are cancelled
+    cors_origins: tuple[str, ...] = ()  # origins a browser page may call from ("*": any); none: no CORS
 
 
 class SpeechService:
@@ -68,7 +72,7 @@ class SpeechService:
         self.admission = Admission(1, settings.max_queue)  # sized by the engine when it is ready
         self.metrics = Metrics()
         self.created = int(time.time())
-        self._streams: set[asyncio.Event] = set()
+        self._streams: dict[asyncio.Event, str] = {}  # each open stream's cancel event, and its request's id
 
     def ready(self, engine: Engine) -> None:
         self.engine = engine
@@ -84,14 +88,14 @@ class SpeechService:
         return self.engine
 
     @contextmanager
-    def stream(self) -> Iterator[asyncio.Event]:
+    def stream(self, request_id: str = "-") -> Iterator[asyncio.Event]:
         """The cancel event of a stream being generated: set by `drain` once its time is up."""
         cancel = asyncio.Event()
-        self._streams.add(cancel)
+        self._streams[cancel] = request_id
         try:
             yield cancel
         finally:
-            self._streams.discard(cancel)
+            self._streams.pop(cancel, None)
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests (503) and the waiting ones; let open streams finish for `grace_s`, then cancel them
@@ -99,6 +103,12 @@ class SpeechService:
         self.phase = "draining"
         self.admission.close()
         if not await _until(lambda: not self._streams, grace_s):
+            log.warning(
+                "drained for %.1f s: cutting %d stream(s) still speaking (request %s)",
+                grace_s,
+                len(self._streams),
+                ", ".join(self._streams.values()),
+            )
             for cancel in self._streams:
                 cancel.set()
             await _until(lambda: not self._streams, 10.0)
