@@ -199,7 +199,7 @@ class VoiceLoop:
             raise ValueError("listening needs a VAD segmenter and a transcriber")
         if sequential:  # a recording holds no echo of the replies, and is read faster than real time
             self.floor.tail_ms = 0
-        self._state("listening")
+        self._state("waiting" if self.floor.user is UserState.WAITING else "listening")
         async for block in source.blocks():
             self._hear(block)
             if sequential and self._speculation is not None:  # read faster than spoken: judge a pause where it is

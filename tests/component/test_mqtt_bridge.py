@@ -374,3 +374,21 @@ async def test_no_broker_is_reported_and_the_assistant_works_without_it(tmp_path
             error = await asyncio.wait_for(errors.get(), 10)
             assert error.message.startswith(f"cannot reach the MQTT broker 127.0.0.1:{config.mqtt.port}: ")
             assert await assistant.ask("Hello?") == "One two three. Four five six."
+
+
+@pytest.mark.parametrize("mode", ["push_to_talk", "wake_word"])
+async def test_command_listen_opens_a_turn_without_the_wake_word(broker: Mosquitto, tmp_path: Path, mode: str) -> None:
+    config = kiosk_config(broker).model_copy(deep=True)
+    config.listen.mode = mode  # type: ignore[assignment]
+    async with controller(broker) as remote, kiosk(config, FileSink(tmp_path / "out.wav")) as assistant:
+        await remote.next("status", lambda s: s == "online")
+        assert assistant._loop().floor.user.value == "waiting"
+        await remote.send("listen")
+        await remote.next("state", lambda s: s["state"] == "listening")
+        await until(lambda: assistant._loop().floor.user.value == "listening")
+        if mode == "push_to_talk":
+            await remote.send("listen", {"release": True})  # let go without a word: waiting again
+            await remote.next("state", lambda s: s["state"] == "waiting")
+        await remote.send("listen", {"release": "yes"})
+        error = await remote.next("error", lambda e: e.get("command") == "listen")
+        assert "release" in error["message"]

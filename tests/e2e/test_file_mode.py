@@ -75,3 +75,38 @@ def test_a_recording_without_speech_is_an_error_and_leaves_no_reply(
     )
     assert result.returncode == 2 and "no speech found" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_recording_honours_the_wake_word(
+    tmp_path: Path,
+    espeak_wav,
+    speech_clips: list[Clip],
+    whisper_tiny_en: Path,
+    tiny_csm_dir: Path,
+    random_mimi_file: Path,
+    llama3_tokenizer_json: Path,
+) -> None:
+    """`--input` with listen.mode wake_word: the speech before the wake word is not a turn, the question after it is."""
+    before, _ = read_wav(speech_clips[0].path, 16_000)
+    asked, _ = read_wav(espeak_wav("Okay Nabu, what time is it?"), 16_000)
+    recording, out = tmp_path / "lobby.wav", tmp_path / "reply.wav"
+    gap = np.zeros(16_000, np.float32)
+    write_wav(recording, np.concatenate([before, gap, asked, gap, gap]), 16_000)
+    result = cli(
+        "--input",
+        str(recording),
+        "--output",
+        str(out),
+        "--set",
+        "listen.mode=wake_word",
+        "--set",
+        "llm.scripted.replies=['It is noon.']",
+        "--set",
+        "csm.max_audio_ms=800",
+        *model_settings(whisper_tiny_en, tiny_csm_dir, random_mimi_file, llama3_tokenizer_json),
+        timeout_s=600,
+    )
+    assert result.returncode == 0, result.stderr
+    (turn,) = [line for line in result.stderr.splitlines() if "assistant.turns" in line]
+    assert "time is it" in turn.lower() and "nabu" not in turn.lower() and "-> said 'It is noon.'" in turn
+    assert "wake word 'Okay Nabu'" in result.stderr

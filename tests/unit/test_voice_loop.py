@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from assistant.config import Config
@@ -14,9 +15,11 @@ from assistant.events import (
     ErrorEvent,
     EventBus,
     Interrupted,
+    StateChanged,
     TurnLatency,
     UserTranscript,
     UtteranceEnded,
+    WakeDetected,
 )
 from assistant.vad import VadSegmenter
 from pipelines.voice_loop import VoiceLoop
@@ -315,3 +318,53 @@ async def test_an_idle_conversation_is_forgotten_its_text_its_audio_and_the_spee
     reset = await asyncio.wait_for(resets.get(), 5)
     assert isinstance(reset, ConversationReset) and reset.reason == "idle"
     assert voice.conversation.turns == [] and engine.cache_forgotten == 1
+
+
+class FakeWakeWord:
+    """A wake-word detector (named a fake) that hears its phrase in any loud block; counts its resets."""
+
+    name, phrase = "fake_word", "Fake Word"
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def feed(self, block):
+        from assistant.wake_word import Detection
+
+        return Detection(self.name, self.phrase, 0.99) if float(abs(block).mean()) > 0.1 else None
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def strip_phrase(self, text: str) -> str:
+        return text
+
+
+async def test_the_wake_word_plays_the_earcon_and_opens_listening() -> None:
+    bus, sink, source = EventBus(), ManualSink(), QueueSource()
+    settings = config("off").model_copy(deep=True)
+    settings.listen.mode = "wake_word"
+    earcon = np.full(1200, 0.2, np.float32)
+    voice = VoiceLoop(
+        settings,
+        bus,
+        FakeBackend(REPLY),
+        transcriber=FakeTranscriber(),
+        segmenter=VadSegmenter(settings.vad, classifier=energy_classifier),
+        sink=sink,
+        wake_word=FakeWakeWord(),  # type: ignore[arg-type]
+        earcon=earcon,
+    )
+    events = bus.subscribe(WakeDetected, StateChanged)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(quiet(0.2))
+    await asyncio.sleep(0.05)
+    assert voice.floor.user.value == "waiting" and sink.queued == 0
+    source.put(loud(0.03))
+    await until(lambda: voice.floor.user.value == "listening")
+    assert sink.queued == len(earcon)  # the earcon, and nothing else, went to the speaker
+    seen = [events.queue.get_nowait() for _ in range(events.queue.qsize())]
+    assert [type(e).__name__ for e in seen] == ["StateChanged", "WakeDetected", "StateChanged"]
+    assert [e.state for e in seen if isinstance(e, StateChanged)] == ["waiting", "listening"]
+    source.end()
+    await listening
