@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -70,12 +71,25 @@ class Robot:
         self.registry.add(battery)
 
 
+T = TypeVar("T")
+
+
 def call(name: str, arguments: Any = None, id: str = "call_1") -> ToolCall:
     return ToolCall(id, name, arguments if isinstance(arguments, str) else json.dumps(arguments or {}))
 
 
 def loop(backend: FakeBackend, robot: Robot, config: Config | None = None, **speech: Any) -> VoiceLoop:
     return VoiceLoop(config or settings(), EventBus(), backend, tools=robot.registry, **speech)
+
+
+async def play_out(sink: ManualSink, task: Awaitable[T], timeout_s: float = 20) -> T:
+    """Play whatever is queued until `task` is done (the engine may still be making the rest of a reply)."""
+    waiting = asyncio.ensure_future(task)
+    async with asyncio.timeout(timeout_s):
+        while not waiting.done():
+            sink.advance(sink.queued - sink.played)
+            await asyncio.sleep(0.005)
+    return waiting.result()
 
 
 def roles(messages: list[Message]) -> list[str]:
@@ -152,8 +166,7 @@ async def test_a_filler_is_heard_only_when_a_silent_call_outlasts_filler_ms(move
     asking = voice.ask("Go to the hall.")
     await until(lambda: robot.moves)
     await until(lambda: sink.queued >= (4 if filler else 2) * FRAME)
-    sink.advance(sink.queued)
-    spoken = await asking
+    spoken = await play_out(sink, asking)
     assert spoken is not None
     assert spoken.pieces == (("One moment.", "Here.") if filler else ("Here.",))
     assert engine.calls[0][0] == "One moment."  # prepared as the call started, in either case
@@ -207,10 +220,7 @@ async def test_a_call_that_completed_is_kept_when_the_answer_is_interrupted_and_
     assert roles(history) == ["system", "user", "assistant", "tool", "assistant"]
     assert history[3]["content"] == "arrived in the kitchen"
     assert history[4]["content"].endswith("[the user interrupted here]")
-    going_on = voice.ask("Go on.")
-    await until(lambda: sink.queued >= sink.played + FRAME)
-    sink.advance(sink.queued)
-    await going_on
+    await play_out(sink, voice.ask("Go on."))
     assert robot.moves == ["kitchen"]  # once: the model saw it done
     assert "arrived in the kitchen" in [m["content"] for m in backend.messages[-1]]
 
@@ -322,9 +332,8 @@ async def test_barge_in_during_the_filler_interrupts_and_cancels_the_call_and_th
     assert isinstance(event, Interrupted) and event.source == "barge-in"
     assert robot.cancelled == ["hall"] and robot.moves == []
     await until(lambda: sink.queued >= sink.played + FRAME)  # the next turn's answer
-    sink.advance(sink.queued)
     source.end()
-    await listening
+    await play_out(sink, listening)
     history = voice.conversation.messages()
     assert_valid(history)
     assert [m["role"] for m in history[1:]] == ["user", "assistant", "tool", "assistant", "user", "assistant"]
@@ -371,9 +380,8 @@ async def test_a_pause_s_speculative_reply_that_calls_a_tool_runs_nothing_before
     source.put(loud(0.4))  # the user goes on: the speculation is dropped, its call never made
     source.put(quiet(0.4))
     await until(lambda: sink.queued >= 2 * FRAME)
-    sink.advance(sink.queued)
     source.end()
-    await listening
+    await play_out(sink, listening)
     assert robot.started == []
     assert [m["content"] for m in voice.conversation.messages()[1:]] == ["Go to the hall and wait.", "Done."]
 
@@ -400,9 +408,8 @@ async def test_a_turn_that_may_still_be_taken_back_calls_no_tool_until_it_cannot
         source.put(loud(0.5))
         source.put(quiet(0.4))
     await until(lambda: sink.queued >= 2 * FRAME)
-    sink.advance(sink.queued)
     source.end()
-    await listening
+    await play_out(sink, listening)
     history = voice.conversation.messages()
     assert_valid(history)
     if sound != "a click":
