@@ -890,17 +890,21 @@ class Floor:
     def _attend(self) -> None:
         """Push-to-talk: back to waiting once the key is up and its turn is over. Wake word: once nothing has gone on
         for the follow-up window (timed by `_keep_time`)."""
-        quiet = not self._in_speech and not self._turns and self._pause is None
-        if self.listen.mode == "push_to_talk" and not self._waiting and quiet and not self._talking:
+        if self.listen.mode == "push_to_talk" and not self._waiting and self._quiet and not self._talking:
             self._waiting = True
 
     def _keep_time(self) -> None:
         """The follow-up window and the idle reset run while nothing goes on, and stop when something does."""
-        quiet = not self._stopped and not self._in_speech and not self._turns and self._pause is None
+        quiet = self._quiet and not self._stopped
         follow_up = quiet and self.listen.mode == "wake_word" and not self._waiting and not self.muted
         self._run_timer(FOLLOW_UP, follow_up, int(self.listen.follow_up_s * 1000))
         if self.idle_reset_s is not None:
             self._run_timer(IDLE, quiet and self._conversing, int(self.idle_reset_s * 1000))
+
+    @property
+    def _quiet(self) -> bool:
+        """Nothing goes on: no speech, no pause being judged, no turn queued or under way."""
+        return not self._in_speech and not self._turns and self._pause is None
 
     def _run_timer(self, name: str, wanted: bool, after_ms: int) -> None:
         if wanted and name not in self._timers:

@@ -134,6 +134,15 @@ def event_message(event: Event) -> tuple[str, bytes] | None:
     return name, json.dumps(fields, ensure_ascii=False).encode()
 
 
+def utf8(payload: bytes) -> str:
+    """A payload's text; ValueError naming the first byte that is not UTF-8 (json.loads(bytes) would take UTF-16 and
+    UTF-32 too, and say so in codec terms)."""
+    try:
+        return payload.decode()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"payload is not UTF-8 (byte {error.start} is 0x{payload[error.start]:02x})") from None
+
+
 def parse_command(name: str, payload: bytes, max_bytes: int) -> Command:
     """Validate a command; raises CommandError with a reason a sender can act on.
 
@@ -146,9 +155,9 @@ def parse_command(name: str, payload: bytes, max_bytes: int) -> Command:
     if len(payload) > max_bytes:
         raise CommandError(f"payload of {len(payload)} bytes is over the limit of {max_bytes}")
     try:
-        text = payload.decode() or "{}"  # not json.loads(bytes): that would take UTF-16 and UTF-32 too
-    except UnicodeDecodeError as error:
-        raise CommandError(f"payload is not UTF-8 (byte {error.start} is 0x{payload[error.start]:02x})") from None
+        text = utf8(payload) or "{}"
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as error:

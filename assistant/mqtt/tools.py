@@ -21,6 +21,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from assistant.llm.backend import ToolSpec
+from assistant.mqtt.messages import utf8
 from assistant.tools.registry import ToolError, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,11 @@ def parse_manifest(payload: bytes) -> list[ToolSpec]:
     if not payload.strip():
         return []
     try:
-        announced = _MANIFEST.validate_json(payload)
+        text = utf8(payload)
+    except ValueError as error:
+        raise ManifestError(str(error)) from None
+    try:
+        announced = _MANIFEST.validate_json(text)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"
@@ -112,7 +117,7 @@ class MqttTools:
 
     def on_result(self, payload: bytes) -> None:
         try:
-            data = json.loads(payload)
+            data = json.loads(utf8(payload))
             call_id = data["id"] if isinstance(data, dict) else None
             if not isinstance(call_id, str) or ("result" in data) == ("error" in data):
                 raise ValueError('expected {"id": "...", "result": ...} or {"id": "...", "error": "..."}')

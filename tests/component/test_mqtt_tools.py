@@ -184,3 +184,14 @@ async def test_a_malformed_result_is_an_error_event_and_the_call_goes_on_waiting
         assert isinstance(error, ErrorEvent) and "tool result was rejected" in error.message
         await robot_host.answer(asked["id"], result="ok")
         assert await asking == "Done."
+
+
+def test_a_manifest_or_result_that_is_not_utf8_is_named_so() -> None:
+    from assistant.mqtt.tools import ManifestError, MqttTools, parse_manifest
+    from assistant.tools import ToolRegistry
+
+    with pytest.raises(ManifestError, match=r"^payload is not UTF-8 \(byte 0 is 0xff\)$"):
+        parse_manifest(json.dumps([MOVE]).encode("utf-16"))
+    reports: list[str] = []
+    MqttTools(ToolRegistry(), None, reports.append).on_result(json.dumps({"id": "x", "result": 1}).encode("utf-16"))  # type: ignore[arg-type]
+    assert reports == ["MQTT: a tool result was rejected: payload is not UTF-8 (byte 0 is 0xff)"]
