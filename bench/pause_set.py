@@ -177,6 +177,20 @@ def _cut_point(levels: np.ndarray, before: Word, after: Word, loud: float) -> tu
     return best * FRAME + FRAME // 2, float(levels[best] - loud)
 
 
+def split(prompt: Prompt, after: str, model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt's speech (16 kHz) cut in two after the first word `after`, at the quietest 10 ms there: a
+    hesitation's two sides."""
+    audio, _ = read_wav(prompt.path, RATE)
+    timed, levels = _timed_words(model, prompt, audio), _levels(audio)
+    first, last, loud = _speech_span(levels)
+    i = _words(prompt.text).index(after.lower())
+    before, following = timed[i], timed[i + 1]
+    if before is None or following is None:
+        raise ValueError(f"Whisper did not hear {prompt.name}'s words around {after!r}")
+    at, _ = _cut_point(levels, before, following, loud)
+    return _faded(audio[max(0, first - RATE // 50) : at], True, True), _faded(audio[at : last + RATE // 50], True, True)
+
+
 def _boundaries(timed: list[Word | None]) -> list[tuple[int, str]]:
     """(i, kind): the boundary after word i between two timed words; kind "sentence", "comma" or "word"."""
     found = []

@@ -16,6 +16,7 @@ import pytest
 
 from assistant.asr import WhisperTranscriber
 from assistant.audio.microphone import Microphone
+from assistant.audio.resample import resample
 from assistant.audio.speaker import Speaker
 from assistant.audio.wavfile import read_wav
 from assistant.config import Config
@@ -33,8 +34,10 @@ from assistant.events import (
 from assistant.llm.scripted import ScriptedBackend
 from assistant.tts.csm import CSMEngine
 from assistant.vad import VadSegmenter
+from bench import pause_set
 from pipelines.attention import load_attention
 from pipelines.voice_loop import VoiceLoop
+from tests.conftest import require
 from tests.support.pulse import MonitorRecording, PulseAudio
 from tests.support.silence import AHEAD_S, SOUND, WatchedSpeaker, interrupt_while_sounding, silent_after
 from tests.support.speech import Clip, word_error_rate
@@ -148,18 +151,22 @@ async def test_speech_into_the_microphone_becomes_a_turn_and_the_reply_is_heard(
 
 
 async def test_a_pause_after_and_keeps_the_turn_open_and_its_speculation_leaves_no_trace(
-    pulse: PulseAudio, live_loop, espeak_wav
+    pulse: PulseAudio, live_loop, transcriber: WhisperTranscriber
 ) -> None:
-    """'I would like a coffee and' - 700 ms - 'a glass of water.': the pause is transcribed and the LLM started
-    on it unseen (real Whisper at the pause), the trailing 'and' holds the turn open, and the words after the
-    pause drop that work. One turn is published, with both halves, and its latency counts from the last word."""
+    """A recorded person: 'After the tone say your busy message and' - 700 ms - 'then press the pound key.': the
+    pause is transcribed and the LLM started on it unseen (real Whisper at the pause), the trailing 'and' holds the
+    turn open, and the words after the pause drop that work. One turn is published, with both halves, and its
+    latency counts from the last word."""
+    require(pause_set.available(), "asterisk-core-sounds-en-wav (with its core-sounds-en.txt) not installed")
+    prompt = next(p for p in pause_set.asterisk_prompts() if p.name == "vm-rec-busy")
+    before, after = (
+        resample(half, pause_set.RATE, pulse.rate) for half in pause_set.split(prompt, "and", transcriber.model)
+    )
     live = await live_loop("off")
-    before, _ = read_wav(espeak_wav("I would like a coffee and"), pulse.rate)
-    after, _ = read_wav(espeak_wav("a glass of water."), pulse.rate)
     gap = np.zeros(int(0.7 * pulse.rate), np.float32)
     pulse.microphone().send(np.concatenate([before, gap, after, np.zeros(pulse.rate, np.float32)]))
     heard = await live.next(UserTranscript)
-    assert "coffee" in heard.text.lower() and "water" in heard.text.lower()
+    assert "message" in heard.text.lower() and "pound" in heard.text.lower()
     await live.next(ReplyText, lambda e: e.final)
     latency = await live.next(TurnLatency)
     assert latency.turn == heard.turn and latency.endpoint_s is not None and latency.first_audio_s is not None

@@ -234,6 +234,7 @@ async def test_at_a_terminal_log_lines_come_above_the_prompt_and_the_reply_being
         finally:
             logging.getLogger().removeHandler(handler)
         assert handler.stream is sink  # given back
+        await until(pty, lambda screen: screen.x == 0 and screen.cursor_line == "", "the cursor on a fresh line")
     assert pty.lines[-5:] == [
         "WARNING from the loop",
         "WARNING from a thread",
