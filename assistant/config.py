@@ -173,6 +173,13 @@ class TurnConfig(Section):
         le=5000,
         description="Silence after which the words so far are transcribed and the reply is prepared; 0 = off.",
     )
+    look_ms: int = Field(
+        150,
+        ge=0,
+        le=5000,
+        description="Silence after which detectors model and both look at the turn so far (the quick transcript, "
+        "the model's score), so that their verdict is ready when the pause comes at speculate_ms; 0 = at the pause.",
+    )
     complete_ms: int = Field(250, ge=30, le=5000, description="Silence that ends a turn ending in a finished sentence.")
     incomplete_ms: int = Field(1200, ge=30, le=10_000, description="Silence that ends a turn ending mid-clause.")
     hold_words: list[str] = Field(
@@ -186,7 +193,13 @@ class TurnConfig(Section):
     model: str | None = Field(
         None, description="Smart Turn ONNX file for detectors model and both; null = the copy scripts/setup.sh placed."
     )
-    model_threshold: float = Field(0.5, gt=0, lt=1, description="Model probability above which a turn is complete.")
+    model_threshold: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Model probability above which a turn is complete (0.8: chosen on real speech, "
+        "docs/benchmarks.md).",
+    )
     take_back: bool = Field(
         True,
         description="Speech before the reply to a spoken turn is heard continues that turn: the reply is dropped "
@@ -205,6 +218,8 @@ class TurnConfig(Section):
                 f"need speculate_ms ({self.speculate_ms}) <= complete_ms ({self.complete_ms}) <= incomplete_ms "
                 f"({self.incomplete_ms})"
             )
+        if self.speculate_ms and self.look_ms > self.speculate_ms:
+            raise ValueError(f"look_ms ({self.look_ms}) must not exceed speculate_ms ({self.speculate_ms})")
         return self
 
 
@@ -546,11 +561,12 @@ class Config(Section):
     @model_validator(mode="after")
     def _speculation_covers_frames(self) -> Config:
         # the audio transcribed at a pause must be what the turn keeps when it ends (3 frames of trailing silence)
-        if self.turn.speculate_ms and self.turn.speculate_ms < 3 * self.vad.frame_ms:
-            raise ValueError(
-                f"turn.speculate_ms ({self.turn.speculate_ms}) must cover at least three VAD frames "
-                f"(3 x vad.frame_ms = {3 * self.vad.frame_ms} ms), or be 0"
-            )
+        for name in ("speculate_ms", "look_ms"):
+            if 0 < (value := getattr(self.turn, name)) < 3 * self.vad.frame_ms:
+                raise ValueError(
+                    f"turn.{name} ({value}) must cover at least three VAD frames "
+                    f"(3 x vad.frame_ms = {3 * self.vad.frame_ms} ms), or be 0"
+                )
         return self
 
 

@@ -99,6 +99,13 @@ class Conversation:
         """Forget `turn` (a user turn taken back before its reply was heard); nothing if it is gone already."""
         self.turns = [t for t in self.turns if t is not turn]  # by identity: turns hold arrays
 
+    def revise(self, turn: Turn, text: str) -> bool:
+        """Replace what `turn` says (a better transcript of it); False if it is gone."""
+        if not any(t is turn for t in self.turns):
+            return False
+        turn.text = text
+        return True
+
     def reset(self) -> None:
         self.turns.clear()
 

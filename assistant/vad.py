@@ -6,7 +6,10 @@ A candidate that never gathers `min_speech_ms` of voiced frames (a click, a coug
 `preroll_ms` of audio from before the first speech frame is kept, so the first syllable survives.
 
 With `pause_ms`, a confirmed turn that falls silent that long is announced as a `Pause` (the turn so far, as it
-would end there), and `SpeechResumed` follows if speech comes back before the turn ends. Whoever listens may then
+would end there), and `SpeechResumed` follows if speech comes back before the turn ends. With `lull_ms` (less than
+`pause_ms`), each silence that long in a confirmed turn is announced first as a `Lull`, so that a look at the turn
+can begin before a pause is known; the turn as it would end is the same audio at both when `lull_ms` covers the
+three frames of silence an utterance keeps. Whoever listens may then
 `wait` a different silence for this turn (judged from its words), which ends it at once if that much has passed.
 
 A turn that ended can be taken back with `reopen` while new speech is in progress: the user went on, so the new
@@ -59,11 +62,18 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Lull:
+    """The user has been silent `lull_ms` in a turn: a `Pause` may follow; `utterance` is the turn as it would end."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
 class SpeechResumed:
     """Speech came back after a `Pause`: the turn goes on."""
 
 
-SegmenterEvent = SpeechOnset | Pause | SpeechResumed | Utterance
+SegmenterEvent = SpeechOnset | Lull | Pause | SpeechResumed | Utterance
 
 
 def webrtc_classifier(aggressiveness: int, sample_rate: int, min_level_db: float = -120.0) -> SpeechClassifier:
@@ -97,6 +107,7 @@ class VadSegmenter:
         self._pending: np.ndarray = np.zeros(0, np.float32)
         self._preroll: deque[np.ndarray] = deque(maxlen=config.preroll_ms // config.frame_ms)
         self.pause_ms = 0  # 0: no Pause events (the voice loop sets its turn.speculate_ms)
+        self.lull_ms = 0  # 0: no Lull events (the voice loop sets its turn.look_ms)
         self.samples_seen = 0
         self.reset()
 
@@ -199,6 +210,10 @@ class VadSegmenter:
             self._onset_sent = True
             events.append(SpeechOnset(at_sample=self.samples_seen))
         silence_ms = self._silent_run * cfg.frame_ms
+        lull_frames = -(-self.lull_ms // cfg.frame_ms)  # the first frame at or past lull_ms
+        if self.lull_ms and self._onset_sent and not self._paused and self._silent_run == lull_frames:
+            if not self.pause_ms or silence_ms < self.pause_ms:
+                events.append(Lull(self._utterance(truncated=False)))
         if self.pause_ms and self._onset_sent and not self._paused and silence_ms >= self.pause_ms:
             self._paused = True
             events.append(Pause(self._utterance(truncated=False)))

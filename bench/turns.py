@@ -53,7 +53,7 @@ from assistant.audio.wavfile import read_wav
 from assistant.config import AsrConfig, BargeInConfig, TurnConfig, VadConfig
 from assistant.turn_end import silence_to_end
 from assistant.turn_model import SmartTurn, speech_end
-from assistant.vad import Pause, SpeechResumed, Utterance, VadSegmenter
+from assistant.vad import Lull, Pause, SpeechResumed, Utterance, VadSegmenter
 from bench import pause_set
 from pipelines.floor import EndTurnAfter, Floor, PauseGlance, PauseWords, TurnScore, VoiceOnset, VoicePause
 
@@ -281,19 +281,32 @@ def words(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
     return [(p.at_ms + p.words_ms, floor_silence(turn, PauseWords(p.words)))]
 
 
+def looked(p: PauseFacts, turn: TurnConfig, compute_ms: float, frame_ms: int = 30) -> float:
+    """When a decision begun at the lull before the pause (turn.look_ms of silence, in whole frames) is known; the
+    floor takes it once the pause is announced. The lull's audio is the pause's (three frames of silence kept)."""
+    if not turn.look_ms:
+        return p.at_ms + compute_ms
+    return max(float(p.at_ms), frame_ms * math.ceil(turn.look_ms / frame_ms) + compute_ms)
+
+
 def model(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
-    """Smart Turn v3 at the pause (turn.detector model), on the audio cut where its speech ends, as
-    `SmartTurn.complete` does since session 19 (`trimmed`)."""
+    """Smart Turn v3 (turn.detector model), on the audio cut where its speech ends, as `SmartTurn.complete` does
+    since session 19 (`trimmed`); scored from the lull before the pause."""
     assert p.trimmed is not None
-    return [(p.at_ms + p.score_ms, floor_silence(turn, TurnScore(p.trimmed["0"])))]
+    return [(looked(p, turn, p.score_ms), floor_silence(turn, TurnScore(p.trimmed["0"])))]
 
 
 def both(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
     """The default (turn.detector both): a glance at the words (the fitted window, asked first) and Smart Turn must
-    agree; known when the slower of the two is."""
+    agree; both begun at the lull before the pause, and known when the slower of the two is."""
     assert p.trimmed is not None
     asked = floor_silence(turn, PauseGlance(p.fitted), TurnScore(p.trimmed["0"]))
-    return [(p.at_ms + max(p.fitted_ms, p.score_ms), asked)]
+    return [(looked(p, turn, max(p.fitted_ms, p.score_ms)), asked)]
+
+
+def both_at_pause(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
+    """`both` begun when the pause is announced (turn.look_ms 0; the live code until session 20)."""
+    return both(p, turn.model_copy(update={"look_ms": 0}))
 
 
 def model_untrimmed(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
@@ -374,6 +387,7 @@ def model_graded(p: PauseFacts, turn: TurnConfig, sure: float = 0.9, middle_ms: 
 
 POLICIES: dict[str, Policy] = {
     "both": both,
+    "both_at_pause": both_at_pause,
     "words": words,
     "model": model,
     "model_untrimmed": model_untrimmed,
@@ -441,6 +455,8 @@ def sweep(facts: list[TurnFacts], turn: TurnConfig) -> dict[str, list[Any]]:
     tried: dict[str, tuple[Policy, TurnConfig]] = {}
     for threshold in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95):
         tried[f"model@{threshold}"] = (model, turn.model_copy(update={"model_threshold": threshold}))
+    for threshold in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9):
+        tried[f"both@{threshold}"] = (both, turn.model_copy(update={"model_threshold": threshold}))
     for keep in TRIM_KEEP_MS:
         for threshold in (0.3, 0.5, 0.7, 0.8, 0.9):
             tried[f"model_trimmed+{keep}@{threshold}"] = (
@@ -473,6 +489,25 @@ def sweep(facts: list[TurnFacts], turn: TurnConfig) -> dict[str, list[Any]]:
         e = r["endpoint_complete_ms"]
         rows[name] = [e["median"], e["p90"], r["complete_held_rate"], r["cut_ended_rate"], r["paused_cut_rate"]]
     return rows
+
+
+def looks(entries: list[dict[str, Any]], set_dir: Path, turn: TurnConfig, vad: VadConfig) -> dict[str, Any]:
+    """What the looks at lulls cost: the VAD's lulls (each a glance and a score on a worker thread) and pauses over
+    the set's audio, per minute of it."""
+    lulls = pauses = samples = 0
+    for entry in entries:
+        audio, _ = read_wav(set_dir / entry["file"], RATE)
+        segmenter = VadSegmenter(vad, RATE)
+        segmenter.pause_ms, segmenter.lull_ms = turn.speculate_ms, turn.look_ms
+        for start in range(0, len(audio) - segmenter.frame + 1, segmenter.frame):
+            for event in segmenter.feed(audio[start : start + segmenter.frame]):
+                lulls += isinstance(event, Lull)
+                pauses += isinstance(event, Pause)
+                if isinstance(event, Pause):
+                    segmenter.wait(10**7)
+        samples += len(audio)
+    minutes = samples / RATE / 60
+    return {"lulls": lulls, "pauses": pauses, "per_minute": round(lulls / minutes, 1), "audio_min": round(minutes, 1)}
 
 
 def by_filler(facts: list[TurnFacts], policy: Policy, turn: TurnConfig) -> dict[str, list[Any]]:
@@ -524,13 +559,16 @@ def main() -> None:
         "set": {kind: sum(t.kind == kind for t in facts) for kind in pause_set.KINDS},
         "pauses": len(every),
         "compute_ms": {name: stats([getattr(p, f"{name}_ms") for p in every]) for name in ("words", "fitted", "score")},
-        "turn": {k: getattr(turn, k) for k in ("speculate_ms", "complete_ms", "incomplete_ms", "model_threshold")},
+        "turn": {
+            k: getattr(turn, k) for k in ("speculate_ms", "look_ms", "complete_ms", "incomplete_ms", "model_threshold")
+        },
         "default": turn.detector,
         "policies": {name: judge(facts, policy, turn) for name, policy in POLICIES.items()},
         "instant": {name: judge(facts, policy, turn, instant=True) for name, policy in POLICIES.items()},
         "sweep": sweep(facts, turn),
         "by_filler": {name: by_filler(facts, POLICIES[name], turn) for name in ("both", "words", "model")},
         "vad_lag_ms": stats([t.end_offset_ms for t in facts if t.end_offset_ms is not None]),
+        "looks": looks(entries, args.set, turn, vad),
         "seconds": round(time.perf_counter() - began, 1),
     }
     print(json.dumps(result))

@@ -1,10 +1,13 @@
 """Voice to voice through the live pipeline on PulseAudio's virtual devices; prints one JSON line.
 
-    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--speculate-ms 200] [--complete-ms 250] [--asr-window fitted]
+    OMP_NUM_THREADS=1 python bench/voice.py [--rounds 2] [--material real|espeak] [--detector both] [--asr-window full]
 
-Real recorded speech goes into the virtual microphone in real time: LibriVox clips and espeak-ng sentences (the
-"complete" set), and espeak-ng utterances with a 300-700 ms pause inside a sentence, after a word that leaves
-it unfinished or after one that could end it (the "pause" set). The live voice loop answers through real
+Speech goes into the virtual microphone in real time. `--material real` (the default): recorded human speech from
+the pause set (bench/pause_set.py, built on first use): LibriVox clips and whole Asterisk prompts (the "complete"
+set) and Asterisk prompts with 600 ms of silence or room tone inserted at a word boundary inside a sentence (the
+"pause" set, named by the boundary: after a word, or after a comma). `--material espeak` (the sessions before 20):
+LibriVox clips and espeak-ng sentences, and espeak-ng utterances with a 300-700 ms pause inside a sentence, after a
+word that leaves it unfinished or after one that could end it. The live voice loop answers through real
 sounddevice streams (webrtcvad, Whisper tiny.en on the CPU, a scripted LLM, a tiny random CSM and Mimi); what
 the virtual speaker plays is recorded from its monitor.
 
@@ -45,6 +48,7 @@ from assistant.events import EventBus, TurnLatency, TurnTakenBack, UserTranscrip
 from assistant.llm.scripted import ScriptedBackend
 from assistant.tts.csm import CSMEngine
 from assistant.vad import VadSegmenter, webrtc_classifier
+from bench import pause_set
 from pipelines.components import load_turn_model
 from pipelines.voice_loop import VoiceLoop
 from tests.conftest import TOKENIZER_JSON
@@ -102,11 +106,41 @@ def spoken(text: str, tmp: Path) -> np.ndarray:
     return audio
 
 
-def material(tmp: Path) -> list[Utterance]:
+def librivox() -> list[Utterance]:
     out = []
     for clip in librivox_clips()[:4]:
         audio, _ = read_wav(clip.path, RATE)
         out.append(Utterance(f"librivox:{clip.path.stem}", audio, last_voiced_end(audio)))
+    return out
+
+
+def real_material(complete: int = 8, paused: int = 10, longest_s: float = 6.0) -> list[Utterance]:
+    """LibriVox clips, and Asterisk prompts of the pause set (whole, or with a pause inside) of speech up to
+    `longest_s`, picked with a fixed seed."""
+    manifest = pause_set.load()
+    rng = np.random.default_rng(0)
+    out = librivox()
+    for kind, count in (("complete", complete), ("paused", paused)):
+        entries = [
+            t
+            for t in manifest["turns"]
+            if t["source"] == "asterisk" and t["kind"] == kind and t["samples"] <= (longest_s + pause_set.TAIL_S) * RATE
+        ]
+        for k in sorted(rng.choice(len(entries), count, replace=False)):
+            entry = entries[k]
+            audio, _ = read_wav(pause_set.SET_DIR / entry["file"], RATE)
+            audio = audio[: entry["samples"] - round((pause_set.TAIL_S - 0.2) * RATE)]  # 200 ms of the room after it
+            if kind == "complete":
+                out.append(Utterance(f"complete:{entry['words']}", audio, last_voiced_end(audio)))
+            else:
+                said = entry["words"][: len(entry["words"]) - len(entry["rest"])].strip()
+                name = f"pause/{entry['boundary']}:{said} | {entry['rest']}"
+                out.append(Utterance(name, audio, last_voiced_end(audio), entry["pause"][1]))
+    return out
+
+
+def espeak_material(tmp: Path) -> list[Utterance]:
+    out = librivox()
     for text in COMPLETE:
         audio = spoken(text, tmp)
         out.append(Utterance(f"complete:{text}", audio, last_voiced_end(audio)))
@@ -220,6 +254,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
                 "speculate_ms": args.speculate_ms,
                 "complete_ms": args.complete_ms,
                 "detector": args.detector,
+                "model_threshold": args.model_threshold,
                 "take_back": args.take_back,
             },
             "audio": {"input_latency_ms": args.input_latency_ms, "output_latency_ms": args.output_latency_ms},
@@ -230,7 +265,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict:
         save_random_csm(tmp / "csm", TINY_CSM), mimi=build_random_mimi(TINY_MIMI), tokenizer=TOKENIZER_JSON
     )
     transcriber = TimedTranscriber(WhisperTranscriber(config.asr))
-    utterances = material(tmp)
+    utterances = real_material() if args.material == "real" else espeak_material(tmp)
     pulse = PulseAudio().start()
     try:
         pulse.microphone()
@@ -278,8 +313,9 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
     paused, taken_back = [t for t in turns if t["name"].startswith("pause")], sum(t["taken_back"] for t in turns)
     turns = [t for t in turns if t["voice_to_voice"] is not None]  # a cut-off turn's reply came inside the pause
     complete = [t for t in turns if not t["name"].startswith("pause")]
-    cuts = lambda kind: sum(bool(t["cut"]) for t in paused if t["name"].startswith(kind))  # noqa: E731
-    count = lambda kind: sum(t["name"].startswith(kind) for t in paused)  # noqa: E731
+    boundaries = {t["name"].split(":", 1)[0].split("/", 1)[1] for t in paused}  # hold, phrase; word, comma
+    cuts = lambda kind: sum(bool(t["cut"]) for t in paused if t["name"].startswith(f"pause/{kind}:"))  # noqa: E731
+    count = lambda kind: sum(t["name"].startswith(f"pause/{kind}:") for t in paused)  # noqa: E731
     own = [t["voice_to_voice"] - (t["latency"].endpoint_s or 0) - critical_compute(t) for t in turns]
     internal = [(t["latency"].first_audio_s - t["latency"].endpoint_s) - critical_compute(t) for t in turns]
 
@@ -290,9 +326,11 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
     asr_ms = [b - a for a, b in transcriber.calls]
     return {
         "bench": "voice",
-        "config": f"whisper tiny.en cpu int8 ({config.asr.window} window), scripted LLM, tiny random CSM + Mimi, "
+        "config": f"{args.material} speech; whisper tiny.en cpu int8 ({config.asr.window} window), scripted LLM, "
+        "tiny random CSM + Mimi, "
         "PulseAudio virtual devices; "
-        f"turn.detector {config.turn.detector}, speculate_ms {config.turn.speculate_ms}, "
+        f"turn.detector {config.turn.detector} (threshold {config.turn.model_threshold}), speculate_ms "
+        f"{config.turn.speculate_ms}, look_ms {config.turn.look_ms}, "
         f"complete_ms {config.turn.complete_ms}, "
         f"incomplete_ms {config.turn.incomplete_ms}, take_back {config.turn.take_back}, "
         f"vad.end_silence_ms {config.vad.end_silence_ms}; "
@@ -304,8 +342,7 @@ def report(args: argparse.Namespace, config: Config, turns: list[dict], transcri
         "endpoint_pause_set_ms": stats([t["latency"].endpoint_s for t in paused if not t["cut"]]),
         "false_cutoffs": f"{sum(bool(t['cut']) for t in paused)}/{len(paused)}",
         "false_cutoff_rate": round(sum(bool(t["cut"]) for t in paused) / max(1, len(paused)), 3),
-        "false_cutoffs_after_hold_words": f"{cuts('pause/hold')}/{count('pause/hold')}",
-        "false_cutoffs_after_phrases": f"{cuts('pause/phrase')}/{count('pause/phrase')}",
+        "false_cutoffs_by_boundary": {kind: f"{cuts(kind)}/{count(kind)}" for kind in sorted(boundaries)},
         "cut_off": sorted({t["name"] for t in paused if t["cut"]}),
         "ended_inside_the_pause": f"{sum(bool(t['inside']) for t in paused)}/{len(paused)}",
         "taken_back": taken_back,
@@ -330,6 +367,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="times through the material (22 utterances each)")
     parser.add_argument("--speculate-ms", type=int, default=TurnConfig().speculate_ms, help="turn.speculate_ms")
     parser.add_argument("--detector", choices=("words", "model", "both"), default="both", help="turn.detector")
+    parser.add_argument(
+        "--model-threshold", type=float, default=TurnConfig().model_threshold, help="turn.model_threshold"
+    )
+    parser.add_argument(
+        "--material", choices=("real", "espeak"), default="real", help="recorded speech, or espeak-ng's (see above)"
+    )
     parser.add_argument("--complete-ms", type=int, default=TurnConfig().complete_ms, help="turn.complete_ms")
     parser.add_argument("--no-take-back", dest="take_back", action="store_false", help="turn.take_back off")
     parser.add_argument("--asr-window", choices=("full", "fitted"), default="full", help="asr.window")

@@ -15,10 +15,13 @@ The user's side (the microphone):
     LISTENING --Heard(in speech)--> SOUND: PauseReply of an unheard reply to the user's last turn (a hold)
     SOUND --Heard(silence): a click, a cough--> LISTENING: ResumeReply (the hold ends)
     SOUND --VoiceOnset--> SPEAKING: publish SpeechStarted; TakeBack the last turn if its reply is still unheard
-    SPEAKING --VoicePause--> PAUSE: StartSpeculation, EndTurnAfter(incomplete_ms) (if a turn ending now is answered)
+    SPEAKING --VoiceLull--> SPEAKING: Look (detectors model and both, if a turn ending now is answered)
+    SPEAKING --VoicePause--> PAUSE: StartSpeculation (with the look, if no speech came since), EndTurnAfter(
+        incomplete_ms) (if a turn ending now is answered)
     PAUSE --PauseWords / TurnScore--> PAUSE: PrepareReply; EndTurnAfter(the silence the words or the model ask)
-    PAUSE --PauseGlance and TurnScore (detector both)--> PAUSE: EndTurnAfter(complete_ms) when the quick words end a
-        sentence and the model calls the turn complete, else incomplete_ms
+    PAUSE --PauseGlance and TurnScore (detector both)--> PAUSE: PrepareReply on the quick words (the full
+        transcript prepares it again only if its words differ); EndTurnAfter(complete_ms) when the quick words end
+        a sentence and the model calls the turn complete, else incomplete_ms
     PAUSE --VoiceResumed--> SPEAKING: DropSpeculation
     SPEAKING, PAUSE --VoiceEnded--> LISTENING: CommitTurn; or JudgeUtterance (it paused a reply); or nothing (a
         reply not interrupted is being answered)
@@ -126,6 +129,11 @@ class VoiceOnset:
     """The sound is speech (`vad.min_speech_ms` voiced); `continues_last`: the VAD can reopen the turn it ended last."""
 
     continues_last: bool
+
+
+@dataclass(frozen=True)
+class VoiceLull:
+    utterance: Utterance  # the turn so far, as it would end here; a pause may follow
 
 
 @dataclass(frozen=True)
@@ -268,6 +276,7 @@ class TimerFired:
 FloorEvent = (
     Heard
     | VoiceOnset
+    | VoiceLull
     | VoicePause
     | VoiceResumed
     | VoiceEnded
@@ -318,6 +327,14 @@ class ForgetConversation:
 @dataclass(frozen=True)
 class ForgetSpeech:
     """Forget the speech in progress (the VAD's turn so far)."""
+
+
+@dataclass(frozen=True)
+class Look:
+    """Begin what decides a pause (the quick transcript with detector both, the model's score) on the turn so far:
+    a pause that follows with no more speech takes it over."""
+
+    utterance: Utterance
 
 
 @dataclass(frozen=True)
@@ -438,6 +455,7 @@ Action = (
     | Detect
     | ForgetConversation
     | ForgetSpeech
+    | Look
     | StartSpeculation
     | PrepareReply
     | DropSpeculation
@@ -496,6 +514,7 @@ class _Pause:
     words: str | None = None
     glance: str | None = None
     score: float | None = None
+    prepared: str | None = None  # the words the reply was prepared on
 
 
 class Floor:
@@ -609,6 +628,10 @@ class Floor:
             log.info("turn %d: the user went on before hearing the reply; taken back", last.id)
             self._emit(TakeBack(last.id), Publish(TurnTakenBack(turn=last.id, at=self._now)))
 
+    def _on_VoiceLull(self, event: VoiceLull) -> None:
+        if self._answering() and self.detector != "words":
+            self._emit(Look(event.utterance))
+
     def _on_VoicePause(self, event: VoicePause) -> None:
         self.user = UserState.PAUSE
         self._drop_pause()
@@ -625,8 +648,7 @@ class Floor:
         if self._pause is None:
             return
         self._pause.words = event.text
-        if event.text.strip():
-            self._emit(PrepareReply(event.text))
+        self._prepare(event.text)
         if self.detector == "words":
             self._emit(EndTurnAfter(self._silence(silence_to_end(event.text, self.turn, self.undecided_ms))))
 
@@ -639,7 +661,15 @@ class Floor:
                 self._on_TurnScore(TurnScore(self._pause.score))
             return
         self._pause.glance = event.text
+        self._prepare(event.text)
         self._both()
+
+    def _prepare(self, words: str) -> None:
+        """Start the reply on these words, unless it was started on the same ones."""
+        assert self._pause is not None
+        if words.strip() and words != self._pause.prepared:
+            self._pause.prepared = words
+            self._emit(PrepareReply(words))
 
     def _both(self) -> None:
         """Detector both: the turn ends soon only when the quick words end a sentence and the model agrees."""

@@ -41,7 +41,7 @@ from assistant.llm.backend import ChatBackend
 from assistant.segment import Segment
 from assistant.tools.registry import ToolRegistry
 from assistant.tts.reference_voice import ReferenceVoice
-from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
+from assistant.vad import Lull, Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 from assistant.wake_word import WakeWordDetector
 from pipelines.floor import (
     Action,
@@ -64,6 +64,7 @@ from pipelines.floor import (
     JudgeSoFar,
     JudgeUtterance,
     Listen,
+    Look,
     Mute,
     PauseGlance,
     PauseReply,
@@ -91,12 +92,13 @@ from pipelines.floor import (
     TurnScore,
     UserState,
     VoiceEnded,
+    VoiceLull,
     VoiceOnset,
     VoicePause,
     VoiceResumed,
 )
 from pipelines.reply import Deltas, Reply, SpeechEngine, Spoken, Voice
-from pipelines.speculation import Speculation
+from pipelines.speculation import Lookahead, Speculation
 from pipelines.tool_rounds import LlmStream, ToolRounds
 from pipelines.turn_clock import TurnClock
 
@@ -149,6 +151,7 @@ class VoiceLoop:
         self.earcon = earcon  # 24 kHz audio played when the wake word is heard
         if segmenter is not None:  # pauses this long start a speculative transcript and reply
             segmenter.pause_ms = config.turn.speculate_ms
+            segmenter.lull_ms = config.turn.look_ms if config.turn.speculate_ms else 0
         csm = config.csm
         speaker = reference.speaker if reference is not None else csm.speaker  # the voice speaks as who it stands for
         self.voice = Voice(
@@ -179,6 +182,7 @@ class VoiceLoop:
         self._listening = self.floor.user is UserState.LISTENING  # the floor's Listen: audio reaches the VAD
         self._detecting = self.floor.user is UserState.WAITING  # the floor's Detect: audio reaches the wake word
         self._speculation: Speculation | None = None  # what the current pause in the user's speech started
+        self._lookahead: Lookahead | None = None  # what the last lull in it began, for a pause that follows
         self._judged: Speculation | None = None  # the ended speech over the reply, being transcribed and encoded
         self._judging: asyncio.Task[None] | None = None  # the transcription of the speech over the reply
         self._heard = (0.0, 0)  # time.monotonic() when the last block came, and the segmenter's samples then
@@ -292,6 +296,10 @@ class VoiceLoop:
         elif isinstance(action, ForgetSpeech):
             assert self.segmenter is not None
             self.segmenter.reset()
+        elif isinstance(action, Look):
+            if self._lookahead is not None:
+                self._lookahead.cancel()
+            self._lookahead = self._look(action.utterance)
         elif isinstance(action, StartSpeculation):
             self._speculate(action.utterance, action.score)
         elif isinstance(action, PrepareReply):
@@ -375,6 +383,8 @@ class VoiceLoop:
         for event in events:
             if isinstance(event, SpeechOnset):
                 self._feed(VoiceOnset(continues_last=self.segmenter.can_reopen))
+            elif isinstance(event, Lull):
+                self._feed(VoiceLull(event.utterance))
             elif isinstance(event, Pause):
                 self._feed(VoicePause(event.utterance))
             elif isinstance(event, SpeechResumed):
@@ -395,20 +405,33 @@ class VoiceLoop:
         """A pause: transcribe and encode the turn so far (and score it with the end-of-turn model); the floor hears
         of the words and the score."""
         assert self.transcriber is not None
+        look, self._lookahead = self._lookahead, None
+        if look is None or not look.fits(utterance):  # speech came since the lull (or there was none): look now
+            if look is not None:
+                look.cancel()
+            look = self._look(utterance)  # asked first: Whisper serves the glance before the full transcript
         codes = self._encode(utterance.audio, utterance.sample_rate)
-        glancing = None
-        if self.floor.detector == "both":  # asked first: Whisper serves it before the full transcript
-            glancing = asyncio.ensure_future(asyncio.to_thread(self.transcriber.glance, utterance.audio))
+        glancing = look.glance
         self._speculation = speculation = Speculation(
-            utterance, self._clock(utterance), self.transcriber, codes, self._on_transcript
+            utterance, self._clock(utterance), self.transcriber, codes, self._on_transcript, glancing
         )
         if glancing is not None:
             glancing.add_done_callback(lambda done: self._on_glance(speculation, done))
-            speculation.others.append(glancing)
-        if score and self.turn_model is not None:
-            listening = asyncio.ensure_future(asyncio.to_thread(self.turn_model.complete, utterance.audio))
-            listening.add_done_callback(lambda done: self._on_model(speculation, done))
-            speculation.others.append(listening)
+        if score and look.score is not None:
+            look.score.add_done_callback(lambda done: self._on_model(speculation, done))
+            speculation.others.append(look.score)
+        elif look.score is not None:
+            look.score.cancel()
+
+    def _look(self, utterance: Utterance) -> Lookahead:
+        """Begin what decides a pause of the turn so far: the glance (detector both) and the model's score."""
+        assert self.transcriber is not None
+        glance = score = None
+        if self.floor.detector == "both":
+            glance = asyncio.ensure_future(asyncio.to_thread(self.transcriber.glance, utterance.audio))
+        if self.floor.model and self.turn_model is not None:
+            score = asyncio.ensure_future(asyncio.to_thread(self.turn_model.complete, utterance.audio))
+        return Lookahead(utterance.end_sample, glance, score)
 
     def _on_transcript(self, speculation: Speculation) -> None:
         if speculation is self._speculation:
@@ -546,15 +569,16 @@ class VoiceLoop:
         transcriber = self.transcriber
         assert transcriber is not None
         self._state("thinking")
+        later = None  # the full transcript, when the turn goes on with a glance's words
         if speculation is not None:
-            codes, transcribing = speculation.codes, speculation.transcript
+            codes, transcribing = speculation.codes, speculation.words()
         else:
             codes = self._encode(utterance.audio, utterance.sample_rate)
-            transcribing = asyncio.ensure_future(asyncio.to_thread(transcriber.transcribe, utterance.audio))
+            transcribing = _alone(asyncio.to_thread(transcriber.transcribe, utterance.audio))
         user = None
         try:
             try:
-                transcript = await transcribing
+                transcript, later = await transcribing
             except Exception as error:
                 self._report("asr", f"transcription failed: {type(error).__name__}: {error}")
                 self._done(codes, speculation)
@@ -569,6 +593,8 @@ class VoiceLoop:
                 return None
             self.bus.publish(UserTranscript(text=transcript.text, turn=turn))
             user = self.conversation.add_user(transcript.text, utterance.audio, utterance.sample_rate)
+            if later is not None:
+                later.add_done_callback(functools.partial(self._keep_full_words, turn, user))
             first = None
             if speculation is not None and speculation.reply is not None:
                 if speculation.reply.messages == self.conversation.messages():
@@ -693,6 +719,19 @@ class VoiceLoop:
                 user.audio = None
         return self.conversation.speech_context()
 
+    def _keep_full_words(self, turn: int, user: Turn, done: asyncio.Future[Transcript]) -> None:
+        """The full transcript of a turn whose reply began on a glance's words: the conversation keeps its words
+        where they differ (the user's turn may be gone: taken back, or the conversation reset)."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        text = done.result().text
+        if self.wake_word is not None:
+            text = self.wake_word.strip_phrase(text)
+        if text.strip() and text != user.text and self.conversation.revise(user, text):
+            log.info(
+                "turn %d: the reply began on %r; the conversation keeps the full transcript %r", turn, user.text, text
+            )
+
     def _done(self, codes: asyncio.Future[torch.Tensor] | None, speculation: Speculation | None = None) -> None:
         _drop(codes, speculation)
         self._state("listening")
@@ -703,6 +742,10 @@ class VoiceLoop:
     def _report(self, source: str, message: str) -> None:
         log.warning("%s", message)
         self.bus.publish(ErrorEvent(source=source, message=message))
+
+
+async def _alone(transcribing: Awaitable[Transcript]) -> tuple[Transcript, None]:
+    return await transcribing, None
 
 
 def _drop(codes: asyncio.Future[torch.Tensor] | None, speculation: Speculation | None) -> None:

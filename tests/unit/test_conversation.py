@@ -56,3 +56,11 @@ def test_memory_is_bounded_and_reset_clears_it() -> None:
     assert len(conv.turns) == 4
     conv.reset()
     assert conv.messages() == [{"role": "system", "content": "Be brief."}]
+
+
+def test_a_revised_transcript_replaces_the_turn_s_words_only_while_the_turn_is_kept() -> None:
+    conversation = Conversation(ConversationConfig(), "Be brief.")
+    kept, gone = conversation.add_user("What's the time."), conversation.add_user("And the date.")
+    conversation.withdraw(gone)
+    assert conversation.revise(kept, "What is the time?") and not conversation.revise(gone, "And the date?")
+    assert [t.text for t in conversation.turns] == ["What is the time?"] and gone.text == "And the date."

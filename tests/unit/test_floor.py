@@ -40,6 +40,7 @@ from pipelines.floor import (
     JudgeSoFar,
     JudgeUtterance,
     Listen,
+    Look,
     Mute,
     PauseGlance,
     PauseReply,
@@ -67,6 +68,7 @@ from pipelines.floor import (
     TurnScore,
     UserState,
     VoiceEnded,
+    VoiceLull,
     VoiceOnset,
     VoicePause,
     VoiceResumed,
@@ -209,6 +211,18 @@ def test_the_end_of_turn_model_decides_and_the_words_take_over_when_it_fails() -
     assert d.on(TurnScore(0.1)) == [EndTurnAfter(1200)]
     assert d.on(TurnScore(None)) == [EndTurnAfter(600)]  # failed: the words ("turn left": undecided) decide
     assert not d.floor.model
+
+
+@pytest.mark.parametrize("detector", ["model", "both", "words"])
+def test_a_lull_begins_the_look_a_pause_is_decided_by_only_when_a_model_decides(detector: str) -> None:
+    d = Driver(rules(detector=detector), model=detector != "words")
+    d.speak()
+    end = utterance()
+    assert d.on(VoiceLull(end)) == ([Look(end)] if detector != "words" else [])  # the words need the full transcript
+    assert d.state()[0] is UserState.SPEAKING  # nothing is decided at a lull
+    turn = d.say_a_turn()
+    d.answer(turn)
+    assert d.on(VoiceLull(end)) == []  # a turn ending now would not be answered: nothing to look at
 
 
 def test_a_turn_is_taken_back_when_the_user_goes_on_before_hearing_its_reply() -> None:
@@ -662,10 +676,12 @@ def test_with_both_the_quick_words_and_the_model_must_agree(glance: str, score: 
     d = Driver(rules(detector="both"), model=True)
     d.speak()
     d.on(VoicePause(utterance()))
-    assert d.on(PauseGlance(glance)) == []  # the model has not spoken yet
-    assert EndTurnAfter(silence_ms) in d.on(TurnScore(score))
-    assert d.on(PauseWords("What time is it?")) == [PrepareReply("What time is it?")]  # the turn's transcript decides
-    # nothing: it prepares the reply
+    assert d.on(PauseGlance(glance)) == [PrepareReply(glance)]  # the reply starts on the quick words; the model
+    # has not spoken yet
+    assert d.on(TurnScore(score)) == [EndTurnAfter(silence_ms)]
+    assert d.on(PauseWords(glance)) == []  # the same words: the reply goes on
+    assert d.on(PauseWords("What time is it now?")) == [PrepareReply("What time is it now?")]  # others: asked again;
+    # the turn's transcript decides nothing
 
 
 def test_with_both_a_failed_model_leaves_the_words_and_a_failed_glance_the_model() -> None:

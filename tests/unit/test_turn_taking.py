@@ -5,9 +5,12 @@ a turn taken back when the user goes on before its reply is heard."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
+import numpy as np
 import pytest
 
+from assistant.asr import Transcript
 from assistant.config import Config
 from assistant.events import EventBus, ReplyText, TurnLatency, TurnTakenBack, UserTranscript
 from assistant.mqtt.messages import event_message
@@ -47,6 +50,8 @@ def setup(
     llm_delay_s: float = 0.0,
     turn_model: FakeTurnModel | None = None,
     take_back: bool = True,
+    detector: str | None = None,
+    transcriber: FakeTranscriber | None = None,
 ):
     config = Config.model_validate(
         {
@@ -55,14 +60,14 @@ def setup(
                 "speculate_ms": speculate_ms,
                 "complete_ms": 270,
                 "incomplete_ms": 1200,
-                "detector": "model" if turn_model else "words",
+                "detector": detector or ("model" if turn_model else "words"),
                 "take_back": take_back,
             },
             "csm": {"chunk_frames": 1},
         }
     )
     bus, sink, source = EventBus(), ManualSink(), QueueSource()
-    transcriber, backend = FakeTranscriber(*texts), FakeBackend(REPLY, delay_s=llm_delay_s)
+    transcriber, backend = transcriber or FakeTranscriber(*texts), FakeBackend(REPLY, delay_s=llm_delay_s)
     voice = VoiceLoop(
         config,
         bus,
@@ -184,6 +189,80 @@ async def test_with_the_end_of_turn_model_its_judgement_and_not_the_words_decide
     source.put(quiet(0.3))
     await hear_the_reply_and_stop(listening, source, sink)
     assert [t.text for t in voice.conversation.turns][0] == "I'd like a coffee and"
+
+
+async def test_the_model_scores_at_a_lull_and_the_pause_that_follows_takes_that_score_over() -> None:
+    """Each lull (turn.look_ms of silence) begins the look; a pause with no speech since uses it, so the model's
+    verdict is ready when the pause comes, and nothing is scored twice."""
+    model = FakeTurnModel(0.9)
+    voice, source, sink, transcriber, backend, published = setup("Turn left, then right.", turn_model=model)
+    listening = asyncio.create_task(voice.listen(source))
+    source.put(loud(0.6))
+    source.put(quiet(0.18))  # a gap: a lull, no pause
+    await until(lambda: len(model.heard) == 1)
+    source.put(loud(0.3))
+    source.put(quiet(0.4))  # a lull, then the pause, then the end (the model: complete)
+    await hear_the_reply_and_stop(listening, source, sink)
+    assert len(model.heard) == 2 and len(transcriber.heard) == 1  # a look at each lull; one transcript, at the pause
+    assert len(model.heard[0]) < len(model.heard[1])
+    assert np.array_equal(model.heard[1], transcriber.heard[0])  # the pause's audio is the last lull's
+    assert np.array_equal(model.heard[1], voice.conversation.turns[0].audio)
+
+
+class SlowFakeTranscriber(FakeTranscriber):
+    """A fake whose glance hears `quick` at once, while its full transcript waits for `release`."""
+
+    def __init__(self, quick: str, full: str) -> None:
+        super().__init__(full)
+        self.quick, self.release = quick, threading.Event()
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.release.wait(10)
+        return super().transcribe(audio)
+
+    def glance(self, audio: np.ndarray) -> Transcript:
+        return Transcript(self.quick, "en", len(audio) / 16_000)
+
+
+async def test_with_both_the_reply_begins_on_the_glance_and_the_conversation_keeps_the_full_transcript() -> None:
+    """Whisper's full transcript is off the turn's path: the reply starts on the quick words, and the full words,
+    when they come, are what the conversation remembers."""
+    slow = SlowFakeTranscriber("What's the time.", "What is the time?")
+    voice, source, sink, _, backend, published = setup(turn_model=FakeTurnModel(0.9), detector="both", transcriber=slow)
+    listening = asyncio.create_task(voice.listen(source))
+    try:
+        source.put(loud(0.6))
+        source.put(quiet(0.4))
+        await until(lambda: sink.queued >= 4 * FRAME)  # the reply, with the full transcript still under way
+        assert slow.heard == [] and backend.messages[0][-1]["content"] == "What's the time."
+        assert [e.text for e in drain(published.queue) if isinstance(e, UserTranscript)] == ["What's the time."]
+        assert voice.conversation.turns[0].text == "What's the time."
+        slow.release.set()
+        await until(lambda: voice.conversation.turns[0].text == "What is the time?")
+        await hear_the_reply_and_stop(listening, source, sink)
+    finally:
+        slow.release.set()
+    assert [t.text for t in voice.conversation.turns] == ["What is the time?", "Sure. Here you go."]
+    assert len(backend.messages) == 1  # asked once, on the quick words
+
+
+async def test_with_both_a_turn_taken_back_keeps_no_words_of_its_full_transcript() -> None:
+    slow = SlowFakeTranscriber("What is the capital.", "What is the capital?")
+    voice, source, sink, _, backend, published = setup(turn_model=FakeTurnModel(0.9), detector="both", transcriber=slow)
+    listening = asyncio.create_task(voice.listen(source))
+    try:
+        source.put(loud(0.6))
+        source.put(quiet(0.4))
+        await until(lambda: sink.queued >= 4 * FRAME)
+        source.put(loud(0.5))  # the user goes on before hearing the reply
+        await until(lambda: any(isinstance(e, TurnTakenBack) for e in drain(published.queue)))
+        slow.release.set()
+        await asyncio.sleep(0.05)
+        assert voice.conversation.turns == []
+    finally:
+        slow.release.set()
+        source.end()
+        await listening
 
 
 async def test_going_on_before_the_reply_is_heard_takes_the_turn_back_and_the_speech_continues_it() -> None:

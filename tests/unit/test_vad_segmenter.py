@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from assistant.config import VadConfig
-from assistant.vad import Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
+from assistant.vad import Lull, Pause, SpeechOnset, SpeechResumed, Utterance, VadSegmenter
 
 RATE = 16000
 
@@ -108,6 +108,41 @@ def test_a_pause_announces_the_turn_as_it_would_end_and_speech_resumes_it() -> N
     assert turn.end_sample == last_pause.utterance.end_sample == RATE * (900 + 240 + 600) // 1000
     assert np.array_equal(last_pause.utterance.audio, turn.audio)  # what a pause transcribes is what the turn keeps
     assert len(first_pause.utterance.audio) < len(turn.audio)
+
+
+def test_a_lull_comes_before_each_pause_and_gap_with_the_audio_the_pause_would_have() -> None:
+    seg = segmenter()
+    seg.pause_ms, seg.lull_ms = 210, 150
+    events = run(
+        seg,
+        signal(
+            ("silence", 300),
+            ("speech", 600),
+            ("silence", 180),
+            ("speech", 300),
+            ("silence", 240),
+            ("speech", 600),
+            ("silence", 900),
+        ),
+    )
+    kinds = [type(e) for e in events]
+    assert kinds == [SpeechOnset, Lull, Lull, Pause, SpeechResumed, Lull, Pause, Utterance]
+    gap, lull, pause, last_lull, last_pause = events[1], events[2], events[3], events[5], events[6]
+    assert gap.utterance.end_sample == RATE * 900 // 1000  # a gap of 180 ms: a lull, no pause
+    assert lull.utterance.end_sample == pause.utterance.end_sample == RATE * (900 + 180 + 300) // 1000
+    assert np.array_equal(lull.utterance.audio, pause.utterance.audio)  # three trailing frames kept at both
+    assert np.array_equal(last_lull.utterance.audio, last_pause.utterance.audio)
+    assert np.array_equal(last_pause.utterance.audio, events[-1].audio)
+
+
+def test_no_lull_before_the_turn_is_confirmed_or_without_lull_ms() -> None:
+    seg = segmenter()
+    seg.pause_ms, seg.lull_ms = 210, 150
+    assert [type(e) for e in run(seg, signal(("speech", 120), ("silence", 200)))] == []  # not yet min_speech_ms
+    seg = segmenter()
+    seg.pause_ms = 210
+    events = run(seg, signal(("speech", 600), ("silence", 240)))
+    assert [type(e) for e in events] == [SpeechOnset, Pause]
 
 
 def test_wait_changes_the_silence_that_ends_this_turn_and_ends_it_if_already_past() -> None:
