@@ -20,7 +20,8 @@ other work on the machine does not count.
 Per policy (`policies.<name>`): `endpoint_complete_ms` (the silence waited at the end of complete turns, from the
 VAD's last voiced frame as `TurnLatency.endpoint_s` counts it; median, p90), `complete_held_rate` (complete turns
 made to wait `turn.incomplete_ms` or more), `cut_ended_rate` (cut turns ended before `turn.incomplete_ms`),
-`paused_cut_rate` (paused turns ended inside their pause), `split_rate` (turns ended at a pause of the recording
+`paused_cut_rate` (paused turns ended inside their pause), `paused_end_held_rate` (paused turns not split there
+that wait `turn.incomplete_ms` at their real end), `split_rate` (turns ended at a pause of the recording
 itself, between two of its sentences or words) and `unseen` (turns whose pause the VAD never announced). Also: each
 policy with no compute at all (`instant`), Smart Turn's threshold and the combinations' settings tuned on the set
 (`sweep`: [endpoint median, p90, complete_held_rate, cut_ended_rate, paused_cut_rate]), some policies per sound of
@@ -83,6 +84,7 @@ class PauseFacts:
     trimmed: dict[str, float] | None = (
         None  # Smart Turn on the turn cut where its level says speech ends, + TRIM_KEEP_MS
     )
+    live: float | None = None  # Smart Turn as the live code calls it: cut, and its pauses closed up (session 20)
 
 
 @dataclass
@@ -186,7 +188,9 @@ class Measurer:
             end = speech_end(utterance.audio)
             facts.trimmed = {
                 str(k): self.smart.complete(utterance.audio[: end + k * 16], cut=False) for k in TRIM_KEEP_MS
-            }  # "0": what SmartTurn.complete(utterance.audio) scores (for turns up to the 8 s it reads)
+            }  # "0": what SmartTurn.complete(utterance.audio) scored until session 20
+        if facts.live is None:
+            facts.live = self.smart.complete(utterance.audio)
         return facts
 
 
@@ -289,24 +293,27 @@ def looked(p: PauseFacts, turn: TurnConfig, compute_ms: float, frame_ms: int = 3
     return max(float(p.at_ms), frame_ms * math.ceil(turn.look_ms / frame_ms) + compute_ms)
 
 
-def model(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
-    """Smart Turn v3 (turn.detector model), on the audio cut where its speech ends, as `SmartTurn.complete` does
-    since session 19 (`trimmed`); scored from the lull before the pause."""
-    assert p.trimmed is not None
-    return [(looked(p, turn, p.score_ms), floor_silence(turn, TurnScore(p.trimmed["0"])))]
+def model(p: PauseFacts, turn: TurnConfig, score: str = "live") -> list[Decision]:
+    """Smart Turn v3 (turn.detector model) as `SmartTurn.complete` scores it (`live`: on the audio cut where its
+    speech ends, its pauses closed up; `trimmed`: only cut, as until session 20); begun at the lull before the pause."""
+    return [(looked(p, turn, p.score_ms), floor_silence(turn, TurnScore(_score(p, score))))]
 
 
-def both(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
+def both(p: PauseFacts, turn: TurnConfig, score: str = "live") -> list[Decision]:
     """The default (turn.detector both): a glance at the words (the fitted window, asked first) and Smart Turn must
     agree; both begun at the lull before the pause, and known when the slower of the two is."""
-    assert p.trimmed is not None
-    asked = floor_silence(turn, PauseGlance(p.fitted), TurnScore(p.trimmed["0"]))
+    asked = floor_silence(turn, PauseGlance(p.fitted), TurnScore(_score(p, score)))
     return [(looked(p, turn, max(p.fitted_ms, p.score_ms)), asked)]
 
 
+def _score(p: PauseFacts, which: str) -> float:
+    assert p.trimmed is not None and p.live is not None
+    return p.live if which == "live" else p.trimmed["0"]
+
+
 def both_at_pause(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
-    """`both` begun when the pause is announced (turn.look_ms 0; the live code until session 20)."""
-    return both(p, turn.model_copy(update={"look_ms": 0}))
+    """`both` as session 19 left it: begun when the pause is announced (turn.look_ms 0), on the audio only cut."""
+    return both(p, turn.model_copy(update={"look_ms": 0}), score="trimmed")
 
 
 def model_untrimmed(p: PauseFacts, turn: TurnConfig) -> list[Decision]:
@@ -388,6 +395,7 @@ def model_graded(p: PauseFacts, turn: TurnConfig, sure: float = 0.9, middle_ms: 
 POLICIES: dict[str, Policy] = {
     "both": both,
     "both_at_pause": both_at_pause,
+    "both_pauses_kept": functools.partial(both, score="trimmed"),
     "words": words,
     "model": model,
     "model_untrimmed": model_untrimmed,
@@ -422,7 +430,7 @@ def judge(facts: list[TurnFacts], policy: Policy, turn: TurnConfig, instant: boo
             p = PauseFacts(**{**asdict(p), "words_ms": 0.0, "fitted_ms": 0.0, "score_ms": 0.0})
         return ended_at(p, policy(p, turn), turn)
 
-    endpoints, cut, cut_n, paused, paused_n, split, unseen = [], 0, 0, 0, 0, 0, 0
+    endpoints, cut, cut_n, paused, paused_n, split, unseen, resumed_held = [], 0, 0, 0, 0, 0, 0, []
     for t in facts:
         inside = [p for p in t.pauses if p.role == "inside"]
         split += any(decide(p) is not None for p in inside)
@@ -439,11 +447,15 @@ def judge(facts: list[TurnFacts], policy: Policy, turn: TurnConfig, instant: boo
         else:
             paused_n += 1
             paused += ended is not None
+            if ended is None and (end := next((p for p in t.pauses if p.role == "end"), None)) is not None:
+                last = decide(end)  # the turn's real end, after the words that followed the pause
+                resumed_held.append(last is None or last >= turn.incomplete_ms)
     return {
         "endpoint_complete_ms": stats(endpoints),
         "complete_held_rate": round(sum(e >= turn.incomplete_ms for e in endpoints) / max(len(endpoints), 1), 3),
         "cut_ended_rate": round(cut / max(cut_n, 1), 3),
         "paused_cut_rate": round(paused / max(paused_n, 1), 3),
+        "paused_end_held_rate": round(sum(resumed_held) / max(len(resumed_held), 1), 3),
         "split_rate": round(split / max(len(facts), 1), 3),
         "unseen": unseen,
     }
@@ -543,7 +555,7 @@ def main() -> None:
     measurer: Measurer | None = None
     for k, entry in enumerate(entries):
         old = known.get(entry["file"])
-        if old is not None and all(p.trimmed is not None for p in old.pauses):
+        if old is not None and all(p.trimmed is not None and p.live is not None for p in old.pauses):
             continue
         measurer = measurer or Measurer(whisper, turn, vad)
         audio, _ = read_wav(args.set / entry["file"], RATE)

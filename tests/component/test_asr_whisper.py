@@ -3,6 +3,8 @@ and with the encoder's window fitted to the turn."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,36 @@ def test_a_spoken_thank_you_is_still_heard(transcriber: WhisperTranscriber, espe
     for words in ("Thank you.", "Thank you very much."):
         audio = read_wav(espeak_wav(words), SAMPLE_RATE)[0]
         assert transcriber.transcribe(np.concatenate([pad, audio, pad])).text == words
+
+
+class EncodingsDone(EncoderWindows):
+    """The spy above, also noting each encoding's frames when it is done."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.done: list[int] = []
+
+    def encode(self, features, *args, **kwargs):
+        encoded = super().encode(features, *args, **kwargs)
+        self.done.append(features.shape[-1])
+        return encoded
+
+
+def test_a_glance_does_not_wait_behind_a_full_transcript_already_running(
+    whisper_tiny_en: Path, speech_clips: list[Clip]
+) -> None:
+    """A pause the user talked through leaves its full transcript running (a CTranslate2 call cannot be stopped);
+    the next pause's glance runs beside it instead of queueing behind it: its short encoding is done first."""
+    transcriber = WhisperTranscriber(AsrConfig(model=str(whisper_tiny_en), device="cpu"), cpu_threads=1)
+    transcriber.model.model = spy = EncodingsDone(transcriber.model.model)
+    clips = [read_wav(c.path, SAMPLE_RATE)[0] for c in speech_clips]
+    full = threading.Thread(target=transcriber.transcribe, args=(clips[0],))
+    full.start()
+    while not spy.frames:  # until the full transcript's encoding (30 s of window) has begun
+        time.sleep(0.001)
+    glance = transcriber.glance(clips[0][: 2 * SAMPLE_RATE])
+    full.join()
+    assert not glance.is_empty and spy.frames[0] == 3000 and spy.done == sorted(spy.frames)
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

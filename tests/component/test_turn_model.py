@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from assistant.audio.wavfile import read_wav
-from assistant.turn_model import SmartTurn, TurnModelError, shipped_model
+from assistant.turn_model import SmartTurn, TurnModelError, closed_up, shipped_model, speech_end
 from tests.conftest import require
 from tests.support.speech import Clip
 
@@ -32,7 +32,8 @@ def test_it_hears_the_last_eight_seconds_with_silence_before_a_shorter_turn(mode
     audio, _ = read_wav(speech_clips[0].path, 16_000)
     eight = 16_000 * 8
     longer = np.concatenate([np.random.default_rng(0).standard_normal(eight).astype(np.float32) * 0.1, audio])
-    assert model.complete(longer) == model.complete(longer[-eight:])
+    kept = closed_up(longer[: speech_end(longer)])  # the speech, its pauses closed up
+    assert len(kept) > eight and model.complete(longer) == model.complete(kept[-eight:], cut=False)
     short = audio[-eight // 2 :]
     assert model.complete(short) == model.complete(np.concatenate([np.zeros(eight - len(short), np.float32), short]))
 

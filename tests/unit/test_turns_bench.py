@@ -46,14 +46,14 @@ def test_a_turn_ends_at_the_silence_asked_or_when_the_decision_comes(decisions, 
 
 def test_the_policies_decide_after_their_compute():
     facts = pause(words="Turn off the lights.", words_ms=500.0, score=0.9, score_ms=60.0)
-    facts.fitted, facts.fitted_ms, facts.trimmed = "Turn off the lights.", 80.0, {"0": 0.2}
+    facts.fitted, facts.fitted_ms, facts.trimmed, facts.live = "Turn off the lights.", 80.0, {"0": 0.9}, 0.2
     assert words(facts, TURN) == [(710.0, TURN.complete_ms)]
     # begun at the lull (150 ms of silence), taken by the floor at the pause (210 ms)
     assert model(facts, TURN) == [(210.0, TURN.incomplete_ms)]  # the score of the audio cut where speech ends
     assert both(facts, TURN) == [(230.0, TURN.incomplete_ms)]  # known when the slower of the two is
-    facts.trimmed = {"0": 0.85}
+    facts.live = 0.85
     assert both(facts, TURN) == [(230.0, TURN.complete_ms)]
-    assert both_at_pause(facts, TURN) == [(290.0, TURN.complete_ms)]  # begun at the pause
+    assert both_at_pause(facts, TURN) == [(290.0, TURN.complete_ms)]  # begun at the pause, on the audio only cut
     assert ended_at(facts, both(facts, TURN), TURN) == 270.0  # the first frame past complete_ms
     assert ended_at(facts, words(facts, TURN), TURN) == 710.0
 
