@@ -33,6 +33,7 @@ from assistant.events import (
 )
 from assistant.llm.scripted import ScriptedBackend
 from assistant.tts.csm import CSMEngine
+from assistant.turn_model import SmartTurn, shipped_model
 from assistant.vad import VadSegmenter
 from bench import pause_set
 from pipelines.attention import load_attention
@@ -83,7 +84,10 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
     threads = set(threading.enumerate())
     started: list[tuple[asyncio.Task[None], Microphone, Speaker, MonitorRecording]] = []
 
-    async def start(barge_in: str, chunk_frames: int = 10, listen: str = "always") -> Live:
+    async def start(
+        barge_in: str, chunk_frames: int = 10, listen: str = "always", turn_model: SmartTurn | None = None
+    ) -> Live:
+        """Without `turn_model` the words decide a pause (turn.detector words); with it, the default (both)."""
         config = Config.model_validate(
             {
                 "listen": {"mode": listen},
@@ -112,6 +116,7 @@ async def live_loop(pulse: PulseAudio, engine: CSMEngine, transcriber: WhisperTr
             sink=speaker,
             segmenter=VadSegmenter(config.vad),
             wake_word=load_attention(config.listen).wake_word,
+            turn_model=turn_model,
         )
         started.append((asyncio.create_task(voice.listen(microphone)), microphone, speaker, monitor))
         return Live(voice, speaker, monitor, events.queue)
@@ -173,6 +178,27 @@ async def test_a_pause_after_and_keeps_the_turn_open_and_its_speculation_leaves_
     assert [t.text for t in live.voice.conversation.turns] == [heard.text, STORY]
     while not live.events.empty():  # nothing else was published: no second turn, no trace of the pause
         assert not isinstance(live.events.get_nowait(), (UserTranscript, TurnLatency))
+
+
+async def test_by_default_a_recorded_question_is_answered_on_the_glance_and_the_full_transcript_is_kept(
+    pulse: PulseAudio, live_loop
+) -> None:
+    """turn.detector both with the real Smart Turn and Whisper: a finished sentence a person said ends soon (the look
+    begun at the lull decides it), the reply starts on the glance's words, and the conversation ends up with the full
+    transcript's."""
+    require(shipped_model() is not None, "Smart Turn's weights not in place (scripts/setup.sh puts them there)")
+    require(pause_set.available(), "asterisk-core-sounds-en-wav (with its core-sounds-en.txt) not installed")
+    prompt = next(p for p in pause_set.asterisk_prompts() if p.name == "please-try-call-later")
+    audio, _ = read_wav(prompt.path, pulse.rate)
+    live = await live_loop("off", turn_model=SmartTurn())
+    pulse.microphone().send(np.concatenate([audio, np.zeros(2 * pulse.rate, np.float32)]))
+    heard = await live.next(UserTranscript)
+    assert "call again later" in heard.text.lower()  # "Please try your call again later."
+    await live.next(ReplyText, lambda e: e.final)
+    latency = await live.next(TurnLatency)
+    assert latency.endpoint_s is not None and latency.endpoint_s < 1.0  # not held for turn.incomplete_ms (1.2 s)
+    user, reply = live.voice.conversation.turns
+    assert "call again later" in user.text.lower() and reply.text == STORY
 
 
 async def assert_only_the_played_part_is_kept(live: Live, played: int) -> None:
