@@ -5,7 +5,9 @@ a turn taken back when the user goes on before its reply is heard."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -224,45 +226,48 @@ class SlowFakeTranscriber(FakeTranscriber):
         return Transcript(self.quick, "en", len(audio) / 16_000)
 
 
-async def test_with_both_the_reply_begins_on_the_glance_and_the_conversation_keeps_the_full_transcript() -> None:
-    """Whisper's full transcript is off the turn's path: the reply starts on the quick words, and the full words,
-    when they come, are what the conversation remembers."""
-    slow = SlowFakeTranscriber("What's the time.", "What is the time?")
+@contextlib.asynccontextmanager
+async def asked_with_a_slow_transcript(quick: str, full: str) -> AsyncIterator[tuple]:
+    """detector both, Whisper's full transcript held back: the user asks a question (the model: complete), and its
+    reply on the glance's words is ready. Yields (slow transcriber, voice, source, sink, backend, published); at the
+    end the full transcript is let go and the loop stopped."""
+    slow = SlowFakeTranscriber(quick, full)
     voice, source, sink, _, backend, published = setup(turn_model=FakeTurnModel(0.9), detector="both", transcriber=slow)
     listening = asyncio.create_task(voice.listen(source))
     try:
         source.put(loud(0.6))
         source.put(quiet(0.4))
         await until(lambda: sink.queued >= 4 * FRAME)  # the reply, with the full transcript still under way
+        yield slow, voice, source, sink, backend, published
+    finally:
+        slow.release.set()
+        source.end()
+        await listening
+
+
+async def test_with_both_the_reply_begins_on_the_glance_and_the_conversation_keeps_the_full_transcript() -> None:
+    """Whisper's full transcript is off the turn's path: the reply starts on the quick words, and the full words,
+    when they come, are what the conversation remembers."""
+    async with asked_with_a_slow_transcript("What's the time.", "What is the time?") as asked:
+        slow, voice, source, sink, backend, published = asked
         assert slow.heard == [] and backend.messages[0][-1]["content"] == "What's the time."
         assert [e.text for e in drain(published.queue) if isinstance(e, UserTranscript)] == ["What's the time."]
         assert voice.conversation.turns[0].text == "What's the time."
         slow.release.set()
         await until(lambda: voice.conversation.turns[0].text == "What is the time?")
-        await hear_the_reply_and_stop(listening, source, sink)
-    finally:
-        slow.release.set()
+        sink.advance(4 * FRAME)  # the reply heard
     assert [t.text for t in voice.conversation.turns] == ["What is the time?", "Sure. Here you go."]
     assert len(backend.messages) == 1  # asked once, on the quick words
 
 
 async def test_with_both_a_turn_taken_back_keeps_no_words_of_its_full_transcript() -> None:
-    slow = SlowFakeTranscriber("What is the capital.", "What is the capital?")
-    voice, source, sink, _, backend, published = setup(turn_model=FakeTurnModel(0.9), detector="both", transcriber=slow)
-    listening = asyncio.create_task(voice.listen(source))
-    try:
-        source.put(loud(0.6))
-        source.put(quiet(0.4))
-        await until(lambda: sink.queued >= 4 * FRAME)
+    async with asked_with_a_slow_transcript("What is the capital.", "What is the capital?") as asked:
+        slow, voice, source, sink, backend, published = asked
         source.put(loud(0.5))  # the user goes on before hearing the reply
         await until(lambda: any(isinstance(e, TurnTakenBack) for e in drain(published.queue)))
         slow.release.set()
         await asyncio.sleep(0.05)
         assert voice.conversation.turns == []
-    finally:
-        slow.release.set()
-        source.end()
-        await listening
 
 
 async def test_going_on_before_the_reply_is_heard_takes_the_turn_back_and_the_speech_continues_it() -> None:
